@@ -1,0 +1,112 @@
+"""Throughput of predict's model step for every registered model (not a test).
+
+Times ``mambaseg.engine.inference.predict_probs`` on random 256x256 uint8 slices at batch 1
+and batch 16 on the current device, untrained weights (speed does not depend on them), and
+prints slices per second and milliseconds per slice::
+
+    python benchmarks/predict.py                          # all models, best device
+    python benchmarks/predict.py --models ulvm_unet_v5 unet --device cpu --reps 20
+    python benchmarks/predict.py --threads 1 2            # compare torch CPU thread counts
+    python benchmarks/predict.py --profile ulvm_unet_v5   # where the time goes (batch 1)
+
+The target is at most 30 ms per slice for ulvm_unet_v5 at batch 1 on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from mambaseg.engine.inference import predict_probs, resolve_device
+from mambaseg.models import create_model, list_models
+
+SIZE = 256
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_model(model, device: torch.device, batch: int, reps: int, warmup: int = 2) -> float:
+    """Median seconds per call of ``predict_probs`` on a random (batch, 3, 256, 256) uint8 input."""
+    x = torch.randint(0, 256, (batch, 3, SIZE, SIZE), dtype=torch.uint8)
+    for _ in range(warmup):
+        predict_probs(model, x, batch_size=batch, device=device)
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        predict_probs(model, x, batch_size=batch, device=device)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def profile(model, device: torch.device, reps: int = 5, rows: int = 25) -> None:
+    """Print the torch profiler's table of the ops taking the most time at batch 1."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    x = torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8)
+    predict_probs(model, x, batch_size=1, device=device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with tprofile(activities=acts, record_shapes=True) as prof:
+        for _ in range(reps):
+            predict_probs(model, x, batch_size=1, device=device)
+    key = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages(group_by_input_shape=False).table(sort_by=key, row_limit=rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=None, help="model names (default: all)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--reps", type=int, default=10, help="timed repetitions (median reported)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes")
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="torch CPU thread counts to try (default: torch's current)")
+    ap.add_argument("--profile", metavar="MODEL", help="profile one model at batch 1 instead")
+    args = ap.parse_args(argv)
+
+    device = resolve_device(args.device)
+    names = args.models or list_models()
+    threads = args.threads or [torch.get_num_threads()]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
+    print(f"# predict_probs, {SIZE}x{SIZE} uint8, median of {args.reps}; torch "
+          f"{torch.__version__}; device {device} ({where})")
+
+    if args.profile:
+        model = create_model(args.profile).eval()
+        torch.set_num_threads(threads[0])
+        profile(model, device, reps=args.reps)
+        return 0
+
+    head = ["model", "params", "threads"]
+    for b in args.batches:
+        head += [f"b{b} slices/s", f"b{b} ms/slice"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for name in names:
+        try:
+            model = create_model(name).eval()
+        except Exception as exc:  # noqa: BLE001 - e.g. optional dependency missing
+            print(f"| {name} | - | - | not built: {exc} |")
+            continue
+        params = sum(p.numel() for p in model.parameters())
+        for n in threads:
+            torch.set_num_threads(n)
+            row = [name, f"{params:,}", str(n)]
+            for b in args.batches:
+                sec = time_model(model, device, b, args.reps)
+                row += [f"{b / sec:.1f}", f"{1000 * sec / b:.1f}"]
+            print("| " + " | ".join(row) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

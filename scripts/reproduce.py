@@ -1,0 +1,488 @@
+#!/usr/bin/env python3
+"""Reproduce results/: the exact commands that trained, evaluated and reported every run.
+
+Run on the GPU machine from the repository root (plain python3, no install needed)::
+
+    PYTHONPATH=src python3 scripts/reproduce.py --data /root/lgg/kaggle_3m
+
+Steps (each one skipped when its output already exists, so the script can be rerun to continue):
+
+1. ``mambaseg data split`` writes ``results/splits/paper.json`` and ``results/splits/patient.json``
+   (never rewritten once saved: a resumed run must see the same split).
+2. ``mambaseg report results --data D`` saves ``results/data_stats.json`` and
+   ``results/fig3_inputs.npz`` (Fig. 1 counts and Fig. 3's images) if either is missing.
+3. For each protocol and model: ``mambaseg train ... --preset paper --out RUNS/<protocol>/<model>``
+   (``--resume`` when a checkpoint exists), then ``mambaseg evaluate`` on ``last/`` (paper protocol)
+   or ``best/`` (patient protocol) with ``--save-predictions``, then copy config.json,
+   metrics.jsonl, summary.json (and predictions.npz for the paper protocol) into
+   ``results/<protocol>/<model>/`` with a ``commands.json`` of the commands that made them.
+4. ``mambaseg report results --data D`` regenerates results/README.md and the figures.
+
+A failed step is logged and the other runs go on; the exit status is 1 if any step failed.
+Checkpoints stay in the runs folder (default ``runs/``), never in results/.
+Only the standard library is used here; the work is done by ``python3 -m mambaseg`` subprocesses.
+See docs/reproduce.md for every option.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+#: the paper's models (registry names) with their published parameter counts
+PAPER_PARAMS = {
+    "unet": 7_765_985, "resnet18": 13_930_497, "resnet50": 42_909_633, "segformer": 17_782_913,
+    "umamba_bot": 9_813_700, "umamba_bot_pp": 10_076_356, "ulvm_unet": 49_457,
+    "ulvm_unet_v1": 217_165, "ulvm_unet_v2": 42_737, "ulvm_unet_v3": 176_453,
+    "ulvm_unet_v4": 1_135_309, "ulvm_unet_v5": 703_885, "ulvm_unet_v6": 769_677,
+}
+MODELS = tuple(PAPER_PARAMS)
+PROTOCOLS = ("paper", "patient")
+#: the checkpoint each protocol evaluates: the paper used the weights after its last epoch;
+#: the leak-free protocol selects on the validation part
+CHECKPOINT = {"paper": "last", "patient": "best"}
+#: models at or above this many parameters run one at a time, even with --parallel
+HEAVY_PARAMS = 5_000_000
+#: files copied from a run into results/<protocol>/<model>/ (source folder key, name)
+RUN_FILES = ("config.json", "metrics.jsonl")
+EVAL_FILES = ("summary.json", "predictions.npz")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Train, evaluate and report every model of the paper's Table I into results/.",
+        epilog="example:\n  PYTHONPATH=src python3 scripts/reproduce.py --data /root/lgg/kaggle_3m "
+               "--models ulvm_unet,ulvm_unet_v2 --protocols patient --parallel 2 --time-budget 3600",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="/root/lgg/kaggle_3m", help="dataset folder (default %(default)s)")
+    p.add_argument("--models", default="all",
+                   help="comma-separated registry names, or 'all' (default: the 13 models of Table I)")
+    p.add_argument("--protocols", default="paper,patient", help="comma-separated: paper, patient (default both)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="override the preset's epochs (recorded in commands.json and the README)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="launch no new training after this many seconds; rerun later to continue "
+                        "(runs resume from their last checkpoint)")
+    p.add_argument("--stop-running", action="store_true",
+                   help="with --time-budget: also interrupt trainings still running at the deadline "
+                        "(SIGINT, then SIGKILL after 60 s); they resume on the next run")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="run up to N trainings at once on the GPU as separate processes; models with "
+                        f">= {HEAVY_PARAMS:,} parameters still run one at a time (default 1)")
+    p.add_argument("--runs-dir", default=str(REPO / "runs"), help="checkpoints and logs (default runs/)")
+    p.add_argument("--results-dir", default=str(REPO / "results"), help="results folder (default results/)")
+    p.add_argument("--train-args", default="", help="extra arguments for every 'mambaseg train', quoted")
+    p.add_argument("--eval-args", default="", help="extra arguments for every 'mambaseg evaluate', quoted")
+    p.add_argument("--force", action="store_true",
+                   help="redo runs already in results/ (their run folders are renamed *.old-<time>)")
+    p.add_argument("--no-report", action="store_true", help="skip the final 'mambaseg report'")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only write the splits, data_stats.json and fig3_inputs.npz (no GPU needed)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only; run and write nothing")
+    args = p.parse_args(argv)
+    args.model_list = list(MODELS) if args.models in ("all", "") else [m.strip() for m in args.models.split(",") if m.strip()]
+    args.protocol_list = [x.strip() for x in args.protocols.split(",") if x.strip()]
+    bad = [x for x in args.protocol_list if x not in PROTOCOLS]
+    if bad:
+        p.error(f"--protocols: unknown {', '.join(bad)} (choose from {', '.join(PROTOCOLS)})")
+    if args.parallel < 1:
+        p.error("--parallel must be at least 1")
+    if args.epochs is not None and args.epochs < 1:
+        p.error("--epochs must be at least 1")
+    args.runs = Path(args.runs_dir).absolute()
+    args.results = Path(args.results_dir).absolute()
+    args.data = str(Path(args.data).absolute())
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+class Log:
+    """Timestamped lines to stdout and (unless dry-run) to RUNS/reproduce.log."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.lock = threading.Lock()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{dt.datetime.now().strftime('%H:%M:%S')}] {msg}"
+        with self.lock:
+            print(line, flush=True)
+            if self.path is not None:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(line + "\n")
+
+
+def mambaseg(*args: str) -> list[str]:
+    """``python3 -m mambaseg ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "mambaseg", *args]
+
+
+def show(cmd: list[str]) -> str:
+    return shlex.join(cmd)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    src = str(REPO / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(obj, indent=2) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    os.close(fd)
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dst)
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def epochs_done(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    epochs = set()
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            epochs.add(json.loads(line).get("epoch", i))
+        except ValueError:
+            pass
+    return len(epochs)
+
+
+@dataclass
+class Job:
+    """One (protocol, model) run: train, evaluate, copy into results/."""
+
+    protocol: str
+    model: str
+    run_dir: Path
+    out_dir: Path
+    status: str = "pending"
+    message: str = ""
+    train_cmd: list[str] | None = None
+    eval_cmd: list[str] | None = None
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.protocol}/{self.model}"
+
+    @property
+    def heavy(self) -> bool:
+        return PAPER_PARAMS.get(self.model, HEAVY_PARAMS) >= HEAVY_PARAMS
+
+
+class Reproduce:
+    """Plans and runs the steps; see the module docstring."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.start = time.monotonic()
+        self.deadline = None if args.time_budget is None else self.start + args.time_budget
+        self.log = Log(None if args.dry_run else args.runs / "reproduce.log")
+        self.env = child_env()
+        self.failed = 0
+        self.stopping = False
+
+    # -- planning -------------------------------------------------------------------------
+    def split_file(self, protocol: str) -> Path:
+        return self.args.results / "splits" / f"{protocol}.json"
+
+    def split_cmd(self, protocol: str) -> list[str]:
+        return mambaseg("data", "split", self.args.data, "--split", protocol, "-o", str(self.split_file(protocol)))
+
+    def report_cmd(self, quiet: bool = False) -> list[str]:
+        return mambaseg("report", str(self.args.results), "--data", self.args.data, *(["--quiet"] if quiet else []))
+
+    def train_cmd(self, job: Job) -> list[str] | None:
+        """The training command, or None when the run already has every epoch it needs."""
+        cfg = read_json(job.run_dir / "config.json") or {}
+        target = self.args.epochs or cfg.get("epochs")
+        done = epochs_done(job.run_dir)
+        if target and done >= int(target):
+            return None
+        cmd = mambaseg("train", "--model", job.model, "--data", self.args.data,
+                       "--split", str(self.split_file(job.protocol)), "--preset", "paper",
+                       "--out", str(job.run_dir), "--no-progress")
+        if self.args.epochs is not None:
+            cmd += ["--epochs", str(self.args.epochs)]
+        if (job.run_dir / "last" / "train_state.pt").is_file():
+            cmd.append("--resume")
+        elif any((job.run_dir / n).exists() for n in ("config.json", "metrics.jsonl", "last", "best")):
+            cmd.append("--overwrite")  # a run that died before its first checkpoint: start again
+        return cmd + shlex.split(self.args.train_args)
+
+    def eval_cmd(self, job: Job) -> list[str]:
+        summary = job.run_dir / "eval" / "summary.json"
+        return mambaseg("evaluate", "--checkpoint", str(job.run_dir / CHECKPOINT[job.protocol]),
+                        "--data", self.args.data, "--split", str(self.split_file(job.protocol)),
+                        "--part", "test", "--out", str(summary), "--save-predictions", "--overwrite",
+                        "--no-progress", *shlex.split(self.args.eval_args))
+
+    def already_done(self, job: Job) -> bool:
+        rec = read_json(job.out_dir / "commands.json") or {}
+        return ((job.out_dir / "summary.json").is_file() and rec.get("status") == "done"
+                and rec.get("epochs_option") == self.args.epochs)
+
+    def jobs(self) -> list[Job]:
+        return [Job(p, m, self.args.runs / p / m, self.args.results / p / m)
+                for p in self.args.protocol_list for m in self.args.model_list]
+
+    # -- running --------------------------------------------------------------------------
+    def over_budget(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def run(self, cmd: list[str], log_file: Path | None, job: Job | None = None) -> int:
+        """Run one command (output to ``log_file``); its return code (-1 if it could not start)."""
+        self.log(f"$ {show(cmd)}")
+        if self.args.dry_run:
+            return 0
+        try:
+            if log_file is None:
+                return subprocess.run(cmd, env=self.env, cwd=REPO).returncode
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_file, "a", encoding="utf-8") as fh:
+                fh.write(f"\n### {now()} $ {show(cmd)}\n")
+                fh.flush()
+                proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+                if job is not None:
+                    job.procs.append(proc)
+                try:
+                    return proc.wait()
+                finally:
+                    if job is not None:
+                        job.procs.remove(proc)
+        except OSError as exc:
+            self.log(f"cannot run {cmd[0]}: {exc}")
+            return -1
+
+    def prepare(self) -> None:
+        """Splits, then the report's saved inputs (data_stats.json, fig3_inputs.npz)."""
+        # the paper split is always saved: Fig. 3 shows its test slices
+        for protocol in self.args.protocol_list + [p for p in ("paper",) if p not in self.args.protocol_list]:
+            if self.split_file(protocol).is_file():
+                self.log(f"split {protocol}: {self.split_file(protocol)} exists, kept")
+                continue
+            if not self.args.dry_run:
+                self.split_file(protocol).parent.mkdir(parents=True, exist_ok=True)
+            if self.run(self.split_cmd(protocol), None) != 0:
+                self.failed += 1
+                self.log(f"FAILED: split {protocol}")
+        saved = [self.args.results / n for n in ("data_stats.json", "fig3_inputs.npz")]
+        if self.args.dry_run or not all(p.is_file() for p in saved):
+            if self.run(self.report_cmd(quiet=True), None) != 0:
+                self.failed += 1
+                self.log("FAILED: saving data_stats.json / fig3_inputs.npz (the final report retries)")
+
+    def run_job(self, job: Job) -> Job:
+        t0 = time.monotonic()
+        log_dir = job.run_dir if not self.args.dry_run else None
+        if not self.split_file(job.protocol).is_file() and not self.args.dry_run:
+            job.status, job.message = "failed", f"no split file {self.split_file(job.protocol)}"
+            return job
+        job.train_cmd = self.train_cmd(job)
+        if job.train_cmd is None:
+            self.log(f"{job.name}: training complete ({epochs_done(job.run_dir)} epochs), not retrained")
+        else:
+            rc = self.run(job.train_cmd, log_dir and log_dir / "train.log", job)
+            if self.stopping and rc != 0:
+                job.status, job.message = "interrupted", "stopped at the time budget; rerun to resume"
+                return job
+            if rc != 0:
+                job.status, job.message = "failed", f"train exited with {rc}; see {job.run_dir / 'train.log'}"
+                return job
+        train_s = time.monotonic() - t0
+        job.eval_cmd = self.eval_cmd(job)
+        ckpt = job.run_dir / CHECKPOINT[job.protocol]
+        if not self.args.dry_run and not ckpt.is_dir():
+            job.status, job.message = "failed", f"no checkpoint {ckpt} to evaluate"
+            return job
+        rc = self.run(job.eval_cmd, log_dir and log_dir / "evaluate.log", job)
+        if rc != 0:
+            job.status, job.message = "failed", f"evaluate exited with {rc}; see {job.run_dir / 'evaluate.log'}"
+            return job
+        self.collect(job, train_s, time.monotonic() - t0 - train_s)
+        job.status = "planned (dry run)" if self.args.dry_run else "done"
+        return job
+
+    def collect(self, job: Job, train_s: float, eval_s: float) -> None:
+        """Copy the run's small files into results/<protocol>/<model>/ and record the commands."""
+        sources = [(job.run_dir / n, job.out_dir / n) for n in RUN_FILES]
+        eval_dir = job.run_dir / "eval"
+        sources += [(eval_dir / n, job.out_dir / n) for n in EVAL_FILES
+                    if n != "predictions.npz" or job.protocol == "paper"]
+        for src, dst in sources:
+            self.log(f"copy {src} -> {dst}")
+            if not self.args.dry_run:
+                if not src.is_file():
+                    raise FileNotFoundError(f"{src} missing after a successful run")
+                copy_atomic(src, dst)
+        if self.args.dry_run:
+            return
+        old = read_json(job.out_dir / "commands.json") or {}
+        history = list(old.get("train") or [])
+        if job.train_cmd is not None:
+            history.append(show(job.train_cmd))
+        write_json_atomic(job.out_dir / "commands.json", {
+            "protocol": job.protocol, "model": job.model, "status": "done", "finished": now(),
+            "epochs_option": self.args.epochs, "checkpoint": CHECKPOINT[job.protocol],
+            "train": history, "evaluate": show(job.eval_cmd),
+            "train_seconds_this_invocation": round(train_s, 1), "evaluate_seconds": round(eval_s, 1),
+        })
+
+    def schedule(self, jobs: list[Job]) -> None:
+        """Run jobs, up to --parallel at once, at most one heavy model at a time."""
+        pending = list(jobs)
+        running: dict[Future, Job] = {}
+        with ThreadPoolExecutor(max_workers=self.args.parallel) as pool:
+            while pending or running:
+                if pending and self.over_budget():
+                    for job in pending:
+                        job.status, job.message = "skipped", "time budget spent; rerun to continue"
+                        self.log(f"{job.name}: not started (time budget spent)")
+                    pending = []
+                heavy_busy = any(j.heavy for j in running.values())
+                while pending and len(running) < self.args.parallel:
+                    job = next((j for j in pending if not (j.heavy and heavy_busy)), None)
+                    if job is None:
+                        break
+                    pending.remove(job)
+                    heavy_busy = heavy_busy or job.heavy
+                    self.log(f"{job.name}: start")
+                    running[pool.submit(self.safe_job, job)] = job
+                if not running:
+                    break
+                done, _ = wait(running, timeout=15, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = running.pop(fut)
+                    self.log(f"{job.name}: {job.status}" + (f" ({job.message})" if job.message else ""))
+                if self.args.stop_running and self.over_budget() and running and not self.stopping:
+                    self.stop([j for j in running.values()])
+
+    def safe_job(self, job: Job) -> Job:
+        try:
+            return self.run_job(job)
+        except Exception as exc:  # noqa: BLE001 - one broken run must not stop the others
+            job.status, job.message = "failed", f"{type(exc).__name__}: {exc}"
+            return job
+
+    def stop(self, jobs: list[Job]) -> None:
+        """Interrupt running trainings at the deadline (SIGINT, then SIGKILL after 60 s)."""
+        self.stopping = True
+        self.log("time budget spent: interrupting running trainings (they resume on the next run)")
+        procs = [p for j in jobs for p in list(j.procs)]
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+
+        def kill_later():
+            time.sleep(60)
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+
+        threading.Thread(target=kill_later, daemon=True).start()
+
+    def main(self) -> int:
+        a = self.args
+        started = now()
+        self.log(f"reproduce: models {','.join(a.model_list)}; protocols {','.join(a.protocol_list)}; "
+                 f"data {a.data}; runs {a.runs}; results {a.results}"
+                 + (f"; epochs {a.epochs}" if a.epochs else "") + (" (dry run)" if a.dry_run else ""))
+        if not a.dry_run and not Path(a.data).exists():
+            self.log(f"error: --data {a.data} does not exist")
+            return 2
+        self.prepare()
+        if a.prepare_only:
+            self.log("prepared" + (f" with {self.failed} failure(s)" if self.failed else ""))
+            return 1 if self.failed else 0
+        jobs = self.jobs()
+        todo = []
+        for job in jobs:
+            if self.already_done(job) and not a.force:
+                job.status, job.message = "kept", "already in results/ (--force to redo)"
+                self.log(f"{job.name}: already in results/, kept")
+                continue
+            if a.force and job.run_dir.exists() and not a.dry_run:
+                stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+                job.run_dir.rename(job.run_dir.with_name(f"{job.model}.old-{stamp}"))
+            todo.append(job)
+        if a.dry_run:
+            for job in todo:
+                self.run_job(job)
+        else:
+            self.schedule(todo)
+        self.failed += sum(1 for j in jobs if j.status == "failed")
+        counts: dict[str, int] = {}
+        for j in jobs:
+            counts[j.status] = counts.get(j.status, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        if not a.dry_run:
+            self.record(started, summary, jobs)  # before the report, which lists it
+        if not a.no_report:
+            if self.run(self.report_cmd(), None) != 0:
+                self.failed += 1
+                self.log("FAILED: mambaseg report")
+        self.log(f"finished: {summary}" + (f"; {self.failed} failure(s)" if self.failed else ""))
+        for j in jobs:
+            if j.status == "failed":
+                self.log(f"  failed {j.name}: {j.message}")
+        return 1 if self.failed else 0
+
+    def record(self, started: str, summary: str, jobs: list[Job]) -> None:
+        """Append this invocation to results/reproduce.json (read by the report)."""
+        path = self.args.results / "reproduce.json"
+        doc = read_json(path) or {"invocations": []}
+        argv = self.args.argv
+        doc["invocations"].append({
+            "command": "PYTHONPATH=src python3 scripts/reproduce.py " + shlex.join(argv),
+            "argv": argv, "started": started, "finished": now(), "host": platform.node(),
+            "summary": summary,
+            "jobs": [{"protocol": j.protocol, "model": j.model, "status": j.status, "message": j.message}
+                     for j in jobs],
+        })
+        write_json_atomic(path, doc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return Reproduce(parse_args(argv)).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

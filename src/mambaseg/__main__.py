@@ -1,0 +1,3 @@
+from mambaseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""The `mambaseg` command line: one module per subcommand, parsing and printing only.
+
+Each subcommand module defines ``register(subparsers)``, which adds its parser and sets
+``func`` to a callable taking the parsed arguments and returning an exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mambaseg.errors import MambasegError
+
+#: subcommands in the order `mambaseg --help` lists them
+SUBCOMMANDS = ("demo", "data", "models", "train", "evaluate", "predict", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mambaseg import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mambaseg",
+        description="Brain-tumour segmentation in MRI with Mamba models and their baselines.",
+        epilog="Run 'mambaseg COMMAND --help' for a command's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"mambaseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"mambaseg.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except MambasegError as exc:
+        print(f"mambaseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mambaseg {args.command}: interrupted", file=sys.stderr)
+        return 130

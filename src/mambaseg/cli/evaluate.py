@@ -1,0 +1,100 @@
+"""`mambaseg evaluate`: score a checkpoint on a split part and write summary.json."""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from mambaseg.cli._common import add_command
+
+
+def register(sub) -> None:
+    """Add the `evaluate` subcommand."""
+    p = add_command(sub, "evaluate", "Evaluate a trained checkpoint on one part of a split: "
+                    "Dice (paper, per slice, per patient with a bootstrap 95 %% CI, global), IoU, "
+                    "precision, recall, HD95, false positives on tumour-free slices; writes "
+                    "summary.json (see docs/metrics.md).",
+                    "mambaseg evaluate --checkpoint runs/ulvm_unet_v5 --data ~/data/lgg "
+                    "--split paper --part test")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, metavar="DIR",
+                     help="checkpoint directory (written by 'mambaseg train')")
+    src.add_argument("--model", metavar="NAME", help="use the shipped weights of this model "
+                     "(needs --out)")
+    p.add_argument("--data", type=Path, metavar="PATH", help="dataset folder (kaggle_3m or its "
+                   "parent; default: the training run's data)")
+    p.add_argument("--split", metavar="NAME", help="paper, patient, or a split JSON file "
+                   "(default: the training run's split, else paper)")
+    p.add_argument("--part", default="test", choices=("train", "val", "test"),
+                   help="part of the split to evaluate (default test)")
+    p.add_argument("--seed", type=int, help="seed of the paper/patient split (default 37)")
+    p.add_argument("--fold", type=int, help="fold of a K-fold split file")
+    p.add_argument("--out", type=Path, metavar="FILE", help="summary file to write (default "
+                   "CHECKPOINT/summary.json, or summary-<part>.json for other parts)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing summary")
+    p.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default "
+                   "16; dice_paper always pools batches of 16)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (faster on GPU)")
+    p.add_argument("--save-predictions", action="store_true",
+                   help="also write predictions.npz (bit-packed binary masks) beside the summary")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mambaseg.engine.evaluate import run_evaluation
+
+    summary, out = run_evaluation(
+        args.data, checkpoint=args.checkpoint, model=args.model, split=args.split,
+        part=args.part, out=args.out, device=args.device, batch_size=args.batch_size,
+        threshold=args.threshold, save_predictions=args.save_predictions,
+        overwrite=args.overwrite, seed=args.seed, fold=args.fold, amp=args.amp,
+        progress=not args.no_progress)
+    print(f"{summary['model']} ({summary['parameters']:,} parameters) on {summary['part']} of "
+          f"split {summary['split']}: {summary['n_slices']} slices, {summary['n_patients']} "
+          f"patients, device {summary['device']}")
+    print(format_table(summary))
+    print(f"wrote {out}" + (f" and {out.parent / summary['predictions']}"
+                            if summary.get("predictions") else ""))
+    return 0
+
+
+def _num(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def format_table(summary: dict) -> str:
+    """The metrics of a summary as a plain-text table."""
+    s = summary
+    rows = [("metric", "mean", "median", "95% CI", "notes")]
+
+    def row(key, note="", digits=4):
+        m = s[key]
+        ci = m.get("ci95")
+        rows.append((key, _num(m.get("mean"), digits), _num(m.get("median"), digits),
+                     f"[{_num(ci[0], digits)}, {_num(ci[1], digits)}]" if ci else "", note))
+
+    dp = s["dice_paper"]
+    row("dice_paper", f"{dp['n_batches']} batches of {dp['batch_size']}, "
+                      f"{dp['n_empty_batches']} all-empty")
+    ds = s["dice_slice"]
+    row("dice_slice", f"{ds['n']} slices")
+    rows.append(("dice_slice (tumour)", _num(ds["tumour_mean"]), _num(ds["tumour_median"]), "",
+                 f"{ds['n_tumour']} tumour slices"))
+    row("dice_patient", f"{s['dice_patient']['n']} patients")
+    for key in ("dice_global", "iou", "precision", "recall"):
+        row(key, "all pixels pooled")
+    h = s["hd95"]
+    row("hd95", f"px; {h['n']} slices, {h['n_empty_prediction']} tumour slices predicted empty",
+        digits=2)
+    f = s["fpr_empty"]
+    row("fpr_empty", f"{f['n_false_positive_slices']}/{f['n_empty_slices']} tumour-free slices; "
+                     f"{_num(f['mean_predicted_pixels'], 1)} px mean")
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(line.rstrip() for line in lines)

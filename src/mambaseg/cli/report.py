@@ -1,0 +1,42 @@
+"""``mambaseg report``: regenerate results/README.md and the figures from saved runs."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mambaseg.cli._common import add_command
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = add_command(
+        sub, "report",
+        help="Regenerate README.md (Table I vs the paper) and Figs. 1-3 from a results folder's saved runs.",
+        example="mambaseg report results --data /root/lgg/kaggle_3m --slices 4",
+    )
+    p.add_argument("results", metavar="RESULTS_DIR",
+                   help="results folder: paper/<model>/ and patient/<model>/ with each run's saved files")
+    p.add_argument("--data", metavar="PATH", default=None,
+                   help="the dataset (kaggle_3m): recount Fig. 1 from the masks and read Fig. 3's images; "
+                        "saves data_stats.json and fig3_inputs.npz so later reports need only RESULTS_DIR")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where to write README.md and figures/ (default: RESULTS_DIR)")
+    p.add_argument("--slices", metavar="N|REL,REL", default=None,
+                   help="Fig. 3's slices: a count, evenly spaced through the paper split's test tumour "
+                        "slices (default 4), or comma-separated slice paths")
+    p.add_argument("--quiet", action="store_true", help="do not print the table")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from mambaseg.report import make_report
+
+    result = make_report(args.results, data=args.data, out=args.out, slices=args.slices)
+    if not args.quiet:
+        print(result.table)
+        print()
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for path in result.written:
+        print(f"wrote {path}")
+    return 0

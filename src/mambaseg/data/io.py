@@ -1,0 +1,234 @@
+"""Reading images and masks, and writing files atomically.
+
+Readers
+-------
+``read_image(path, channels=3)`` returns an ``(H, W, channels)`` uint8 array. The LGG images are
+RGB already; other images are converted, and ``read_image_noted`` / ``image_note`` say how:
+
+- grayscale (or grayscale + alpha) -> the gray channel repeated ``channels`` times;
+- RGBA -> RGB (alpha dropped); palette -> RGB; CMYK -> RGB;
+- RGB with ``channels=1`` -> luma (ITU-R 601);
+- 16-bit, 32-bit or float pixels -> rescaled linearly from [min, max] to [0, 255].
+
+``read_image(path, strict=True)`` refuses any conversion (the dataset verifier's view).
+``read_mask(path)`` returns an ``(H, W)`` uint8 array in {0, 1}; the file may hold {0, 1} or
+{0, 255} (bool, or RGB with identical channels, are accepted too).
+
+Every problem raises :class:`mambaseg.errors.DataError` naming the file.
+
+Writers
+-------
+``atomic_path(path)`` yields a temporary path in the same folder and moves it onto ``path`` only
+when the block succeeds; ``write_png(path, array)`` uses it. Every file the package writes goes
+through ``atomic_path``, so no half-written file is ever left behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mambaseg.errors import DataError
+
+#: suffixes (lower case) read as images
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".webp", ".jpg", ".jpeg")
+#: suffixes (lower case) read as masks
+MASK_SUFFIXES = (".tif", ".tiff", ".png")
+_TIFF = (".tif", ".tiff")
+
+
+def decode(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file as stored: (H, W) or (H, W, S) array, any dtype.
+
+    TIFF goes through tifffile (Pillow for LZW/JPEG-compressed TIFF when imagecodecs is not
+    installed), everything else through Pillow.
+    Raises DataError naming the file if it is missing, unreadable or truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    errors = []
+    if path.suffix.lower() in _TIFF:
+        try:
+            return _decode_tiff(path)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad file
+            errors.append(str(exc) or type(exc).__name__)
+            # Pillow (libtiff) only for what tifffile cannot do alone: LZW/JPEG compression
+            # without imagecodecs, or another format behind a .tif name
+            if not ("imagecodecs" in errors[0] or "not a tiff" in errors[0].lower()):
+                raise DataError(f"{path}: unreadable or truncated image file ({errors[0]})") \
+                    from None
+    try:
+        return _decode_pillow(path)
+    except Exception as exc:  # noqa: BLE001
+        errors.append(str(exc) or type(exc).__name__)
+    raise DataError(f"{path}: unreadable or truncated image file ({errors[-1]})")
+
+
+def _decode_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        arr = page.asarray()
+        axes = page.axes
+    if arr.ndim == 3 and axes.startswith("S"):  # planar configuration: samples first
+        arr = np.moveaxis(arr, 0, -1)
+    return np.ascontiguousarray(arr)
+
+
+def _decode_pillow(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        elif im.mode == "CMYK" or im.mode.startswith("YCbCr") or im.mode == "LAB":
+            im = im.convert("RGB")
+        return np.array(im)
+
+
+def _to_uint8(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Convert any pixel type to uint8; say so when values were rescaled."""
+    if arr.dtype == np.uint8:
+        return arr, None
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255, "boolean pixels mapped to 0/255"
+    lo, hi = float(arr.min()), float(arr.max())
+    scaled = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(arr.shape)
+    note = f"{arr.dtype} pixels rescaled from [{lo:g}, {hi:g}] to [0, 255]"
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8), note
+
+
+def image_from_array(arr: np.ndarray, path: str | os.PathLike, channels: int = 3,
+                     strict: bool = False) -> tuple[np.ndarray, str | None]:
+    """Turn a decoded array into (H, W, channels) uint8; return it with a conversion note.
+
+    ``strict=True`` raises DataError instead of converting anything.
+    """
+    samples = 1 if arr.ndim == 2 else arr.shape[2] if arr.ndim == 3 else None
+    if samples is None or arr.ndim == 3 and samples > 4:
+        raise DataError(f"{path}: unexpected image shape {tuple(arr.shape)} "
+                        f"(expected height x width x {channels})")
+    if strict:
+        if samples != channels:
+            raise DataError(f"{path}: image has {samples} channel(s), expected {channels}")
+        if arr.dtype != np.uint8:
+            raise DataError(f"{path}: image pixels are {arr.dtype}, expected uint8")
+        return arr.reshape(arr.shape[0], arr.shape[1], channels), None
+    arr, note = _to_uint8(arr)
+    notes = [note] if note else []
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if samples in (2, 4):  # gray+alpha or RGBA: drop alpha
+        arr = arr[:, :, : samples - 1]
+        notes.append("alpha channel dropped")
+        samples -= 1
+    if samples == channels:
+        out = arr
+    elif samples == 1:
+        out = np.repeat(arr, channels, axis=2)
+        notes.append(f"grayscale repeated to {channels} channels")
+    elif samples == 3 and channels == 1:
+        luma = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        out = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, :, None]
+        notes.append("RGB converted to grayscale")
+    else:
+        raise DataError(f"{path}: image has {samples} channels, cannot make {channels}")
+    return np.ascontiguousarray(out), "; ".join(notes) or None
+
+
+def mask_from_array(arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Turn a decoded mask into (H, W) uint8 in {0, 1}; DataError for any other content."""
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        colour = arr[:, :, :3]
+        if not (np.array_equal(colour[:, :, 0], colour[:, :, 1])
+                and np.array_equal(colour[:, :, 0], colour[:, :, 2])):
+            raise DataError(f"{path}: mask has {arr.shape[2]} channels that differ, expected 1")
+        arr = colour[:, :, 0]
+    elif arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    elif arr.ndim != 2:
+        raise DataError(f"{path}: mask has shape {tuple(arr.shape)}, expected height x width "
+                        "with one channel")
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if arr.dtype.kind not in "ui":
+        raise DataError(f"{path}: mask pixels are {arr.dtype}, expected uint8 0/1 or 0/255")
+    hi = int(arr.max()) if arr.size else 0
+    if hi <= 1:
+        return arr.astype(np.uint8, copy=False)
+    nonzero = arr != 0
+    if hi == 255 and bool(np.all(arr[nonzero] == 255)):
+        return nonzero.view(np.uint8)
+    values = np.unique(arr)
+    shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+    raise DataError(f"{path}: mask values {{{shown}}} are not {{0, 1}} or {{0, 255}}")
+
+
+def read_image_noted(path: str | os.PathLike, channels: int = 3,
+                     strict: bool = False) -> tuple[np.ndarray, str | None]:
+    """Read an image as (H, W, channels) uint8 and say what was converted (None: nothing)."""
+    return image_from_array(decode(path), path, channels, strict)
+
+
+def read_image(path: str | os.PathLike, channels: int = 3, strict: bool = False) -> np.ndarray:
+    """Read an image as an (H, W, channels) uint8 array (see the module docstring)."""
+    return read_image_noted(path, channels, strict)[0]
+
+
+def image_note(path: str | os.PathLike, channels: int = 3) -> str | None:
+    """Describe the conversion ``read_image(path, channels)`` applies, or None if none."""
+    return read_image_noted(path, channels)[1]
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask as an (H, W) uint8 array in {0, 1}; the file may hold 0/1 or 0/255."""
+    return mask_from_array(decode(path), path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` if the block succeeds.
+
+    The temporary name keeps the suffix (writers that infer the format still work). On any
+    exception the temporary file is deleted and the exception propagates; ``path`` is untouched.
+    The parent folder is created if needed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_png(path: str | os.PathLike, array) -> Path:
+    """Write a uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array (or bool mask: 0/255) as PNG.
+
+    Accepts numpy arrays or CPU tensors; the write is atomic. Returns the path.
+    """
+    from PIL import Image
+
+    arr = np.asarray(array)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype != np.uint8:
+        raise ValueError(f"write_png needs uint8 or bool pixels, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or arr.ndim == 3 and arr.shape[2] not in (3, 4):
+        raise ValueError(f"write_png needs (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
+    return path

@@ -1,0 +1,115 @@
+"""Building what a run needs: device, data on the device, model, optimizer and scheduler."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mambaseg.engine import distributed as D
+from mambaseg.engine.loop import DeviceData, resize_arrays
+from mambaseg.errors import DataError, MambasegError
+
+#: models made of convolutions only: trained in channels_last memory format on CUDA
+CONV_MODELS = ("unet", "resnet18", "resnet50")
+
+
+def resolve_device(name: str, info: D.DistInfo = D.DistInfo()) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; ``cuda`` without a GPU is a MambasegError.
+    Under torchrun each process takes GPU ``LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise MambasegError("--device cuda was asked for, but PyTorch sees no CUDA GPU "
+                                "(torch.cuda.is_available() is False); use --device cpu or auto")
+        if info.enabled:
+            if info.local_rank >= torch.cuda.device_count():
+                raise MambasegError(f"LOCAL_RANK {info.local_rank} has no GPU: only "
+                                    f"{torch.cuda.device_count()} visible")
+            torch.cuda.set_device(info.local_rank)
+            return torch.device("cuda", info.local_rank)
+        return torch.device("cuda", torch.cuda.current_device())
+    if name == "cpu":
+        return torch.device("cpu")
+    raise MambasegError(f"unknown --device {name!r}; choose auto, cpu or cuda")
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable device name (the GPU's model, or the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def check_data_path(data: str | Path | None) -> Path:
+    """The data folder as a Path; DataError if it is not given, missing or not a folder."""
+    if data is None:
+        raise DataError("no data given (--data PATH)")
+    root = Path(data)
+    if not root.exists():
+        raise DataError(f"{root}: data folder does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: data path is not a folder")
+    return root
+
+
+def load_split_arrays(data: str | Path, split: str, fold: int | None, image_size: int | None,
+                      device: torch.device, channels_last: bool, progress: bool = True,
+                      split_seed: int | None = None
+                      ) -> tuple[dict[str, DeviceData | None], dict[str, int]]:
+    """Resolve the split, decode train and validation slices and put them on ``device``
+    (resized to ``image_size`` when given). Returns the parts and their slice counts."""
+    from mambaseg.data import load_arrays, resolve_split
+
+    root = check_data_path(data)
+    parts = resolve_split(root, split, seed=split_seed, fold=fold)
+    if not parts["train"]:
+        raise DataError(f"{root}: the {split!r} split has no training slices")
+    out: dict[str, DeviceData | None] = {}
+    for part in ("train", "val"):
+        if not parts[part]:
+            out[part] = None
+            continue
+        images, masks = load_arrays(parts[part], progress=progress)
+        images, masks = images.to(device), masks.to(device)
+        if image_size is not None:
+            images, masks = resize_arrays(images, masks, int(image_size))
+        out[part] = DeviceData(images, masks, channels_last=channels_last)
+    return out, {p: len(parts[p]) for p in ("train", "val", "test")}
+
+
+def build_model(name: str, in_channels: int, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """``create_model(name, in_channels, num_classes=1, **kwargs)`` (unknown names raise a
+    MambasegError listing the valid ones)."""
+    from mambaseg.models import create_model
+
+    return create_model(name, in_channels=in_channels, num_classes=1, **kwargs)
+
+
+def use_channels_last(model_name: str, device: torch.device, setting: bool | None) -> bool:
+    """channels_last for convolutional models on CUDA unless ``setting`` says otherwise."""
+    if setting is not None:
+        return bool(setting)
+    return device.type == "cuda" and model_name in CONV_MODELS
+
+
+def build_optimizer(params, name: str, lr: float, weight_decay: float,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """Adam or AdamW; fused on CUDA (one kernel for the whole update)."""
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    return cls(params, **kwargs)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int):
+    """None, or cosine annealing over ``epochs`` (stepped once per epoch)."""
+    if name == "none":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    raise MambasegError(f"unknown --scheduler {name!r}; choose none or cosine")

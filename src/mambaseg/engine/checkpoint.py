@@ -1,0 +1,169 @@
+"""Crash-safe checkpoint folders and the training state needed to resume exactly.
+
+A checkpoint is a folder in the ``save_pretrained`` format (``config.json`` +
+``model.safetensors``); ``RUN_DIR/last/`` adds ``train_state.pt`` (optimizer, scheduler, scaler,
+epoch, best metric, metric history and every RNG state).
+
+Folders are replaced atomically (:func:`atomic_dir`): the new one is written to ``.NAME.tmp``,
+the old one renamed to ``.NAME.old``, the new one renamed into place, the old one deleted.
+:func:`recover_dir` repairs what a crash at any point leaves behind, so ``NAME`` is always either
+the previous complete checkpoint or the new complete one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from mambaseg.errors import CheckpointError
+
+TRAIN_STATE = "train_state.pt"
+STATE_FORMAT = 1
+
+
+def _side_paths(target: Path) -> tuple[Path, Path]:
+    return target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+
+
+def recover_dir(target: str | os.PathLike) -> None:
+    """Repair ``target`` after a crash during :func:`atomic_dir`.
+
+    A leftover temp folder is deleted (it may be incomplete). A leftover ``.old`` folder is put
+    back if ``target`` is missing (the crash came between the two renames), else deleted.
+    """
+    target = Path(target)
+    tmp, old = _side_paths(target)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if old.exists():
+        if target.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, target)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem allows fsync on a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder; when the block succeeds it replaces ``target``."""
+    target = Path(target)
+    recover_dir(target)
+    tmp, old = _side_paths(target)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------- RNG states
+
+
+def rng_state(device: torch.device, generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """Every random-number state of this process (torch CPU and CUDA, numpy, python, and the
+    named explicit generators), in a form ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                  float(cached)],
+        "python": _python_state_to_plain(random.getstate()),
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device,
+                  generators: dict[str, torch.Generator]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(_python_state_from_plain(state["python"]))
+    for key, gen in generators.items():
+        if key in state["generators"]:
+            gen.set_state(state["generators"][key])
+
+
+def _python_state_to_plain(st: tuple) -> list:
+    version, internal, gauss = st
+    return [version, torch.tensor(internal, dtype=torch.int64), gauss]
+
+
+def _python_state_from_plain(st: list) -> tuple:
+    version, internal, gauss = st
+    return (version, tuple(int(v) for v in internal.tolist()), gauss)
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def save_checkpoint(target: str | os.PathLike, model: torch.nn.Module,
+                    metadata: dict[str, Any] | None = None,
+                    train_state: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (``save_pretrained``) and optionally ``train_state.pt`` into ``target``,
+    atomically replacing any previous checkpoint there."""
+    target = Path(target)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, metadata=metadata)
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+    return target
+
+
+def has_train_state(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a resumable checkpoint (after crash repair)."""
+    folder = Path(folder)
+    recover_dir(folder)
+    return (folder / TRAIN_STATE).is_file() and (folder / "model.safetensors").is_file()
+
+
+def load_train_state(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read ``folder/train_state.pt`` (on the CPU); CheckpointError if missing or unreadable."""
+    path = Path(folder) / TRAIN_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training state to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means a damaged file
+        raise CheckpointError(f"{path}: unreadable training state ({exc})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a mambaseg training state (format "
+                              f"{state.get('format') if isinstance(state, dict) else '?'})")
+    return state

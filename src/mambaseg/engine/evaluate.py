@@ -1,0 +1,274 @@
+"""Evaluating a model on one part of a split: run it, count, and assemble ``summary.json``.
+
+``evaluate_slices`` runs a model over slices (chunk by chunk, so memory stays bounded) and
+returns the metrics plus per-slice and per-patient tables; ``run_evaluation`` is what
+``mambaseg evaluate`` calls: it loads the checkpoint and the split, checks the outputs can be
+written, evaluates, and writes ``summary.json`` (and ``predictions.npz``) atomically.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mambaseg.engine import metrics
+from mambaseg.engine.inference import (count_parameters, in_channels, load_checkpoint,
+                                       load_shipped_model, model_name, predict_probs,
+                                       prepare_dir, resolve_device)
+from mambaseg.errors import DataError, MambasegError
+
+#: top-level metric keys of summary.json, in the order tables print them
+METRIC_KEYS = ("dice_paper", "dice_slice", "dice_patient", "dice_global", "iou", "precision",
+               "recall", "hd95", "fpr_empty")
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate_slices`` returns: the summary dict and, if kept, the binary predictions."""
+
+    summary: dict
+    rels: list[str] = field(default_factory=list)
+    packed: np.ndarray | None = None   # np.packbits of uint8 (N, H, W) along the last axis
+    shape: tuple[int, int, int] | None = None
+
+
+def evaluate_slices(model, slices, batch_size: int = 16, device: str | torch.device = "cpu",
+                    threshold: float = 0.5, amp: bool = False, keep_predictions: bool = False,
+                    n_boot: int = metrics.N_BOOT, seed: int = metrics.BOOT_SEED,
+                    progress: bool = False) -> Evaluation:
+    """Run ``model`` over ``slices`` (``layout.Slice`` with masks, in split order) and compute
+    every metric of docs/metrics.md.
+
+    Returns an :class:`Evaluation` whose ``summary`` holds one key per metric name plus
+    ``per_slice`` ({rel, patient, tp, fp, fn, dice, hd95}) and ``per_patient``
+    ({patient, tp, fp, fn, dice, slices}) tables.
+    """
+    from mambaseg.data.dataset import load_arrays
+
+    slices = list(slices)
+    if not slices:
+        raise DataError("no slices to evaluate")
+    chunk = max(1, int(batch_size)) * 4
+    tps, fps, fns, hds, packed = [], [], [], [], []
+    shape = None
+    bar = _progress(len(slices), progress)
+    for start in range(0, len(slices), chunk):
+        part = slices[start:start + chunk]
+        images, masks = load_arrays(part, progress=False, channels=in_channels(model))
+        probs = predict_probs(model, images, batch_size=batch_size, device=device, amp=amp)
+        pred = (probs > threshold)[:, 0]
+        truth = torch.as_tensor(masks)[:, 0] > 0
+        tp, fp, fn = metrics.dice_counts(pred, truth)
+        tps.append(tp), fps.append(fp), fns.append(fn)
+        for i in range(len(part)):
+            both = tp[i] + fp[i] > 0 and tp[i] + fn[i] > 0
+            hds.append(metrics.hd95(pred[i], truth[i]) if both else None)
+        if keep_predictions:
+            arr = pred.numpy().astype(np.uint8)
+            if shape is not None and arr.shape[1:] != shape[1:]:
+                raise DataError("--save-predictions needs slices of one size")
+            shape = (0, *arr.shape[1:])
+            packed.append(np.packbits(arr, axis=-1))
+        bar.update(len(part))
+    bar.close()
+    tp, fp, fn = (np.concatenate(a) for a in (tps, fps, fns))
+    patients = [s.patient for s in slices]
+    summary = metrics.summarize(tp, fp, fn, patients, hds, n_boot=n_boot, seed=seed)
+    summary["per_slice"] = _per_slice(slices, tp, fp, fn, hds)
+    summary["per_patient"] = _per_patient(tp, fp, fn, patients)
+    ev = Evaluation(summary, [s.rel for s in slices])
+    if keep_predictions:
+        ev.packed = np.concatenate(packed)
+        ev.shape = (len(slices), shape[1], shape[2])
+    return ev
+
+
+def _per_slice(slices, tp, fp, fn, hds) -> list[dict]:
+    dice = metrics.dice_from_counts(tp, fp, fn)
+    return [{"rel": s.rel, "patient": s.patient, "tp": int(a), "fp": int(b), "fn": int(c),
+             "dice": float(d), "hd95": h}
+            for s, a, b, c, d, h in zip(slices, tp, fp, fn, dice, hds)]
+
+
+def _per_patient(tp, fp, fn, patients) -> list[dict]:
+    names, ptp, pfp, pfn, n = metrics.group_counts(tp, fp, fn, patients)
+    dice = metrics.dice_from_counts(ptp, pfp, pfn)
+    return [{"patient": p, "tp": int(a), "fp": int(b), "fn": int(c), "dice": float(d),
+             "slices": int(k)} for p, a, b, c, d, k in zip(names, ptp, pfp, pfn, dice, n)]
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="slice", desc="evaluate", leave=False)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def default_out(checkpoint: str | Path, part: str = "test") -> Path:
+    """``<checkpoint>/summary.json`` for the test part, ``<checkpoint>/summary-<part>.json`` else."""
+    name = "summary.json" if part == "test" else f"summary-{part}.json"
+    return Path(checkpoint) / name
+
+
+def predictions_path(out: str | Path) -> Path:
+    """Where ``--save-predictions`` writes, beside the summary: ``summary*.json`` ->
+    ``predictions*.npz`` (``summary-val.json`` -> ``predictions-val.npz``), else
+    ``<stem>-predictions.npz``."""
+    out = Path(out)
+    if out.stem.startswith("summary"):
+        return out.with_name("predictions" + out.stem[len("summary"):] + ".npz")
+    return out.with_name(out.stem + "-predictions.npz")
+
+
+def json_ready(obj):
+    """Replace NaN/inf floats (not valid JSON) by None, recursively; numpy scalars to Python."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Write ``data`` as indented JSON atomically (NaN written as null)."""
+    from mambaseg.data.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_ready(data), indent=1) + "\n")
+    return path
+
+
+def write_predictions(path: str | Path, ev: Evaluation) -> Path:
+    """Write ``predictions.npz`` (``rel``, ``masks`` packed bits, ``shape``) atomically."""
+    from mambaseg.data.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, rel=np.array(ev.rels, dtype=str), masks=ev.packed,
+                            shape=np.array(ev.shape, dtype=np.int64))
+    return path
+
+
+def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
+    """Read ``predictions.npz`` back: ``{"rel": (N,) str, "masks": uint8 (N, H, W) in {0, 1}}``."""
+    with np.load(path) as z:
+        n, h, w = (int(v) for v in z["shape"])
+        masks = np.unpackbits(z["masks"], axis=-1, count=w).reshape(n, h, w)
+        return {"rel": z["rel"].astype(str), "masks": masks}
+
+
+# ----------------------------------------------------------------------------- the command
+
+def run_settings(checkpoint: str | Path | None) -> dict:
+    """Data and split settings of the training run a checkpoint came from.
+
+    A trainer checkpoint lives in ``RUN_DIR/last`` or ``RUN_DIR/best`` beside the run's
+    ``config.json``; its ``data``, ``split``, ``split_seed`` and ``fold`` are returned (as
+    ``data``, ``split``, ``seed``, ``fold``; missing ones left out). Empty when not found.
+    """
+    if checkpoint is None:
+        return {}
+    path = Path(checkpoint).parent / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cfg, dict) or "model_name" in cfg:   # a checkpoint's own config
+        return {}
+    cfg = cfg.get("settings", cfg) if isinstance(cfg.get("settings"), dict) else cfg
+    out = {"data": cfg.get("data"), "split": cfg.get("split"), "seed": cfg.get("split_seed"),
+           "fold": cfg.get("fold")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def run_evaluation(data: str | Path | None, checkpoint: str | Path | None = None,
+                   model: str | None = None, split: str | None = None, part: str = "test",
+                   out: str | Path | None = None,
+                   device: str = "auto", batch_size: int = 16, threshold: float = 0.5,
+                   save_predictions: bool = False, overwrite: bool = False,
+                   seed: int | None = None, fold: int | None = None, amp: bool = False,
+                   n_boot: int = metrics.N_BOOT, progress: bool = False) -> tuple[dict, Path]:
+    """Evaluate a checkpoint (or the shipped weights of ``model``) on ``part`` of ``split`` of
+    the dataset at ``data``; write the summary (default ``default_out(checkpoint, part)``).
+
+    ``data``, ``split``, ``seed`` and ``fold`` left None come from the training run of the
+    checkpoint (``run_settings``); ``split`` then defaults to ``paper``.
+
+    Every check (paths, split, device, checkpoint, existing outputs, writable folder) runs before
+    the model does; nothing is written unless the evaluation succeeds. Returns (summary, path).
+    """
+    from mambaseg.data.splits import resolve_split
+
+    if (checkpoint is None) == (model is None):
+        raise MambasegError("pass exactly one of --checkpoint DIR and --model NAME")
+    if out is None:
+        if checkpoint is None:
+            raise MambasegError("--model needs --out FILE (where to write the summary)")
+        out = default_out(checkpoint, part)
+    out = Path(out)
+    targets = [out] + ([predictions_path(out)] if save_predictions else [])
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise MambasegError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
+    if out.exists() and out.is_dir():
+        raise MambasegError(f"--out {out} is a directory; give a file name such as {out}/summary.json")
+    run = run_settings(checkpoint)
+    if split is None:
+        split = run.get("split", "paper")
+        seed = run.get("seed") if seed is None else seed
+        fold = run.get("fold") if fold is None else fold
+    if data is None:
+        if "data" not in run:
+            raise MambasegError("pass --data PATH (the dataset folder)")
+        data = run["data"]
+    data = Path(data)
+    if not data.exists():
+        raise DataError(f"data path {data} does not exist")
+    dev = resolve_device(device)
+    parts = resolve_split(data, split, seed=seed, fold=fold)
+    if part not in parts:
+        raise MambasegError(f"unknown part {part!r}: choose one of {', '.join(parts)}")
+    slices = parts[part]
+    if not slices:
+        raise DataError(f"the {part} part of split {split!r} is empty")
+    net = load_checkpoint(checkpoint, dev) if checkpoint is not None else load_shipped_model(model, dev)
+    prepare_dir(out.parent, "output folder")
+
+    t0 = time.perf_counter()
+    ev = evaluate_slices(net, slices, batch_size=batch_size, device=dev, threshold=threshold,
+                         amp=amp, keep_predictions=save_predictions, n_boot=n_boot,
+                         progress=progress)
+    from mambaseg import __version__
+
+    head = {
+        "model": model_name(net), "parameters": count_parameters(net),
+        "checkpoint": str(checkpoint) if checkpoint is not None else f"shipped:{model}",
+        "data": str(data), "split": str(split), "seed": seed, "fold": fold, "part": part,
+        "n_slices": len(slices), "n_patients": len({s.patient for s in slices}),
+        "threshold": threshold, "device": str(dev), "amp": amp,
+        "seconds": round(time.perf_counter() - t0, 3), "mambaseg_version": __version__,
+    }
+    summary = {**head, **ev.summary}
+    if save_predictions:
+        summary["predictions"] = predictions_path(out).name
+        write_predictions(predictions_path(out), ev)
+    write_json(out, summary)
+    return summary, out

@@ -1,0 +1,227 @@
+"""Running a segmentation model over images: devices, model loading, padding, probabilities.
+
+Used by ``evaluate`` and ``predict``. Inputs of any size are zero-padded at the bottom and right
+up to the nearest size the model accepts (``model.valid_size``; a multiple of 32 for models that
+do not say), and the probabilities are cropped back. Zero is the MRI background, so zero padding
+adds only more background; reflect padding would mirror tissue (and tumour) into the border.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mambaseg.errors import CheckpointError, MambasegError
+
+#: size multiple assumed for models without ``valid_size``
+DEFAULT_MULTIPLE = 32
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None) -> cuda if available else cpu; ``cuda`` without CUDA -> MambasegError."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise MambasegError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MambasegError("--device cuda was asked for but CUDA is not available on this "
+                                "machine (no GPU or a CPU-only PyTorch); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MambasegError(f"device {name} does not exist: this machine has "
+                                f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise MambasegError(f"unsupported device {name!r} (use auto, cpu or cuda)")
+    return dev
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """Load a model saved with ``save_pretrained`` from the directory ``path``, in eval mode.
+
+    Any failure (missing directory, truncated weights, weights of another architecture) is
+    raised as CheckpointError naming the directory.
+    """
+    from mambaseg.models import from_pretrained
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint directory does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: a checkpoint is a directory (config.json + "
+                              "model.safetensors), not a file")
+    try:
+        model = from_pretrained(path)
+    except MambasegError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint can fail in many ways
+        raise CheckpointError(f"{path}: cannot load checkpoint: {exc}") from None
+    return model.to(device).eval()
+
+
+def load_shipped_model(name: str | None = None, device: str | torch.device = "cpu"):
+    """Load the shipped weights of model ``name`` (the best shipped model when None).
+
+    Raises MambasegError for an unknown model name (listing the valid ones) or when no weights
+    are shipped for it (saying to pass --checkpoint).
+    """
+    from mambaseg.models import list_models
+    from mambaseg.models import pretrained
+
+    shipped = list(pretrained.shipped_models())
+    if name is None:
+        if not shipped:
+            raise MambasegError("no pretrained weights are shipped with this installation; "
+                                "pass --checkpoint DIR (a directory written by 'mambaseg train')")
+        name = pretrained.best_shipped() or shipped[0]
+    else:
+        valid = list(list_models())
+        if name not in valid and name not in shipped:
+            raise MambasegError(f"unknown model {name!r}; valid names: {', '.join(valid)}")
+        if name not in shipped:
+            have = ", ".join(shipped) if shipped else "none"
+            raise MambasegError(f"no pretrained weights are shipped for {name!r} (shipped: "
+                                f"{have}); pass --checkpoint DIR to use trained weights")
+    try:
+        model = pretrained.load_shipped(name)
+    except MambasegError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged package data
+        raise CheckpointError(f"shipped weights of {name!r} cannot be loaded: {exc}") from None
+    return model.to(device).eval()
+
+
+def model_name(model) -> str:
+    """The registry name of a model (``model.model_name``), else its class name."""
+    for get in (lambda: model.model_name, lambda: model.name):
+        with contextlib.suppress(Exception):
+            value = get()
+            if isinstance(value, str) and value:
+                return value
+    return type(model).__name__
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters of ``model``."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def in_channels(model, default: int = 3) -> int:
+    """Input channels the model expects (``model.in_channels``; default 3)."""
+    for get in (lambda: model.in_channels,):
+        with contextlib.suppress(Exception):
+            return int(get())
+    return default
+
+
+def valid_size(model, h: int, w: int) -> tuple[int, int]:
+    """The smallest size >= (h, w) the model accepts (``model.valid_size`` if it has one)."""
+    fn = getattr(model, "valid_size", None)
+    if callable(fn):
+        out = fn(h, w)
+        if isinstance(out, int):
+            return out, out
+        return int(out[0]), int(out[1])
+    m = DEFAULT_MULTIPLE
+    return math.ceil(h / m) * m, math.ceil(w / m) * m
+
+
+def to_float(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 (N,C,H,W) -> float32 in [0, 1]; float input is taken as already in [0, 1]."""
+    x = torch.as_tensor(images)
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if not x.is_floating_point():
+        raise MambasegError(f"images must be uint8 or float in [0, 1], got {x.dtype}")
+    return x.float()
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not amp:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_probs(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)[:, 1:2]  # two-class output: tumour = class 1
+
+
+def predict_probs(model, images: torch.Tensor | np.ndarray, batch_size: int = 16,
+                  device: str | torch.device = "cpu", amp: bool = False) -> torch.Tensor:
+    """Tumour probabilities ``(N, 1, H, W)`` float32 on CPU for ``images`` (N, C, H, W).
+
+    ``images`` are uint8 or float in [0, 1] of any size: each batch is zero-padded (bottom,
+    right) to ``valid_size(model, H, W)``, checked with ``model.check_input`` when the model has
+    one (a MambasegError names the nearest valid size), moved with the model to ``device``, run under ``torch.inference_mode`` in
+    eval mode (restored afterwards) and cropped back. Probabilities are the sigmoid of the logits.
+    """
+    x = torch.as_tensor(images)
+    if x.dim() != 4:
+        raise MambasegError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
+    n, _, h, w = x.shape
+    dev = resolve_device(device)
+    first = next(model.parameters(), None)
+    if first is not None and first.device != dev:
+        model.to(dev)
+    ph, pw = valid_size(model, h, w)
+    if ph < h or pw < w:
+        raise MambasegError(f"model cannot take {h}x{w} inputs (largest valid size {ph}x{pw})")
+    out = torch.empty((n, 1, h, w), dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    check = getattr(model, "check_input", None)
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, max(1, int(batch_size))):
+                xb = to_float(x[start:start + batch_size]).to(dev)
+                if (ph, pw) != (h, w):
+                    xb = F.pad(xb, (0, pw - w, 0, ph - h))
+                if callable(check) and start == 0:
+                    check(xb)
+                with _autocast(dev, amp):
+                    logits = model(xb)
+                if isinstance(logits, (tuple, list)):  # deep supervision: main output first
+                    logits = logits[0]
+                out[start:start + len(xb)] = _to_probs(logits)[:, :, :h, :w].cpu()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def prepare_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Create ``path`` (and parents) if needed and check a file can be created in it.
+
+    Raises MambasegError with a clear message when it cannot (a path under a regular file, a
+    read-only location). Shared by ``evaluate`` and ``predict``; call it only after every other
+    check passed, so that a failed run leaves nothing behind.
+    """
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise MambasegError(f"{what} {path} cannot be created: {blocker} is a file, "
+                            "not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MambasegError(f"{what} {path} cannot be created: {exc.strerror or exc}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mambaseg-probe-", dir=path)
+    except OSError as exc:
+        raise MambasegError(f"{what} {path} is not writable: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path

@@ -1,0 +1,187 @@
+"""The training and validation loops, written to add almost nothing on a GPU.
+
+The whole split lives on the device as uint8 (:class:`DeviceData`); a batch is an
+``index_select`` there, converted to float in [0, 1] there, and augmented there. The loss is
+accumulated on the device and read back once per epoch, so no step waits for the GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mambaseg.engine import distributed as D
+from mambaseg.engine.losses import LossFn
+
+
+class DeviceData:
+    """A split held on its device: images uint8 (N,C,H,W), masks uint8 (N,1,H,W) in {0,1}."""
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, channels_last: bool = False):
+        if images.shape[0] != masks.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {masks.shape[0]} masks")
+        self.images, self.masks = images, masks
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images float32 in [0, 1] and masks float32 in {0, 1} of the samples ``idx``."""
+        x = self.images.index_select(0, idx).float().div_(255.0)
+        y = self.masks.index_select(0, idx).float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+
+def resize_arrays(images: torch.Tensor, masks: torch.Tensor, size: int,
+                  chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize uint8 images (bilinear, antialiased) and masks (nearest) to ``size`` x ``size``,
+    chunk by chunk on their device."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images, masks
+    out_i = torch.empty((*images.shape[:2], size, size), dtype=torch.uint8, device=images.device)
+    out_m = torch.empty((*masks.shape[:2], size, size), dtype=torch.uint8, device=masks.device)
+    for s in range(0, images.shape[0], chunk):
+        x = images[s:s + chunk].float()
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)
+        out_i[s:s + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
+        m = F.interpolate(masks[s:s + chunk].float(), size=(size, size), mode="nearest")
+        out_m[s:s + chunk] = m.to(torch.uint8)
+    return out_i, out_m
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device,
+                  info: D.DistInfo = D.DistInfo()) -> list[torch.Tensor]:
+    """This rank's index batches for one epoch: a permutation drawn from ``generator`` (the
+    same on every rank), cut into global batches of ``batch_size``, each sharded over ranks.
+    The last, smaller batch is kept (dropped under DDP if it has fewer samples than ranks)."""
+    perm = torch.randperm(n, generator=generator).to(device, non_blocking=True)
+    batches = list(perm.split(batch_size))
+    if info.enabled:
+        batches = [D.shard(b, info) for b in batches if len(b) >= info.world_size]
+    return batches
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    """Autocast context for ``amp_dtype`` (None: a no-op)."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class TrainStats:
+    loss: float
+    images: int
+    seconds: float
+
+
+def train_epoch(model: torch.nn.Module, data: DeviceData, batches: list[torch.Tensor],
+                optimizer: torch.optim.Optimizer, loss_fn: LossFn, *,
+                amp_dtype: torch.dtype | None = None,
+                augment: Callable | None = None, aug_generator: torch.Generator | None = None,
+                info: D.DistInfo = D.DistInfo(), bar=None, step_delay: float = 0.0,
+                max_steps: int | None = None) -> TrainStats:
+    """One pass over ``batches``; returns the sample-weighted mean loss (over all ranks).
+
+    ``augment(x, y, generator)`` transforms each batch when given. ``max_steps`` stops early
+    (benchmarks); ``step_delay`` sleeps after each step (tests that interrupt training).
+    """
+    device = data.device
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    count = 0
+    _sync(device)
+    start = time.perf_counter()
+    for step, idx in enumerate(batches):
+        if max_steps is not None and step >= max_steps:
+            break
+        x, y = data.batch(idx)
+        if augment is not None:
+            x, y = augment(x, y, aug_generator)
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = idx.shape[0]
+        loss_sum += loss.detach() * n
+        count += n
+        if bar is not None:
+            bar.update(1)
+        if step_delay:
+            time.sleep(step_delay)
+    totals = torch.stack([loss_sum.double(), torch.tensor(float(count), device=device,
+                                                          dtype=torch.float64)])
+    D.all_reduce_sum(totals, info)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    total_loss, total_count = totals.tolist()
+    return TrainStats(total_loss / max(total_count, 1.0), int(total_count), seconds)
+
+
+@dataclass
+class ValStats:
+    loss: float | None
+    dice: float | None
+    images: int
+    seconds: float
+
+
+@torch.inference_mode()
+def validate(model: torch.nn.Module, data: DeviceData | None, batch_size: int, loss_fn: LossFn,
+             *, amp_dtype: torch.dtype | None = None, info: D.DistInfo = D.DistInfo(),
+             threshold: float = 0.5, max_steps: int | None = None) -> ValStats:
+    """Validation loss (sample-weighted mean of batch losses) and Dice pooled over the whole
+    split at ``threshold`` (as :func:`mambaseg.engine.metrics.pooled_dice`; 1.0 when prediction
+    and target are both empty). Under DDP each rank takes a contiguous share and the sums are
+    all-reduced; pass the bare model, not the DDP wrapper."""
+    if data is None or len(data) == 0:
+        return ValStats(None, None, 0, 0.0)
+    device = data.device
+    model.eval()
+    _sync(device)
+    start = time.perf_counter()
+    # loss_sum, intersection, predicted, target (on the device: no sync per step)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    count = 0
+    mine = torch.arange(len(data), device=device)
+    if info.enabled:
+        mine = mine.tensor_split(info.world_size)[info.rank]
+    for step, idx in enumerate(mine.split(batch_size)):
+        if max_steps is not None and step >= max_steps:
+            break
+        x, y = data.batch(idx)
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        loss = loss_fn(logits, y)
+        pred = torch.sigmoid(logits.float()) > threshold
+        target = y > 0.5
+        count += idx.shape[0]
+        sums += torch.stack([loss.double() * idx.shape[0], (pred & target).sum().double(),
+                             pred.sum().double(), target.sum().double()])
+    sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64).to(device)])
+    D.all_reduce_sum(sums, info)
+    loss_sum, inter, n_pred, n_target, count = sums.tolist()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    denom = n_pred + n_target
+    dice = 1.0 if denom == 0 else 2.0 * inter / denom
+    return ValStats(loss_sum / max(count, 1.0), dice, int(count), seconds)

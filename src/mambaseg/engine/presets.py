@@ -1,0 +1,88 @@
+"""Training presets: the hyperparameters each model was trained with in the seed code.
+
+``--preset paper`` reproduces the seed notebooks of lxaw/mamba-tumor-seg: 100 epochs, no
+learning-rate schedule, no augmentation, and the weights of the **last** epoch are the ones
+evaluated (``checkpoint: "last"``). Per model:
+
+=========================================  =====  ========  =====  ====  ============  ====
+model                                      batch  loss      optim  lr    weight decay  size
+=========================================  =====  ========  =====  ====  ============  ====
+unet, resnet18, resnet50, umamba_bot_pp    64     dice      adam   3e-4  0             256
+umamba_bot                                 32     dice      adam   3e-4  0             256
+ulvm_unet and every ulvm_unet_* variant    2      bce_dice  adamw  3e-4  1e-2          256
+segformer                                  16     bce       adamw  1e-4  5e-5          224
+=========================================  =====  ========  =====  ====  ============  ====
+
+SegFormer was trained on 224x224 inputs: images (bilinear, antialiased) and masks (nearest) are
+resized to 224x224 once when the data is loaded, and validation runs at that size too.
+
+Without a preset, :data:`DEFAULTS` apply. Explicit settings always override preset values.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from mambaseg.errors import MambasegError
+
+#: settings used when neither a preset nor an explicit value gives one
+DEFAULTS: dict[str, Any] = {
+    "epochs": 100,
+    "batch_size": 16,
+    "lr": 3e-4,
+    "optimizer": "adamw",
+    "weight_decay": 1e-2,
+    "loss": "bce_dice",
+    "scheduler": "none",
+    "augment": False,
+    "image_size": None,  # None: the images' own size
+    "checkpoint": "best",  # which checkpoint the protocol evaluates: best validation Dice
+}
+
+_PAPER_COMMON: dict[str, Any] = {
+    "epochs": 100, "scheduler": "none", "augment": False, "image_size": None,
+    "checkpoint": "last",
+}
+_SEED_DICE = {"loss": "dice", "optimizer": "adam", "lr": 3e-4, "weight_decay": 0.0}
+_SEED_ULVM = {"batch_size": 2, "loss": "bce_dice", "optimizer": "adamw", "lr": 3e-4,
+              "weight_decay": 1e-2}
+
+#: per-model settings of the paper preset (exact names; ulvm_unet* variants by prefix)
+PAPER: dict[str, dict[str, Any]] = {
+    "unet": {**_PAPER_COMMON, **_SEED_DICE, "batch_size": 64},
+    "resnet18": {**_PAPER_COMMON, **_SEED_DICE, "batch_size": 64},
+    "resnet50": {**_PAPER_COMMON, **_SEED_DICE, "batch_size": 64},
+    "umamba_bot_pp": {**_PAPER_COMMON, **_SEED_DICE, "batch_size": 64},
+    "umamba_bot": {**_PAPER_COMMON, **_SEED_DICE, "batch_size": 32},
+    "ulvm_unet": {**_PAPER_COMMON, **_SEED_ULVM},
+    "segformer": {**_PAPER_COMMON, "batch_size": 16, "loss": "bce", "optimizer": "adamw",
+                  "lr": 1e-4, "weight_decay": 5e-5, "image_size": 224},
+}
+
+PRESETS = ("paper",)
+
+
+def paper_settings(model: str) -> dict[str, Any]:
+    """The paper preset's settings for ``model`` (a copy)."""
+    if model in PAPER:
+        return dict(PAPER[model])
+    if model.startswith("ulvm_unet"):
+        return dict(PAPER["ulvm_unet"])
+    raise MambasegError(f"the paper preset has no settings for model {model!r}; it covers: "
+                        f"{', '.join(sorted(PAPER))} (and every ulvm_unet_* variant)")
+
+
+def preset_settings(preset: str | None, model: str) -> dict[str, Any]:
+    """Settings of ``preset`` for ``model`` ({} for no preset)."""
+    if preset is None or preset == "none":
+        return {}
+    if preset == "paper":
+        return paper_settings(model)
+    raise MambasegError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+
+
+def resolve_settings(model: str, preset: str | None, explicit: dict[str, Any]) -> dict[str, Any]:
+    """Merge :data:`DEFAULTS` < preset < ``explicit`` (keys whose value is None are ignored)."""
+    out = dict(DEFAULTS)
+    out.update(preset_settings(preset, model))
+    out.update({k: v for k, v in explicit.items() if v is not None})
+    return out

@@ -1,0 +1,283 @@
+"""``train(config)``: one training run, from settings to checkpoints.
+
+A run folder gets ``config.json`` (fully resolved settings), ``metrics.jsonl`` (one line per
+epoch), ``progress.png`` (redrawn each epoch), ``last/`` (every epoch, with ``train_state.pt``)
+and ``best/`` (best validation Dice). ``config.checkpoint`` records which of the two the
+evaluation protocol uses (``last`` for the paper preset).
+
+Resuming (``resume=True``) continues from ``last/`` exactly: model, optimizer, scheduler, RNG
+states (torch CPU/CUDA, numpy, python, and the explicit shuffling and augmentation generators)
+and the metric history are restored, so on the CPU (deterministic algorithms) the final weights
+and metrics equal those of an uninterrupted run with the same seed.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from mambaseg.data.io import atomic_path
+from mambaseg.engine import build as B
+from mambaseg.engine import checkpoint as C
+from mambaseg.engine import distributed as D
+from mambaseg.engine import progress as P
+from mambaseg.engine import rundir as R
+from mambaseg.engine.config import TrainConfig, resolved_settings
+from mambaseg.engine.loop import epoch_batches, train_epoch, validate
+from mambaseg.engine.losses import get_loss
+from mambaseg.errors import MambasegError
+
+__all__ = ["TrainConfig", "TrainResult", "train"]
+
+#: seconds to sleep after each training step (tests that interrupt a run mid-epoch)
+SLEEP_ENV = "MAMBASEG_TEST_SLEEP_PER_STEP"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    #: the checkpoint the evaluation protocol uses (``last`` or ``best``)
+    checkpoint_dir: Path
+    last_dir: Path
+    best_dir: Path | None
+    epochs: int
+    best_epoch: int | None
+    best_val_dice: float | None
+    history: list[dict[str, Any]]
+    settings: dict[str, Any]
+    #: False on the non-zero ranks of a torchrun job (they write nothing)
+    is_main: bool = True
+
+
+@contextlib.contextmanager
+def _numerics(device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms on the CPU, cuDNN autotuning on CUDA; restored afterwards."""
+    det = torch.are_deterministic_algorithms_enabled()
+    det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    bench = torch.backends.cudnn.benchmark
+    try:
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=det_warn)
+        torch.backends.cudnn.benchmark = bench
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _normalised(cfg: TrainConfig) -> TrainConfig:
+    cfg = dataclasses.replace(cfg)
+    cfg.split = cfg.split or "paper"
+    cfg.seed = 0 if cfg.seed is None else int(cfg.seed)
+    if cfg.data is not None:
+        cfg.data = R.normalise("data", cfg.data)
+    cfg.split = R.normalise("split", cfg.split)
+    return cfg
+
+
+def _environment(device: torch.device, info: D.DistInfo) -> dict[str, Any]:
+    from mambaseg import __version__
+
+    return {
+        "device_type": device.type,
+        "device_name": B.device_name(device),
+        "world_size": info.world_size,
+        "mambaseg_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "cuda_version": torch.version.cuda,
+        "host": platform.node(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def train(config: TrainConfig,
+          on_epoch_end: Callable[[dict[str, Any], int], None] | None = None) -> TrainResult:
+    """Train ``config.model`` on ``config.data``; see the module docstring.
+
+    ``on_epoch_end(record, epochs)`` is called (rank 0 only) after each epoch with its metrics
+    record and the total number of epochs.
+    Under ``torchrun`` this runs DistributedDataParallel (see :mod:`.distributed`).
+    """
+    info = D.detect()
+    run_dir = Path(config.out)
+    cfg = R.resume_config(run_dir, config) if config.resume else _normalised(config)
+    if not cfg.model:
+        raise MambasegError("no model given (--model NAME)")
+    from mambaseg.models import get_entry
+
+    get_entry(cfg.model)  # unknown names: MambasegError listing the valid ones
+    settings = resolved_settings(cfg)
+    B.check_data_path(cfg.data)
+    device = B.resolve_device(cfg.device, info)
+    if settings["batch_size"] < info.world_size:
+        raise MambasegError(f"--batch-size {settings['batch_size']} is smaller than the number of "
+                            f"processes ({info.world_size}); each needs at least one sample")
+    if not cfg.resume:
+        R.check_new_run(run_dir, cfg.overwrite)
+    R.check_writable(run_dir)
+    D.init(info, device)
+    try:
+        with _numerics(device):
+            return _run(cfg, settings, device, info, run_dir, on_epoch_end)
+    finally:
+        D.shutdown(info)
+
+
+def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.DistInfo,
+         run_dir: Path, on_epoch_end) -> TrainResult:
+    main = info.is_main
+    D.barrier(info)  # every rank has checked the folder before rank 0 changes it
+    if main and not cfg.resume and cfg.overwrite:
+        R.clear_run(run_dir)
+    amp = cfg.amp or ("bf16" if device.type == "cuda" else "off")
+    amp_dtype = torch.bfloat16 if amp == "bf16" else None
+    channels_last = B.use_channels_last(cfg.model, device, cfg.channels_last)
+
+    _seed_everything(cfg.seed)
+    data, counts = B.load_split_arrays(cfg.data, cfg.split, cfg.fold, s["image_size"], device,
+                                       channels_last, progress=cfg.progress and main,
+                                       split_seed=cfg.split_seed)
+    train_data, val_data = data["train"], data["val"]
+    in_channels, height, width = train_data.images.shape[1:]
+    last_dir, best_dir = run_dir / R.LAST, run_dir / R.BEST
+
+    if cfg.resume:
+        from mambaseg.models import from_pretrained
+
+        raw = from_pretrained(last_dir, **_runtime_kwargs(cfg.model_kwargs))
+    else:
+        raw = B.build_model(cfg.model, in_channels, cfg.model_kwargs)
+    raw.input_size = int(height)  # recorded in checkpoints' preprocessing
+    raw.to(device)
+    if channels_last:
+        raw.to(memory_format=torch.channels_last)
+    if hasattr(raw, "check_input"):
+        raw.check_input(train_data.batch(torch.zeros(1, dtype=torch.long, device=device))[0])
+
+    optimizer = B.build_optimizer(raw.parameters(), s["optimizer"], float(s["lr"]),
+                                  float(s["weight_decay"]), device)
+    scheduler = B.build_scheduler(optimizer, s["scheduler"], int(s["epochs"]))
+    loss_fn = get_loss(s["loss"])
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 17 + info.rank)
+    generators = {"shuffle": shuffle_gen, "augment": aug_gen}
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_dice, best_epoch = 0, -math.inf, None
+    full = {**dataclasses.asdict(cfg), **s, "amp": amp, "channels_last": channels_last,
+            "device": cfg.device, "device_used": str(device), **_environment(device, info),
+            "per_rank_batch_size": s["batch_size"] / info.world_size,
+            "input_size": [int(height), int(width)], "in_channels": int(in_channels),
+            "train_slices": counts["train"], "val_slices": counts["val"],
+            "test_slices": counts["test"], "num_parameters": sum(p.numel() for p in raw.parameters())}
+    for key in ("resume", "overwrite", "progress", "out"):
+        full.pop(key, None)
+    if cfg.resume:
+        state = C.load_train_state(last_dir)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+        best_dice = state["best_val_dice"] if state["best_val_dice"] is not None else -math.inf
+        best_epoch = state["best_epoch"]
+        rngs = state["rng"]
+        C.set_rng_state(rngs[info.rank] if info.rank < len(rngs) else rngs[0], device, generators)
+        if main:
+            P.write_metrics(run_dir / R.METRICS, history)
+    elif main:
+        with atomic_path(run_dir / R.CONFIG) as tmp:
+            tmp.write_text(json.dumps(full, indent=2, default=str) + "\n")
+
+    train_model: torch.nn.Module = raw
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    eval_model: torch.nn.Module = raw
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+        eval_model = torch.compile(raw)
+
+    augment = None
+    if s["augment"]:
+        from mambaseg.data import augment_batch as augment
+    step_delay = float(os.environ.get(SLEEP_ENV, "0") or 0)
+    epochs = int(s["epochs"])
+    val_bs = int(cfg.val_batch_size or s["batch_size"])
+    meta_common = {"run": str(run_dir), "model": cfg.model, "preset": cfg.preset,
+                   "loss": s["loss"], "image_size": int(height), "protocol_checkpoint":
+                   s["checkpoint"]}
+
+    for epoch in range(start_epoch + 1, epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        batches = epoch_batches(len(train_data), int(s["batch_size"]), shuffle_gen, device, info)
+        with P.progress_bar(len(batches), f"epoch {epoch}/{epochs}", cfg.progress and main) as bar:
+            t = train_epoch(train_model, train_data, batches, optimizer, loss_fn,
+                            amp_dtype=amp_dtype, augment=augment, aug_generator=aug_gen,
+                            info=info, bar=bar, step_delay=step_delay)
+            v = validate(eval_model, val_data, val_bs, loss_fn, amp_dtype=amp_dtype, info=info)
+        if scheduler is not None:
+            scheduler.step()
+        record = {"epoch": epoch, "train_loss": t.loss, "val_loss": v.loss, "val_dice": v.dice,
+                  "lr": lr, "epoch_time_s": t.seconds + v.seconds, "train_time_s": t.seconds,
+                  "val_time_s": v.seconds, "images_per_s": t.images / max(t.seconds, 1e-9),
+                  "train_images": t.images}
+        improved = v.dice is not None and v.dice > best_dice
+        if improved:
+            best_dice, best_epoch = v.dice, epoch
+        rngs = D.gather_objects(C.rng_state(device, generators), info)
+        if main:
+            t0 = time.perf_counter()
+            meta = {"training": {**meta_common, "epoch": epoch, "val_dice": v.dice,
+                                 "val_loss": v.loss}}
+            if improved:
+                C.save_checkpoint(best_dir, raw, meta)
+            record["checkpoint_time_s"] = None  # filled below; train_state sees the final record
+            history.append(record)
+            state = {"format": C.STATE_FORMAT, "epoch": epoch, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                     "scaler": None,  # bf16 autocast needs no gradient scaler
+                     "best_val_dice": best_dice if best_epoch is not None else None,
+                     "best_epoch": best_epoch, "history": history, "rng": rngs,
+                     "world_size": info.world_size}
+            C.save_checkpoint(last_dir, raw, meta, train_state=state)
+            record["checkpoint_time_s"] = time.perf_counter() - t0
+            P.write_metrics(run_dir / R.METRICS, history)
+            P.plot_progress(run_dir / R.PROGRESS, history, title=f"{cfg.model}  ({run_dir.name})")
+            if on_epoch_end is not None:
+                on_epoch_end(record, epochs)
+    D.barrier(info)
+
+    has_best = best_epoch is not None and best_dir.is_dir()
+    chosen = best_dir if s["checkpoint"] == "best" and has_best else last_dir
+    return TrainResult(run_dir=run_dir, checkpoint_dir=chosen, last_dir=last_dir,
+                       best_dir=best_dir if has_best else None, epochs=epochs,
+                       best_epoch=best_epoch,
+                       best_val_dice=best_dice if best_epoch is not None else None,
+                       history=history, settings=full, is_main=main)
+
+
+def _runtime_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Options that change how a model runs, not what it is (allowed on from_pretrained)."""
+    return {k: v for k, v in kwargs.items() if k == "scan_backend"}

@@ -1,0 +1,564 @@
+"""Selective scan in Triton: fused forward and backward kernels (CUDA; CPU under TRITON_INTERPRET=1).
+
+Layout of the work
+------------------
+A program owns one batch element, a block of ``BD`` channels and a contiguous range of time
+("part"), and walks that range in chunks of ``T`` steps. For each chunk it loads (BD,T) tiles of
+delta/u/z and (N,T) tiles of B/C, builds the (BD, N, T) decays ``a = exp(delta A)`` and inputs
+``b = delta u B`` in registers, and solves the chunk with ``tl.associative_scan`` over T (the
+linear-recurrence combine ``(a1,b1),(a2,b2) -> (a1 a2, a2 b1 + b2)``); the (BD, N) state crosses
+chunk boundaries in registers, in fp32. y = sum_n C x, the D skip and the silu(z) gate are fused.
+The state entering every chunk is written to a small buffer (B, D, L/T, N) for the backward.
+
+Parallelism along L ("split", for small batch*dim such as D=12 or 16 with long L): the sequence
+is cut into ``P`` parts handled by different programs. Pass 1 scans every part from a zero
+state, writes the un-gated partial y (fp32) and the part's final state and sum of delta; pass 2
+("fix") gives each part its true incoming state (a short sequential combine over the previous
+parts' summaries), adds ``sum_n C_t exp(A cumsum(delta)) S_in`` to y, corrects the saved chunk
+states and applies D and the gate. Decays use segment sums of delta, so only exp of non-positive
+numbers (A < 0) is ever taken.
+
+Backward (one program per batch element x channel block x part, chunks in reverse order):
+recompute the chunk's states from the saved chunk-entry state (forward scan), the adjoint
+``h_t = dy_t C_t + a_{t+1} h_{t+1}`` by a reverse associative scan with the adjoint carried across
+chunks, and from (x, h): du, ddelta (softplus and bias folded), dz, and partial dB, dC (reduced
+over the channel block, then atomically over blocks), dA, dD, ddelta_bias (accumulated in
+registers over the chunks, atomically over batch and parts). With ``P > 1`` a first pass computes
+each part's local adjoint at its start (zero carry), so that every part starts from its exact
+carry.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from mambaseg.ops._common import no_autocast
+
+_LOG2E = 1.4426950408889634
+
+
+def interpreter_active():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # (a1, b1) is the earlier segment, (a2, b2) the later one: x -> a2 (a1 x + b1) + b2
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # log(1 + exp(x)) like torch.nn.functional.softplus (linear above 20), accurate for x << 0
+    ex = tl.exp(tl.minimum(x, 20.0))
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, ex, tl.log(1.0 + ex)))
+
+
+@triton.jit
+def _dsoftplus(x):
+    return tl.where(x > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-tl.maximum(x, -60.0))))
+
+
+@triton.jit
+def _load_delta(dt_ptr, off, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta' = softplus(delta + bias) (as configured), 0 where masked; also delta + bias."""
+    raw = tl.load(dt_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    dl = raw
+    if SOFTPLUS:
+        dl = _softplus(raw)
+    dl = tl.where(mask, dl, 0.0)
+    return dl, raw
+
+
+@triton.jit
+def _fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, st_ptr, pst_ptr, pds_ptr,
+    dim, L, dstate, n_dblk, n_chunks, cpp, P,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SAVE: tl.constexpr, SPLIT: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    part = tl.program_id(1)
+    b = (pid // n_dblk).to(tl.int64)
+    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    offs_t = tl.arange(0, T)
+    d_mask = offs_d < dim
+    n_mask = offs_n < dstate
+    A2 = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :],
+                 mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    state = tl.zeros((BD, NP), tl.float32)
+    dsum = tl.zeros((BD,), tl.float32)
+    row = b * dim + offs_d  # (b, d) row of the contiguous (B, D, L) outputs
+    c0 = part * cpp
+    c1 = tl.minimum(c0 + cpp, n_chunks)
+    for c in range(c0, c1):
+        t = c * T + offs_t
+        t_mask = t < L
+        m2 = d_mask[:, None] & t_mask[None, :]
+        dl, raw = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
+                              bias, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
+                    other=0.0).to(tl.float32)
+        mn = n_mask[:, None] & t_mask[None, :]
+        Bt = tl.load(B_ptr + b * s_Bb + offs_n[:, None] * s_Bn + t[None, :] * s_Bl, mask=mn,
+                     other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + b * s_Cb + offs_n[:, None] * s_Cn + t[None, :] * s_Cl, mask=mn,
+                     other=0.0).to(tl.float32)
+        if SAVE:
+            tl.store(st_ptr + (row[:, None] * n_chunks + c) * NP + offs_n[None, :], state,
+                     mask=d_mask[:, None])
+        a = tl.exp2(dl[:, None, :] * A2[:, :, None])
+        bx = (dl * u)[:, None, :] * Bt[None, :, :]
+        acum, xs = tl.associative_scan((a, bx), axis=2, combine_fn=_combine)
+        x = xs + acum * state[:, :, None]
+        y = tl.sum(x * Ct[None, :, :], axis=1)
+        state = tl.sum(tl.where(offs_t[None, None, :] == T - 1, x, 0.0), axis=2)
+        o_off = row[:, None] * L + t[None, :]
+        if SPLIT:
+            dsum += tl.sum(dl, axis=1)
+            tl.store(out_ptr + o_off, y, mask=m2)  # fp32 partial y, finished by the fix kernel
+        else:
+            if HAS_D:
+                y += Dv[:, None] * u
+            if HAS_Z:
+                zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+                             mask=m2, other=0.0).to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=m2)
+    if SPLIT:
+        prow = (b * P + part) * dim + offs_d
+        tl.store(pst_ptr + prow[:, None] * NP + offs_n[None, :], state, mask=d_mask[:, None])
+        tl.store(pds_ptr + prow, dsum, mask=d_mask)
+
+
+@triton.jit
+def _fwd_fix_kernel(
+    u_ptr, dt_ptr, A_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    ybuf_ptr, out_ptr, st_ptr, pst_ptr, pds_ptr,
+    dim, L, dstate, n_dblk, n_chunks, cpp, P,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_Cb, s_Cn, s_Cl,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SAVE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    part = tl.program_id(1)
+    b = (pid // n_dblk).to(tl.int64)
+    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    offs_t = tl.arange(0, T)
+    d_mask = offs_d < dim
+    n_mask = offs_n < dstate
+    A2 = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :],
+                 mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    # true state entering this part: combine the summaries of the parts before it
+    S = tl.zeros((BD, NP), tl.float32)
+    for q in range(0, part):
+        prow = (b * P + q) * dim + offs_d
+        ds = tl.load(pds_ptr + prow, mask=d_mask, other=0.0)
+        sq = tl.load(pst_ptr + prow[:, None] * NP + offs_n[None, :], mask=d_mask[:, None], other=0.0)
+        S = tl.exp2(A2 * ds[:, None]) * S + sq
+    row = b * dim + offs_d
+    run = tl.zeros((BD,), tl.float32)  # sum of delta from the part start to the chunk start
+    c0 = part * cpp
+    c1 = tl.minimum(c0 + cpp, n_chunks)
+    for c in range(c0, c1):
+        t = c * T + offs_t
+        t_mask = t < L
+        m2 = d_mask[:, None] & t_mask[None, :]
+        o_off = row[:, None] * L + t[None, :]
+        y = tl.load(ybuf_ptr + o_off, mask=m2, other=0.0)
+        if part > 0:
+            dl, raw = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl,
+                                  m2, bias, HAS_BIAS, SOFTPLUS)
+            Ct = tl.load(C_ptr + b * s_Cb + offs_n[:, None] * s_Cn + t[None, :] * s_Cl,
+                         mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(tl.float32)
+            cs = tl.cumsum(dl, axis=1) + run[:, None]
+            dec = tl.exp2(A2[:, :, None] * cs[:, None, :])  # exp(A * segment sum) <= 1
+            y += tl.sum(dec * S[:, :, None] * Ct[None, :, :], axis=1)
+            if SAVE:
+                s_off = (row[:, None] * n_chunks + c) * NP + offs_n[None, :]
+                st = tl.load(st_ptr + s_off, mask=d_mask[:, None], other=0.0)
+                tl.store(st_ptr + s_off, st + tl.exp2(A2 * run[:, None]) * S, mask=d_mask[:, None])
+            run += tl.sum(dl, axis=1)
+        u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
+                    other=0.0).to(tl.float32)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+                         mask=m2, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _bwd_carry_kernel(
+    dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, g_ptr, phl_ptr, pes_ptr,
+    dim, L, dstate, n_dblk, n_chunks, cpp, P,
+    s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_Cb, s_Cn, s_Cl, s_gb, s_gd, s_gl,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """Split backward, pass 1: each part's adjoint at its first step from a zero carry."""
+    pid = tl.program_id(0)
+    part = tl.program_id(1) + 1  # part 0's summary is never needed
+    b = (pid // n_dblk).to(tl.int64)
+    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    offs_t = tl.arange(0, T)
+    d_mask = offs_d < dim
+    n_mask = offs_n < dstate
+    A2 = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :],
+                 mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    H = tl.zeros((BD, NP), tl.float32)
+    esum = tl.zeros((BD,), tl.float32)
+    c0 = part * cpp
+    c1 = tl.minimum(c0 + cpp, n_chunks)
+    for i in range(0, c1 - c0):
+        c = c1 - 1 - i
+        t = c * T + offs_t
+        t_mask = t < L
+        m2 = d_mask[:, None] & t_mask[None, :]
+        mn2 = d_mask[:, None] & (t + 1 < L)[None, :]
+        dln, rawn = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + (t + 1)[None, :] * s_dl,
+                                mn2, bias, HAS_BIAS, SOFTPLUS)
+        dy = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=m2,
+                     other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+                         mask=m2, other=0.0).to(tl.float32)
+            dy = dy * zz * tl.sigmoid(zz)
+        Ct = tl.load(C_ptr + b * s_Cb + offs_n[:, None] * s_Cn + t[None, :] * s_Cl,
+                     mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(tl.float32)
+        an = tl.exp2(dln[:, None, :] * A2[:, :, None])  # a_{t+1}
+        g = dy[:, None, :] * Ct[None, :, :]
+        ccum, hs = tl.associative_scan((an, g), axis=2, combine_fn=_combine, reverse=True)
+        h = hs + ccum * H[:, :, None]
+        H = tl.sum(tl.where(offs_t[None, None, :] == 0, h, 0.0), axis=2)
+        esum += tl.sum(dln, axis=1)
+    prow = (b * P + part) * dim + offs_d
+    tl.store(phl_ptr + prow[:, None] * NP + offs_n[None, :], H, mask=d_mask[:, None])
+    tl.store(pes_ptr + prow, esum, mask=d_mask)
+
+
+@triton.jit
+def _bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g_ptr, st_ptr, phl_ptr, pes_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, acc_ptr,
+    dim, L, dstate, n_dblk, n_chunks, cpp, P,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_gb, s_gd, s_gl,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SPLIT: tl.constexpr, ATOMIC_BC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    part = tl.program_id(1)
+    b = (pid // n_dblk).to(tl.int64)
+    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    offs_t = tl.arange(0, T)
+    d_mask = offs_d < dim
+    n_mask = offs_n < dstate
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :], mask=dn_mask,
+                other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    # adjoint at the first step of the next part
+    H = tl.zeros((BD, NP), tl.float32)
+    if SPLIT:
+        for i in range(0, P - 1 - part):
+            q = P - 1 - i
+            prow = (b * P + q) * dim + offs_d
+            es = tl.load(pes_ptr + prow, mask=d_mask, other=0.0)
+            hq = tl.load(phl_ptr + prow[:, None] * NP + offs_n[None, :], mask=d_mask[:, None],
+                         other=0.0)
+            H = hq + tl.exp2(A2 * es[:, None]) * H
+    dA_acc = tl.zeros((BD, NP), tl.float32)
+    dD_acc = tl.zeros((BD,), tl.float32)
+    db_acc = tl.zeros((BD,), tl.float32)
+    row = b * dim + offs_d
+    c0 = part * cpp
+    c1 = tl.minimum(c0 + cpp, n_chunks)
+    for i in range(0, c1 - c0):
+        c = c1 - 1 - i
+        t = c * T + offs_t
+        t_mask = t < L
+        m2 = d_mask[:, None] & t_mask[None, :]
+        mn = n_mask[:, None] & t_mask[None, :]
+        dl, raw = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
+                              bias, HAS_BIAS, SOFTPLUS)
+        dln, rawn = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + (t + 1)[None, :] * s_dl,
+                                d_mask[:, None] & (t + 1 < L)[None, :], bias, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
+                    other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + b * s_Bb + offs_n[:, None] * s_Bn + t[None, :] * s_Bl, mask=mn,
+                     other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + b * s_Cb + offs_n[:, None] * s_Cn + t[None, :] * s_Cl, mask=mn,
+                     other=0.0).to(tl.float32)
+        gout = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=m2,
+                       other=0.0).to(tl.float32)
+        S = tl.load(st_ptr + (row[:, None] * n_chunks + c) * NP + offs_n[None, :],
+                    mask=d_mask[:, None], other=0.0)
+        # states of the chunk
+        a = tl.exp2(dl[:, None, :] * A2[:, :, None])
+        dlu = dl * u
+        bx = dlu[:, None, :] * Bt[None, :, :]
+        acum, xs = tl.associative_scan((a, bx), axis=2, combine_fn=_combine)
+        x = xs + acum * S[:, :, None]
+        o_off = row[:, None] * L + t[None, :]
+        dy = gout
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+                         mask=m2, other=0.0).to(tl.float32)
+            y = tl.sum(x * Ct[None, :, :], axis=1)
+            if HAS_D:
+                y += Dv[:, None] * u
+            sz = tl.sigmoid(zz)
+            dy = gout * zz * sz
+            dz = gout * y * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_ptr + o_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=1)
+        # adjoint h_t = dy_t C_t + a_{t+1} h_{t+1}
+        an = tl.exp2(dln[:, None, :] * A2[:, :, None])
+        g = dy[:, None, :] * Ct[None, :, :]
+        ccum, hs = tl.associative_scan((an, g), axis=2, combine_fn=_combine, reverse=True)
+        h = hs + ccum * H[:, :, None]
+        H = tl.sum(tl.where(offs_t[None, None, :] == 0, h, 0.0), axis=2)
+        hB = tl.sum(h * Bt[None, :, :], axis=1)
+        du = dl * hB + Dv[:, None] * dy
+        tl.store(du_ptr + o_off, du.to(du_ptr.dtype.element_ty), mask=m2)
+        qq = h * (x - bx)  # h_t a_t x_{t-1}
+        ddl = tl.sum(qq * A[:, :, None], axis=1) + u * hB
+        dA_acc += tl.sum(qq * dl[:, None, :], axis=2)
+        if SOFTPLUS:
+            ddl = ddl * _dsoftplus(raw)
+        ddl = tl.where(m2, ddl, 0.0)
+        tl.store(ddt_ptr + o_off, ddl.to(ddt_ptr.dtype.element_ty), mask=m2)
+        db_acc += tl.sum(ddl, axis=1)
+        dBt = tl.sum(h * dlu[:, None, :], axis=0)
+        dCt = tl.sum(x * dy[:, None, :], axis=0)
+        bc_off = (b * dstate + offs_n[:, None]) * L + t[None, :]
+        if ATOMIC_BC:
+            tl.atomic_add(dB_ptr + bc_off, dBt, mask=mn)
+            tl.atomic_add(dC_ptr + bc_off, dCt, mask=mn)
+        else:
+            tl.store(dB_ptr + bc_off, dBt.to(dB_ptr.dtype.element_ty), mask=mn)
+            tl.store(dC_ptr + bc_off, dCt.to(dC_ptr.dtype.element_ty), mask=mn)
+    # acc = [dA (dim, dstate) | dD (dim) | ddelta_bias (dim)], fp32, reduced over batch and parts
+    tl.atomic_add(acc_ptr + offs_d[:, None] * dstate + offs_n[None, :], dA_acc, mask=dn_mask)
+    if HAS_D:
+        tl.atomic_add(acc_ptr + dim * dstate + offs_d, dD_acc, mask=d_mask)
+    if HAS_BIAS:
+        tl.atomic_add(acc_ptr + dim * dstate + dim + offs_d, db_acc, mask=d_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# launch configuration
+
+_SM_COUNT = {}
+
+
+def _sm_count(device):
+    if device.type != "cuda":
+        return 4  # interpreter: a few "SMs", so that small test shapes exercise the split path
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def _pow2(n):
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _parse_env_config():
+    spec = os.environ.get("MAMBASEG_TRITON_CONFIG", "").strip()
+    if not spec:
+        return {}
+    out = {}
+    for item in spec.split(","):
+        key, _, val = item.partition("=")
+        key = key.strip().upper()
+        if key not in ("BD", "BD_BWD", "T", "P", "WARPS", "WARPS_BWD"):
+            raise ValueError(f"MAMBASEG_TRITON_CONFIG: unknown key {key!r} in {spec!r}")
+        out[key] = int(val)
+    return out
+
+
+def make_config(batch, dim, length, dstate, device, config=None):
+    """Block sizes and split factor for one problem; ``config`` / MAMBASEG_TRITON_CONFIG override.
+
+    Keys: BD (channels per program, forward), BD_BWD (backward), T (chunk length), P (parts along
+    L), WARPS, WARPS_BWD.
+    """
+    cfg = dict(_parse_env_config())
+    cfg.update(config or {})
+    NP = _pow2(max(dstate, 1))
+    T = cfg.get("T") or (64 if length > 32 else max(16, _pow2(length)))
+    T = _pow2(T)
+    tile = 4096  # BD * NP * T elements per (BD, N, T) tile
+    BD = cfg.get("BD") or max(1, min(_pow2(dim), tile // (NP * T)))
+    BD_BWD = cfg.get("BD_BWD") or BD
+    n_chunks = triton.cdiv(length, T)
+    if cfg.get("P"):
+        P = max(1, min(int(cfg["P"]), n_chunks))
+    else:
+        progs = batch * triton.cdiv(dim, min(BD, BD_BWD))
+        target = 4 * _sm_count(device)
+        P = 1 if 2 * progs >= target else min(n_chunks, triton.cdiv(target, progs))
+    cpp = triton.cdiv(n_chunks, P)
+    P = triton.cdiv(n_chunks, cpp)
+    warps = cfg.get("WARPS") or (8 if BD * NP * T >= 4096 else 4)
+    warps_bwd = cfg.get("WARPS_BWD") or (8 if BD_BWD * NP * T >= 2048 else 4)
+    return {"BD": BD, "BD_BWD": BD_BWD, "NP": NP, "T": T, "P": P, "cpp": cpp,
+            "n_chunks": n_chunks, "WARPS": warps, "WARPS_BWD": warps_bwd}
+
+
+def _strides3(t):
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+class _TritonScan(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, config):
+        batch, dim, length = u.shape
+        dstate = A.shape[1]
+        A = A.contiguous()
+        D = D.contiguous() if D is not None else None
+        delta_bias = delta_bias.contiguous() if delta_bias is not None else None
+        cfg = make_config(batch, dim, length, dstate, u.device, config)
+        BD, NP, T, P, cpp, n_chunks = (cfg[k] for k in ("BD", "NP", "T", "P", "cpp", "n_chunks"))
+        f32 = dict(device=u.device, dtype=torch.float32)
+        save = any(ctx.needs_input_grad[:8])
+        out = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
+        states = torch.empty(batch, dim, n_chunks, NP, **f32) if save else out
+        split = P > 1
+        if split:
+            ybuf = torch.empty(batch, dim, length, **f32)
+            pst = torch.empty(batch, P, dim, NP, **f32)
+            pds = torch.empty(batch, P, dim, **f32)
+        else:
+            ybuf = pst = pds = out
+        zz = z if z is not None else u
+        n_dblk = triton.cdiv(dim, BD)
+        grid = (batch * n_dblk, P)
+        flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                     SOFTPLUS=bool(delta_softplus), SAVE=save)
+        _fwd_kernel[grid](
+            u, delta, A, Bm, Cm, D if D is not None else A, zz,
+            delta_bias if delta_bias is not None else A,
+            ybuf, states, pst, pds,
+            dim, length, dstate, n_dblk, n_chunks, cpp, P,
+            *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm),
+            BD=BD, NP=NP, T=T, SPLIT=split, num_warps=cfg["WARPS"], **flags)
+        if split:
+            _fwd_fix_kernel[grid](
+                u, delta, A, Cm, D if D is not None else A, zz,
+                delta_bias if delta_bias is not None else A,
+                ybuf, out, states, pst, pds,
+                dim, length, dstate, n_dblk, n_chunks, cpp, P,
+                *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Cm),
+                BD=BD, NP=NP, T=T, num_warps=cfg["WARPS"], **flags)
+        if save:
+            ctx.save_for_backward(u, delta, A, Bm, Cm, D, z, delta_bias, states)
+            ctx.cfg = cfg
+            ctx.delta_softplus = bool(delta_softplus)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A, Bm, Cm, D, z, delta_bias, states = ctx.saved_tensors
+        cfg = ctx.cfg
+        batch, dim, length = u.shape
+        dstate = A.shape[1]
+        NP, T, P, cpp, n_chunks = (cfg[k] for k in ("NP", "T", "P", "cpp", "n_chunks"))
+        BD = cfg["BD_BWD"]
+        n_dblk = triton.cdiv(dim, BD)
+        dev = u.device
+        f32 = dict(device=dev, dtype=torch.float32)
+        atomic_bc = n_dblk > 1
+        n_acc = dim * dstate + 2 * dim
+        if atomic_bc:
+            acc = torch.zeros(n_acc + 2 * batch * dstate * length, **f32)
+            dB = acc[n_acc:n_acc + batch * dstate * length].view(batch, dstate, length)
+            dC = acc[n_acc + batch * dstate * length:].view(batch, dstate, length)
+        else:
+            acc = torch.zeros(n_acc, **f32)
+            dB = torch.empty(batch, dstate, length, device=dev, dtype=Bm.dtype)
+            dC = torch.empty(batch, dstate, length, device=dev, dtype=Cm.dtype)
+        du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
+        ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
+        dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else du
+        zz = z if z is not None else u
+        split = P > 1
+        if split:
+            phl = torch.empty(batch, P, dim, NP, **f32)
+            pes = torch.empty(batch, P, dim, **f32)
+        else:
+            phl = pes = acc
+        flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                     SOFTPLUS=ctx.delta_softplus)
+        bias_arg = delta_bias if delta_bias is not None else A
+        if split:
+            _bwd_carry_kernel[(batch * n_dblk, P - 1)](
+                delta, A, Cm, zz, bias_arg, dout, phl, pes,
+                dim, length, dstate, n_dblk, n_chunks, cpp, P,
+                *_strides3(delta), *_strides3(zz), *_strides3(Cm), *_strides3(dout),
+                BD=BD, NP=NP, T=T, num_warps=cfg["WARPS_BWD"], **flags)
+        _bwd_kernel[(batch * n_dblk, P)](
+            u, delta, A, Bm, Cm, D if D is not None else A, zz, bias_arg, dout, states, phl, pes,
+            du, ddelta, dz, dB, dC, acc,
+            dim, length, dstate, n_dblk, n_chunks, cpp, P,
+            *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm),
+            *_strides3(dout),
+            BD=BD, NP=NP, T=T, HAS_D=D is not None, SPLIT=split, ATOMIC_BC=atomic_bc,
+            num_warps=cfg["WARPS_BWD"], **flags)
+        dA = acc[:dim * dstate].view(dim, dstate).to(A.dtype)
+        dD = acc[dim * dstate:dim * dstate + dim].to(D.dtype) if D is not None else None
+        dbias = acc[dim * dstate + dim:n_acc].to(delta_bias.dtype) if delta_bias is not None else None
+        if atomic_bc:
+            dB, dC = dB.to(Bm.dtype), dC.to(Cm.dtype)
+        return (du, ddelta, dA, dB, dC, dD, dz if z is not None else None, dbias, None, None)
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          config=None):
+    """The selective scan with the fused Triton kernels (CUDA tensors, or CPU tensors when
+    TRITON_INTERPRET=1). ``config`` overrides the launch configuration (see make_config)."""
+    with no_autocast(u.device.type):
+        return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, config)

@@ -1,0 +1,182 @@
+"""Table I of the reproduction: one row per model, built from saved runs and the paper's numbers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mambaseg.report.collect import Run
+from mambaseg.report.paper import PAPER_MODELS, PaperEntry, PaperTable
+
+NOT_RUN = "not run"
+MISSING = "—"
+#: a row is listed under "Differences from the paper" when |ours - paper| exceeds this
+TOLERANCE = 0.01
+
+
+def fmt_int(n: int | None) -> str:
+    return MISSING if n is None else f"{n:,}"
+
+
+def fmt_dice(x: float | None) -> str:
+    return MISSING if x is None else f"{x:.4f}"
+
+
+def fmt_delta(x: float | None) -> str:
+    return MISSING if x is None else f"{x:+.4f}"
+
+
+def fmt_duration(s: float | None) -> str:
+    """Seconds as '12.3 s', '4 min 05 s' or '2 h 07 min'."""
+    if s is None:
+        return MISSING
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        m, sec = divmod(int(round(s)), 60)
+        return f"{m} min {sec:02d} s"
+    h, rem = divmod(int(round(s)), 3600)
+    return f"{h} h {rem // 60:02d} min"
+
+
+def fmt_ci(m: dict | None) -> str:
+    """'mean [lo, hi]' from a metric object with ``mean`` and optional ``ci95``."""
+    if not m:
+        return MISSING
+    ci = m.get("ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        return f"{m['mean']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return fmt_dice(m["mean"])
+
+
+def fmt_epochs(run: Run | None, paper_epochs: int | None = None) -> str:
+    """'done/planned', marked when incomplete or when the plan differs from the paper's epochs."""
+    if run is None:
+        return NOT_RUN
+    done, planned = run.epochs_run, run.epochs_planned
+    if done is None and planned is None:
+        return MISSING
+    text = f"{done if done is not None else MISSING}/{planned if planned is not None else '?'}"
+    if done is not None and planned is not None and done < planned:
+        text += " (incomplete)"
+    if paper_epochs and planned is not None and planned != paper_epochs:
+        text += f" (paper {paper_epochs})"
+    return text
+
+
+@dataclass
+class Row:
+    """One model: its paper-protocol and patient-protocol runs and the published numbers."""
+
+    model: str
+    paper: PaperEntry | None
+    paper_run: Run | None
+    patient_run: Run | None
+    paper_epochs: int | None = None
+
+    @property
+    def any_run(self) -> Run | None:
+        return self.paper_run or self.patient_run
+
+    @property
+    def parameters(self) -> int | None:
+        for run in (self.paper_run, self.patient_run):
+            if run is not None and run.parameters is not None:
+                return run.parameters
+        return None
+
+    @property
+    def dice_paper(self) -> float | None:
+        m = self.paper_run.metric("dice_paper") if self.paper_run else None
+        return None if m is None else float(m["mean"])
+
+    @property
+    def published_dice(self) -> float | None:
+        return None if self.paper is None else self.paper.dice
+
+    @property
+    def delta(self) -> float | None:
+        if self.dice_paper is None or self.published_dice is None:
+            return None
+        return self.dice_paper - self.published_dice
+
+    @property
+    def differs(self) -> bool:
+        return self.delta is not None and abs(self.delta) > TOLERANCE + 1e-12
+
+    def cells(self) -> list[str]:
+        """The row's cells, in the order of :data:`HEADER`."""
+        pr, qr = self.paper_run, self.patient_run
+        params = fmt_int(self.parameters) if self.any_run else NOT_RUN
+        pub_params = self.paper.parameters if self.paper else None
+        if self.parameters is not None and pub_params is not None and self.parameters != pub_params:
+            params += " ≠"
+        slice_dice = qr.metric("dice_slice") if qr else None
+        patient_dice = qr.metric("dice_patient") if qr else None
+        return [
+            f"`{self.model}`",
+            params,
+            fmt_int(pub_params) if self.paper else "n/a",
+            (fmt_dice(self.dice_paper) if pr else NOT_RUN),
+            (fmt_dice(self.published_dice) if self.paper and self.published_dice is not None else "n/a"),
+            fmt_delta(self.delta),
+            (fmt_dice(None if slice_dice is None else float(slice_dice["mean"])) if qr else NOT_RUN),
+            (fmt_ci(patient_dice) if qr else NOT_RUN),
+            (fmt_duration(pr.epoch_time_s) if pr else NOT_RUN),
+            (fmt_duration(pr.train_time_s) if pr else NOT_RUN)
+            + (f" (paper {fmt_duration(self.paper.train_time_s)})" if self.paper and self.paper.train_time_s else ""),
+            fmt_epochs(pr, self.paper_epochs),
+            ((pr.device or MISSING) if pr else NOT_RUN),
+        ]
+
+
+HEADER = [
+    "Model", "Params (ours)", "Params (paper)", "dice_paper (ours)", "Dice (paper)", "Δ",
+    "Per-slice Dice, patient split", "Per-patient Dice, patient split [95 % CI]",
+    "Epoch time", "Training time", "Epochs run/planned", "Machine",
+]
+
+
+def build_rows(runs: dict[tuple[str, str], Run], paper: PaperTable) -> list[Row]:
+    """One row per model: the paper's models in its order, then any other model that was run."""
+    order = list(paper.entries) or list(PAPER_MODELS)
+    extra = sorted({m for (_, m) in runs} - set(order))
+    return [
+        Row(model=m, paper=paper.get(m), paper_run=runs.get(("paper", m)), patient_run=runs.get(("patient", m)),
+            paper_epochs=paper.epochs)
+        for m in order + extra
+    ]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table (numbers right-aligned after the first column)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """The same table as aligned plain text, for the terminal."""
+    clean = [[c.replace("`", "") for c in r] for r in [header] + rows]
+    widths = [max(len(r[i]) for r in clean) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([fmt(clean[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in clean[1:]])
+
+
+RUNS_HEADER = ["Protocol", "Model", "Machine", "Epochs run/planned", "Epoch time", "Training time",
+               "Images/s", "Best val Dice", "Evaluated checkpoint", "Predictions"]
+
+
+def runs_rows(runs: dict[tuple[str, str], Run], order: list[str] | None = None) -> list[list[str]]:
+    """Every saved run, for the 'Training runs' table (protocol, then ``order`` of models)."""
+    rank = {m: i for i, m in enumerate(order or [])}
+    out = []
+    for (protocol, model), run in sorted(runs.items(), key=lambda kv: (kv[0][0] != "paper", kv[0][0],
+                                                                        rank.get(kv[0][1], len(rank)), kv[0][1])):
+        ips = run.images_per_s
+        out.append([
+            protocol, f"`{model}`", run.device or MISSING, fmt_epochs(run),
+            fmt_duration(run.epoch_time_s), fmt_duration(run.train_time_s),
+            MISSING if ips is None else f"{ips:.0f}", fmt_dice(run.best_val_dice),
+            (run.evaluated_checkpoint or "yes") if run.summary else "no",
+            "yes" if run.has_predictions else "no",
+        ])
+    return out

@@ -1,0 +1,83 @@
+"""`mambaseg data verify|stats|split` through `mambaseg.cli.main`."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import mambaseg.cli as cli
+
+
+@pytest.fixture(autouse=True)
+def only_data_command(monkeypatch):
+    """Build the parser with the `data` subcommand only: these tests do not depend on the
+    other subcommand modules."""
+    monkeypatch.setattr(cli, "SUBCOMMANDS", ("data",))
+
+
+def test_verify_clean_sample(sample_root, capsys):
+    assert cli.main(["data", "verify", str(sample_root)]) == 0
+    assert "3 patients, 60 slices, 22 with tumour" in capsys.readouterr().out
+
+
+def test_verify_broken_copy_exits_1(sample_root, tmp_path, capsys):
+    patient = "TCGA_HT_7692_19960724"
+    shutil.copytree(sample_root / "kaggle_3m" / patient, tmp_path / patient)
+    (tmp_path / patient / f"{patient}_11_mask.tif").unlink()
+    (tmp_path / patient / f"{patient}_12.tif").write_bytes(b"junk")
+    assert cli.main(["data", "verify", str(tmp_path), "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    assert f"{patient}_11.tif: image without mask" in out
+    assert f"{patient}_12.tif: unreadable" in out
+    assert "2 problem(s)" in err
+
+
+def test_verify_missing_folder_exits_1(tmp_path, capsys):
+    assert cli.main(["data", "verify", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere: folder does not exist" in capsys.readouterr().out
+
+
+def test_stats_prints_table_and_writes_png(sample_root, tmp_path, capsys):
+    out = tmp_path / "stats.png"
+    assert cli.main(["data", "stats", str(sample_root), "--split", "paper", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "train" in text and "test" in text and "total" in text
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_split_writes_json_and_refuses_overwrite(sample_root, tmp_path, capsys):
+    out = tmp_path / "split.json"
+    assert cli.main(["data", "split", str(sample_root), "--split", "paper", "-o", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [len(data[p]) for p in ("train", "val", "test")] == [48, 6, 6]
+    assert cli.main(["data", "split", str(sample_root), "-o", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["data", "split", str(sample_root), "--split", "patient", "--seed", "1",
+                     "-o", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())["split"] == "patient"
+
+
+def test_split_folds(sample_root, tmp_path, capsys):
+    out = tmp_path / "folds.json"
+    assert cli.main(["data", "split", str(sample_root), "--split", "patient", "--folds", "3",
+                     "-o", str(out)]) == 0
+    assert len(json.loads(out.read_text())["folds"]) == 3
+    assert "fold 2:" in capsys.readouterr().out
+    assert cli.main(["data", "split", str(sample_root), "--folds", "3",
+                     "-o", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_stats_with_missing_split_file_exits_2(sample_root, tmp_path, capsys):
+    assert cli.main(["data", "stats", str(sample_root), "--split", str(tmp_path / "n.json")]) == 2
+    assert "n.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["data"], ["data", "verify"], ["data", "stats"],
+                                  ["data", "split"]])
+def test_help_ends_with_example(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main([*argv, "--help"])
+    assert done.value.code == 0
+    assert "example:\n  mambaseg data" in capsys.readouterr().out

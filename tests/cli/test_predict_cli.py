@@ -1,0 +1,247 @@
+"""`mambaseg predict` through mambaseg.cli.main: outputs, notes, refusals and user errors."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from mambaseg.cli import main
+
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lgg-sample"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A tiny untrained U-Net checkpoint (sizes: multiples of 4)."""
+    from mambaseg.models import create_model
+
+    torch.manual_seed(0)
+    return create_model("unet", features=(4, 8, 16)).save_pretrained(
+        tmp_path_factory.mktemp("ckpt") / "unet")
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main(["predict", *map(str, args)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def _png(path: Path, h=32, w=32, mode="RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    shape = {"RGB": (h, w, 3), "L": (h, w), "RGBA": (h, w, 4)}[mode]
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def test_single_file(tmp_path, capsys, ckpt):
+    img = _png(tmp_path / "in" / "slice.png")
+    code, out, _ = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", ckpt,
+                       "--device", "cpu")
+    assert code == 0
+    assert _files(tmp_path / "out") == ["slice_mask.png", "summary.json"]
+    mask = np.array(Image.open(tmp_path / "out" / "slice_mask.png"))
+    assert mask.shape == (32, 32) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+    assert "tumour pixel" in out and "slice_mask.png" in out
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["model"] == "unet" and s["checkpoint"] == str(ckpt)
+    assert s["images"][0]["input"] == "slice.png" and s["images"][0]["mask"] == "slice_mask.png"
+    assert s["images"][0]["tumour_pixels"] == int((mask > 0).sum())
+
+
+def test_folder_recursive_keeps_structure(tmp_path, capsys, ckpt):
+    _png(tmp_path / "in" / "a" / "b" / "x.png")
+    _png(tmp_path / "in" / "y.png")
+    tifffile.imwrite(tmp_path / "in" / "a" / "z.tif", np.zeros((32, 32, 3), np.uint8))
+    code, _, _ = run(capsys, "-i", tmp_path / "in", "-o", tmp_path / "out", "--checkpoint", ckpt,
+                     "--device", "cpu")
+    assert code == 0
+    assert _files(tmp_path / "out") == ["a/b/x_mask.png", "a/z_mask.png", "summary.json",
+                                        "y_mask.png"]
+
+
+def test_probabilities_and_overlay(tmp_path, capsys, ckpt):
+    img = _png(tmp_path / "in" / "s.png", 40, 24)
+    code, _, _ = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", ckpt,
+                     "--device", "cpu", "--probabilities", "--overlay")
+    assert code == 0
+    assert _files(tmp_path / "out") == ["s_mask.png", "s_overlay.png", "s_prob.png", "summary.json"]
+    prob = np.array(Image.open(tmp_path / "out" / "s_prob.png"))
+    overlay = Image.open(tmp_path / "out" / "s_overlay.png")
+    assert prob.shape == (40, 24) and prob.dtype == np.uint8
+    assert overlay.mode == "RGB" and overlay.size == (24, 40)
+    mask = np.array(Image.open(tmp_path / "out" / "s_mask.png")) > 0
+    assert np.array_equal(mask, prob > 127) or abs(int(mask.sum()) - int((prob > 127).sum())) < 5
+
+
+def test_odd_size_input_gives_same_size_mask(tmp_path, capsys, ckpt):
+    img = _png(tmp_path / "in" / "odd.png", 250, 300)
+    code, _, _ = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", ckpt,
+                     "--device", "cpu")
+    assert code == 0
+    assert Image.open(tmp_path / "out" / "odd_mask.png").size == (300, 250)
+
+
+def test_grayscale_and_rgba_are_converted_with_a_note(tmp_path, capsys, ckpt):
+    _png(tmp_path / "in" / "g.png", mode="L")
+    _png(tmp_path / "in" / "r.png", mode="RGBA")
+    code, _, err = run(capsys, "-i", tmp_path / "in", "-o", tmp_path / "out", "--checkpoint",
+                       ckpt, "--device", "cpu")
+    assert code == 0
+    assert "note: g.png: grayscale" in err and "note: r.png: alpha channel dropped" in err
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["counts"]["converted"] == 2
+
+
+def test_unreadable_image_is_reported_and_skipped(tmp_path, capsys, ckpt):
+    _png(tmp_path / "in" / "good.png")
+    (tmp_path / "in" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    code, out, err = run(capsys, "-i", tmp_path / "in", "-o", tmp_path / "out", "--checkpoint",
+                         ckpt, "--device", "cpu")
+    assert code == 1
+    assert "skipped bad.png:" in err and "unreadable" in err
+    assert _files(tmp_path / "out") == ["good_mask.png", "summary.json"]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["skipped"][0]["input"] == "bad.png"
+    assert "1 skipped" in out
+
+
+@pytest.mark.skipif(not (SAMPLE / "kaggle_3m").is_dir(), reason="bundled sample not present")
+def test_kaggle_root_skips_masks_and_prints_dice(tmp_path, capsys, ckpt):
+    code, out, _ = run(capsys, "-i", SAMPLE, "-o", tmp_path / "out", "--checkpoint", ckpt,
+                       "--device", "cpu", "--no-progress")
+    assert code == 0
+    assert "Dice against the" in out and "pooled" in out and "per-slice mean" in out
+    written = _files(tmp_path / "out")
+    assert not any(w.endswith("_mask_mask.png") for w in written)
+    n_images = len([p for p in SAMPLE.rglob("*.tif") if not p.stem.endswith("_mask")])
+    assert len(written) == n_images + 1
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["dice"]["n"] == n_images and 0.0 <= s["dice"]["pooled"] <= 1.0
+    assert all("dice" in r for r in s["images"])
+
+
+# ----------------------------------------------------------------------------- refusals
+
+def test_refuses_to_overwrite_then_overwrite_works(tmp_path, capsys, ckpt):
+    img = _png(tmp_path / "in" / "s.png")
+    args = ["-i", img, "-o", tmp_path / "out", "--checkpoint", ckpt, "--device", "cpu"]
+    assert run(capsys, *args)[0] == 0
+    stamp = (tmp_path / "out" / "s_mask.png").stat().st_mtime_ns
+    code, _, err = run(capsys, *args, "--overlay")
+    assert code == 2 and "already exist" in err and "--overwrite" in err
+    assert not (tmp_path / "out" / "s_overlay.png").exists()
+    assert (tmp_path / "out" / "s_mask.png").stat().st_mtime_ns == stamp
+    assert run(capsys, *args, "--overlay", "--overwrite")[0] == 0
+    assert (tmp_path / "out" / "s_overlay.png").is_file()
+
+
+@pytest.mark.parametrize("sub", ["", "masks", "a/b"])
+def test_refuses_outdir_inside_input(tmp_path, capsys, ckpt, sub):
+    _png(tmp_path / "in" / "s.png")
+    code, _, err = run(capsys, "-i", tmp_path / "in", "-o", tmp_path / "in" / sub,
+                       "--checkpoint", ckpt, "--device", "cpu")
+    assert code == 2 and "inside the input" in err
+    assert _files(tmp_path / "in") == ["s.png"]
+
+
+# ----------------------------------------------------------------------------- user errors
+
+def test_unknown_model_lists_valid_names(tmp_path, capsys):
+    img = _png(tmp_path / "in" / "s.png")
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "out", "--model", "nosuch")
+    assert code == 2 and "unknown model 'nosuch'" in err and "ulvm_unet_v5" in err and "unet" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_and_empty_input(tmp_path, capsys, ckpt):
+    code, _, err = run(capsys, "-i", tmp_path / "nope", "-o", tmp_path / "out", "--checkpoint", ckpt)
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "-i", tmp_path / "empty", "-o", tmp_path / "out", "--checkpoint", ckpt)
+    assert code == 2 and "no images" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_checkpoints(tmp_path, capsys, ckpt):
+    img = _png(tmp_path / "in" / "s.png")
+    other = tmp_path / "other"
+    shutil.copytree(ckpt, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model_name"] = "resnet18"                       # weights of a U-Net, config of a ResNet
+    (other / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", other,
+                       "--device", "cpu")
+    assert code == 2 and str(other) in err
+    trunc = tmp_path / "trunc"
+    shutil.copytree(ckpt, trunc)
+    data = (trunc / "model.safetensors").read_bytes()
+    (trunc / "model.safetensors").write_bytes(data[: len(data) // 3])
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", trunc,
+                       "--device", "cpu")
+    assert code == 2 and str(trunc) in err
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", tmp_path / "none")
+    assert code == 2 and "does not exist" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_not_writable(tmp_path, capsys, ckpt):
+    img = _png(tmp_path / "in" / "s.png")
+    (tmp_path / "file").write_text("a regular file")
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "file" / "out", "--checkpoint", ckpt,
+                       "--device", "cpu")
+    assert code == 2 and "is a file" in err
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "file", "--checkpoint", ckpt,
+                       "--device", "cpu")
+    assert code == 2 and "file" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_asked_for_without_cuda(tmp_path, capsys, ckpt):
+    img = _png(tmp_path / "in" / "s.png")
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", ckpt,
+                       "--device", "cuda")
+    assert code == 2 and "CUDA is not available" in err
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- shipped weights
+
+def test_no_shipped_weights_says_to_pass_checkpoint(tmp_path, capsys, monkeypatch):
+    from mambaseg.models import pretrained
+
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "no-weights")
+    img = _png(tmp_path / "in" / "s.png")
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "out")
+    assert code == 2 and "--checkpoint" in err
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "out", "--model", "unet")
+    assert code == 2 and "no pretrained weights are shipped for 'unet'" in err
+
+
+def test_shipped_model_by_name_and_best_by_default(tmp_path, capsys, monkeypatch, ckpt):
+    from mambaseg.models import create_model, pretrained
+
+    weights = tmp_path / "weights"
+    create_model("unet", features=(4, 8)).save_pretrained(
+        weights / "unet", metadata={"metrics": {"test": {"dice": 0.5}}})
+    shutil.copytree(ckpt, weights / "unet_big")                      # no test Dice recorded
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights)
+    img = _png(tmp_path / "in" / "s.png")
+    code, out, _ = run(capsys, "-i", img, "-o", tmp_path / "o1", "--model", "unet", "--device", "cpu")
+    assert code == 0 and "unet (shipped:unet" in out
+    code, out, _ = run(capsys, "-i", img, "-o", tmp_path / "o2", "--device", "cpu")
+    assert code == 0
+    assert json.loads((tmp_path / "o2" / "summary.json").read_text())["checkpoint"] == "shipped:unet"

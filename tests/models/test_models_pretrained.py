@@ -1,0 +1,165 @@
+"""Shipped weights, the `mambaseg models` command, ResNet ImageNet weights, SegFormer specifics."""
+from __future__ import annotations
+
+import argparse
+import builtins
+import json
+import sys
+
+import pytest
+import torch
+
+from mambaseg.errors import MambasegError
+from mambaseg.models import best_shipped, create_model, load_shipped, pretrained, shipped_models
+
+
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch):
+    root = tmp_path / "weights"
+    root.mkdir()
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", root)
+    return root
+
+
+def test_package_ships_no_weights_yet_or_valid_ones():
+    for name, info in shipped_models().items():
+        assert info["model_name"] == name
+
+
+def test_shipped_models_empty(weights_dir):
+    assert shipped_models() == {}
+    assert best_shipped() is None
+    with pytest.raises(MambasegError, match="no trained weights are shipped for model 'ulvm_unet' \\(shipped: none\\)"):
+        load_shipped("ulvm_unet")
+
+
+def test_shipped_models_scan_load_and_best(weights_dir):
+    torch.manual_seed(0)
+    for name, dice in (("ulvm_unet", 0.81), ("ulvm_unet_v2", 0.86), ("ulvm_unet_v3", None)):
+        metadata = {"metrics": {"test": {"dice": dice, "iou": 0.7}}} if dice else {}
+        create_model(name).save_pretrained(weights_dir / name, metadata=metadata, dtype=torch.float16)
+    (weights_dir / "README.txt").write_text("not a model")
+    (weights_dir / "empty").mkdir()
+    shipped = shipped_models()
+    assert sorted(shipped) == ["ulvm_unet", "ulvm_unet_v2", "ulvm_unet_v3"]
+    assert shipped["ulvm_unet_v2"]["test_dice"] == 0.86
+    assert shipped["ulvm_unet_v2"]["weights_dtype"] == "float16"
+    assert shipped["ulvm_unet_v3"]["test_dice"] is None
+    assert best_shipped() == "ulvm_unet_v2"
+    model = load_shipped("ulvm_unet_v2")
+    assert model.model_name == "ulvm_unet_v2" and not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.checkpoint_config["metadata"]["metrics"]["test"]["dice"] == 0.86
+    with pytest.raises(MambasegError, match="shipped: ulvm_unet, ulvm_unet_v2, ulvm_unet_v3"):
+        load_shipped("unet")
+
+
+def test_metric_lookup_accepts_common_layouts():
+    assert pretrained.metric({"metadata": {"metrics": {"test": {"dice": 0.9}}}}) == 0.9
+    assert pretrained.metric({"metadata": {"test_metrics": {"dice": 0.8}}}) == 0.8
+    assert pretrained.metric({"metadata": {"test_dice": 0.7}}) == 0.7
+    assert pretrained.metric({"metadata": {"metrics": {"test_dice": 0.6}}}) == 0.6
+    assert pretrained.metric({"metadata": {}}) is None
+    assert pretrained.metric({}) is None
+
+
+def _run_cli(argv):
+    from mambaseg.cli import models as cli_models
+
+    parser = argparse.ArgumentParser(prog="mambaseg")
+    cli_models.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_models_cli_table(weights_dir, capsys):
+    create_model("ulvm_unet").save_pretrained(weights_dir / "ulvm_unet",
+                                              metadata={"metrics": {"test": {"dice": 0.9012}}})
+    assert _run_cli(["models"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["MODEL", "FAMILY", "PARAMS"]
+    row = next(line for line in lines if line.startswith("ulvm_unet "))
+    assert "49,457" in row and "multiple of 32" in row and "shipped" in row and "0.9012" in row
+    row = next(line for line in lines if line.startswith("resnet50 "))
+    assert "42,909,633" in row and "resnet" in row
+    assert "13 models, 1 with shipped trained weights" in out
+
+
+def test_models_cli_json(weights_dir, capsys):
+    assert _run_cli(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["ulvm_unet_v4"]["num_parameters"] == 1_135_309
+    assert by_name["umamba_bot"]["size_multiple"] == 16 and by_name["umamba_bot"]["family"] == "umamba"
+    assert by_name["segformer"]["input_size"] == 224
+    assert all(r["weights_shipped"] is False and r["test_dice"] is None for r in rows)
+
+
+def test_models_cli_help_has_example(capsys):
+    with pytest.raises(SystemExit):
+        _run_cli(["models", "--help"])
+    assert "example:\n  mambaseg models" in capsys.readouterr().out
+
+
+def test_resnet_pretrained_needs_cached_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    with pytest.raises(MambasegError, match="not in the torch hub cache") as info:
+        create_model("resnet18", pretrained=True)
+    msg = str(info.value)
+    assert str(tmp_path / "hub") in msg and "IMAGENET1K_V1" in msg
+
+
+def test_resnet_pretrained_loads_from_the_cache(tmp_path, monkeypatch):
+    import torchvision
+
+    from mambaseg.models.resnet import imagenet_weights_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    path, _ = imagenet_weights_path("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), path)
+    model = create_model("resnet18", pretrained=True)
+    assert model.model_kwargs == {}
+    torch.testing.assert_close(model.encoder.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    mono = create_model("resnet18", in_channels=1, pretrained=True)
+    torch.testing.assert_close(mono.encoder.conv1.weight, reference.conv1.weight.sum(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("size", [224, 256])
+def test_segformer_sizes(size):
+    model = create_model("segformer").eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, size, size)).shape == (1, 1, size, size)
+
+
+def test_segformer_reads_both_transformers_layouts():
+    from mambaseg.models.segformer import rename_keys
+
+    model = create_model("segformer")
+    state = model.state_dict()
+    legacy = rename_keys(state, "legacy")
+    v5 = rename_keys(state, "v5")
+    assert rename_keys(legacy, "v5") == v5 and rename_keys(v5, "legacy") == legacy
+    assert any("encoder.block.0.0.attention.self.query" in k for k in legacy)
+    assert any("decode_head.linear_c.0.proj" in k for k in legacy)
+    assert any("stages.0.blocks.0.attention.q_proj" in k for k in v5)
+    # whichever layout the installed transformers uses, both load
+    for layout in (legacy, v5):
+        assert model.adapt_state_dict(layout).keys() == state.keys()
+
+
+def test_segformer_without_transformers_says_how_to_install(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "transformers" or name.startswith("transformers."):
+            raise ImportError("No module named 'transformers'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.delitem(sys.modules, "transformers", raising=False)
+    with pytest.raises(MambasegError, match=r"pip install 'mambaseg\[segformer\]'"):
+        create_model("segformer")
