@@ -2,7 +2,8 @@
 
 Times ``mambaseg.engine.inference.predict_probs`` on random 256x256 uint8 slices at batch 1
 and batch 16 on the current device, untrained weights (speed does not depend on them), and
-prints slices per second and milliseconds per slice::
+prints slices per second, wall milliseconds per slice and CPU milliseconds per slice (this
+process's CPU time: on a shared machine the wall time also counts waiting for others)::
 
     python benchmarks/predict.py                          # all models, best device
     python benchmarks/predict.py --models ulvm_unet_v5 unet --device cpu --reps 20
@@ -32,19 +33,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_model(model, device: torch.device, batch: int, reps: int, warmup: int = 2) -> float:
-    """Median seconds per call of ``predict_probs`` on a random (batch, 3, 256, 256) uint8 input."""
+def time_model(model, device: torch.device, batch: int, reps: int,
+               warmup: int = 2) -> tuple[float, float]:
+    """Median (wall, process CPU) seconds per call of ``predict_probs`` on a random
+    (batch, 3, 256, 256) uint8 input. On a shared CPU the wall time includes waiting for other
+    processes; the CPU time (all threads of this process) does not."""
     x = torch.randint(0, 256, (batch, 3, SIZE, SIZE), dtype=torch.uint8)
     for _ in range(warmup):
         predict_probs(model, x, batch_size=batch, device=device)
     _sync(device)
-    times = []
+    wall, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         predict_probs(model, x, batch_size=batch, device=device)
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def profile(model, device: torch.device, reps: int = 5, rows: int = 25) -> None:
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     head = ["model", "params", "threads"]
     for b in args.batches:
-        head += [f"b{b} slices/s", f"b{b} ms/slice"]
+        head += [f"b{b} slices/s", f"b{b} ms/slice", f"b{b} CPU ms/slice"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name in names:
@@ -102,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(n)
             row = [name, f"{params:,}", str(n)]
             for b in args.batches:
-                sec = time_model(model, device, b, args.reps)
-                row += [f"{b / sec:.1f}", f"{1000 * sec / b:.1f}"]
+                sec, cpu = time_model(model, device, b, args.reps)
+                row += [f"{b / sec:.1f}", f"{1000 * sec / b:.1f}", f"{1000 * cpu / b:.1f}"]
             print("| " + " | ".join(row) + " |", flush=True)
     return 0
 

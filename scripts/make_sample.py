@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 from mambaseg.data.io import atomic_path, decode  # noqa: E402
 
-PATIENTS = ("TCGA_CS_4942_19970222", "TCGA_HT_7686_19950629", "TCGA_HT_7692_19960724")
+PATIENTS = ("TCGA_CS_6290_20000917", "TCGA_HT_7602_19951103", "TCGA_HT_8106_19970727")
 
 
 def recompress(src: Path, dst: Path) -> None:

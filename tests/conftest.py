@@ -1,6 +1,6 @@
 """Shared fixtures: the bundled sample dataset and the full LGG dataset (restored once, cached).
 
-- ``sample_root``: ``examples/lgg-sample`` (3 patients, 60 slices, 22 with tumour). Read only:
+- ``sample_root``: ``examples/lgg-sample`` (3 patients, 62 slices, 25 with tumour). Read only:
   tests that need a broken or modified dataset copy it into ``tmp_path`` first.
 - ``full_lgg_root`` (session): the full dataset (110 patients, 3929 slices) restored from the
   ``shared/data/lgg`` folder beside the repository checkout into

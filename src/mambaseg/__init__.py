@@ -6,10 +6,11 @@ Public API::
     mambaseg.list_models()
     model = mambaseg.create_model("ulvm_unet", in_channels=3, num_classes=1)
     model = mambaseg.from_pretrained("path/to/checkpoint_dir")
+    masks = mambaseg.segment(["slice.tif"])  # with the best shipped model
 """
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_model", "list_models", "from_pretrained"]
+__all__ = ["__version__", "create_model", "list_models", "from_pretrained", "segment"]
 
 
 def __getattr__(name):  # lazy: `import mambaseg` stays cheap for the CLI
@@ -17,4 +18,8 @@ def __getattr__(name):  # lazy: `import mambaseg` stays cheap for the CLI
         from mambaseg import models
 
         return getattr(models, name)
+    if name == "segment":
+        from mambaseg.engine.predict import segment
+
+        return segment
     raise AttributeError(f"module 'mambaseg' has no attribute {name!r}")

@@ -18,11 +18,11 @@ def only_data_command(monkeypatch):
 
 def test_verify_clean_sample(sample_root, capsys):
     assert cli.main(["data", "verify", str(sample_root)]) == 0
-    assert "3 patients, 60 slices, 22 with tumour" in capsys.readouterr().out
+    assert "3 patients, 62 slices, 25 with tumour" in capsys.readouterr().out
 
 
 def test_verify_broken_copy_exits_1(sample_root, tmp_path, capsys):
-    patient = "TCGA_HT_7692_19960724"
+    patient = "TCGA_HT_8106_19970727"
     shutil.copytree(sample_root / "kaggle_3m" / patient, tmp_path / patient)
     (tmp_path / patient / f"{patient}_11_mask.tif").unlink()
     (tmp_path / patient / f"{patient}_12.tif").write_bytes(b"junk")
@@ -50,7 +50,7 @@ def test_split_writes_json_and_refuses_overwrite(sample_root, tmp_path, capsys):
     out = tmp_path / "split.json"
     assert cli.main(["data", "split", str(sample_root), "--split", "paper", "-o", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert [len(data[p]) for p in ("train", "val", "test")] == [48, 6, 6]
+    assert [len(data[p]) for p in ("train", "val", "test")] == [49, 6, 7]
     assert cli.main(["data", "split", str(sample_root), "-o", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main(["data", "split", str(sample_root), "--split", "patient", "--seed", "1",

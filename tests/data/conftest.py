@@ -8,12 +8,12 @@ import pytest
 
 from mambaseg.data.layout import Slice
 
-PATIENT = "TCGA_CS_4942_19970222"
+PATIENT = "TCGA_CS_6290_20000917"
 
 
 @pytest.fixture
 def sample_copy(sample_root: Path, tmp_path: Path) -> Path:
-    """A writable copy of one sample patient (20 slices, 6 with tumour): tmp/kaggle_3m/..."""
+    """A writable copy of one sample patient (20 slices, 5 with tumour): tmp/kaggle_3m/..."""
     root = tmp_path / "ds" / "kaggle_3m"
     shutil.copytree(sample_root / "kaggle_3m" / PATIENT, root / PATIENT)
     return root

@@ -18,7 +18,7 @@ def slices(sample_root):
 
 def test_slice_dataset_item(slices):
     ds = SliceDataset(slices)
-    assert len(ds) == 60
+    assert len(ds) == 62
     image, mask = ds[9]
     assert image.shape == (3, 256, 256) and image.dtype == torch.float32
     assert mask.shape == (1, 256, 256) and mask.dtype == torch.float32
@@ -39,10 +39,10 @@ def test_slice_dataset_augmented_item(slices):
 
 def test_load_arrays(slices):
     images, masks = load_arrays(slices, progress=False)
-    assert images.shape == (60, 3, 256, 256) and images.dtype == torch.uint8
-    assert masks.shape == (60, 1, 256, 256) and masks.dtype == torch.uint8
+    assert images.shape == (62, 3, 256, 256) and images.dtype == torch.uint8
+    assert masks.shape == (62, 1, 256, 256) and masks.dtype == torch.uint8
     assert set(masks.unique().tolist()) == {0, 1}
-    assert int((masks.flatten(1).amax(1) > 0).sum()) == 22
+    assert int((masks.flatten(1).amax(1) > 0).sum()) == 25
     for i in (0, 37, 59):
         assert np.array_equal(images[i].permute(1, 2, 0).numpy(), read_image(slices[i].image))
         assert np.array_equal(masks[i, 0].numpy(), read_mask(slices[i].mask))

@@ -12,7 +12,7 @@ from mambaseg.data.io import (atomic_path, decode, image_note, read_image, read_
                               read_mask, write_png)
 from mambaseg.errors import DataError
 
-IMG = "TCGA_CS_4942_19970222/TCGA_CS_4942_19970222_10.tif"
+IMG = "TCGA_CS_6290_20000917/TCGA_CS_6290_20000917_10.tif"
 
 
 @pytest.fixture

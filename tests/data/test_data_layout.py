@@ -11,12 +11,12 @@ from PIL import Image
 from mambaseg.data.layout import Slice, dataset_root, find_slices, scan
 from mambaseg.errors import DataError
 
-SAMPLE_PATIENTS = ["TCGA_CS_4942_19970222", "TCGA_HT_7686_19950629", "TCGA_HT_7692_19960724"]
+SAMPLE_PATIENTS = ["TCGA_CS_6290_20000917", "TCGA_HT_7602_19951103", "TCGA_HT_8106_19970727"]
 
 
 def test_sample_pairs_counts_and_patients(sample_root):
     slices = find_slices(sample_root)
-    assert len(slices) == 60
+    assert len(slices) == 62
     assert sorted({s.patient for s in slices}) == SAMPLE_PATIENTS
     for s in slices:
         assert s.mask is not None and s.mask.is_file()
@@ -29,7 +29,7 @@ def test_sample_slices_in_numeric_order(sample_root):
     first = [s for s in slices if s.patient == SAMPLE_PATIENTS[0]]
     assert [s.index for s in first] == list(range(1, 21))
     names = [s.image.name for s in first]
-    assert names.index("TCGA_CS_4942_19970222_2.tif") < names.index("TCGA_CS_4942_19970222_10.tif")
+    assert names.index("TCGA_CS_6290_20000917_2.tif") < names.index("TCGA_CS_6290_20000917_10.tif")
     assert slices == sorted(slices, key=lambda s: (s.patient, s.index))
 
 
@@ -37,7 +37,7 @@ def test_root_may_be_kaggle_3m_or_its_parent(sample_root):
     assert dataset_root(sample_root) == sample_root / "kaggle_3m"
     a, b = find_slices(sample_root), find_slices(sample_root / "kaggle_3m")
     assert a == b
-    assert a[0].rel == "TCGA_CS_4942_19970222/TCGA_CS_4942_19970222_1.tif"
+    assert a[0].rel == "TCGA_CS_6290_20000917/TCGA_CS_6290_20000917_1.tif"
     assert all(s.rel == b[i].rel for i, s in enumerate(a))
 
 

@@ -37,7 +37,7 @@ def test_paper_split_sizes(fake_slices):
 def test_paper_split_on_sample_is_reproducible(sample_root):
     slices = find_slices(sample_root)
     a, b = make_split(slices, "paper"), make_split(find_slices(sample_root), "paper")
-    assert a == b and [len(a[p]) for p in PARTS] == [48, 6, 6]
+    assert a == b and [len(a[p]) for p in PARTS] == [49, 6, 7]
     assert a["train"] != make_split(slices, "paper", seed=1)["train"]
     assert a == {"split": "paper", "seed": 37, **_sklearn_paper([s.rel for s in slices])}
 
@@ -57,7 +57,7 @@ def test_patient_split_keeps_patients_apart(fake_slices):
 def test_patient_split_on_sample(sample_root):
     parts = resolve_split(sample_root, "patient")
     assert [len({s.patient for s in parts[p]}) for p in PARTS] == [1, 1, 1]
-    assert sum(len(parts[p]) for p in PARTS) == 60
+    assert sum(len(parts[p]) for p in PARTS) == 62
 
 
 @pytest.mark.parametrize("k", [3, 5, 10])

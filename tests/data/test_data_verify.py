@@ -8,7 +8,7 @@ import tifffile
 
 from mambaseg.data.verify import verify_dataset
 
-P = "TCGA_CS_4942_19970222"
+P = "TCGA_CS_6290_20000917"
 
 
 def _file(root: Path, n: int, mask: bool = False) -> Path:
@@ -27,13 +27,13 @@ def _only_problem(root: Path, name: str, words: str) -> str:
 def test_clean_sample_passes(sample_root):
     report = verify_dataset(sample_root, progress=False)
     assert report.ok, report.problems
-    assert (report.patients, report.slices, report.tumour_slices) == (3, 60, 22)
-    assert "3 patients, 60 slices, 22 with tumour" in report.summary()
+    assert (report.patients, report.slices, report.tumour_slices) == (3, 62, 25)
+    assert "3 patients, 62 slices, 25 with tumour" in report.summary()
 
 
 def test_clean_copy_passes(sample_copy):
     report = verify_dataset(sample_copy, progress=False)
-    assert report.ok and (report.patients, report.slices, report.tumour_slices) == (1, 20, 6)
+    assert report.ok and (report.patients, report.slices, report.tumour_slices) == (1, 20, 5)
 
 
 def test_image_without_mask(sample_copy):

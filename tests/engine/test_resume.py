@@ -51,7 +51,8 @@ def _cmd(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+    """Child environment: one thread per process (bitwise-equal CPU maths whatever the load)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MKL_DYNAMIC="FALSE")
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
@@ -120,6 +121,15 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     assert_same_run(ref, run)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train faster on one thread on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(model="ulvm_unet", data=data, out=out, epochs=2, batch_size=4, seed=3,
                 device="cpu", progress=False, augment=True)
@@ -141,7 +151,7 @@ def test_resume_extends_a_finished_run_exactly(tmp_path):
 def test_resume_repairs_an_interrupted_checkpoint_swap(tmp_path):
     data = make_toy_dataset(tmp_path / "data", per_patient=4)
     run = tmp_path / "run"
-    train(_cfg(data, run, epochs=1))
+    train(_cfg(data, run, epochs=1, scheduler="cosine"))
     # crash between "rename last aside" and "rename the new one in", plus a half-written temp
     os.replace(run / "last", run / ".last.old")
     (run / ".last.tmp").mkdir()
@@ -180,3 +190,14 @@ def test_train_state_holds_everything_needed_to_resume(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["checkpoint"] == "best"
     shutil.rmtree(run)
+
+
+def test_resume_rebuilds_best_lost_between_the_two_checkpoint_writes(tmp_path):
+    data = make_toy_dataset(tmp_path / "data", patients=3, per_patient=4)
+    run = tmp_path / "run"
+    train(_cfg(data, run, epochs=1))
+    shutil.rmtree(run / "best")  # crash after last/ (epoch 1 = best) but before best/
+    result = train(TrainConfig(out=run, resume=True, progress=False))
+    assert result.best_epoch == 1 and result.best_dir == run / "best"
+    best, last = load_file(str(run / "best" / "model.safetensors")), _weights(run)
+    assert all(torch.equal(best[k], last[k]) for k in last)

@@ -154,3 +154,16 @@ def test_umamba_bot_structure():
         m(torch.rand(1, 3, 64, 64))
     assert seen["x"].shape == (1, 512, 4, 4)
     torch.testing.assert_close(seen["x"].flatten(2).transpose(1, 2), seen["mamba"])
+
+
+def test_fast_max_pool_equals_max_pool2d():
+    import torch.nn.functional as F
+
+    from mambaseg.models.ultralight import max_pool2x2
+
+    x = torch.randn(2, 8, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(max_pool2x2(x), F.max_pool2d(x, 2, 2))
+    y = torch.randn(1, 4, 16, 16, requires_grad=True)
+    max_pool2x2(y).sum().backward()  # with autograd: the indexed max-pool, gradients flow
+    assert y.grad is not None and y.grad.sum().item() == 4 * 8 * 8  # one input per output window

@@ -14,7 +14,7 @@ def register(sub) -> None:
                     "Dice (paper, per slice, per patient with a bootstrap 95 %% CI, global), IoU, "
                     "precision, recall, HD95, false positives on tumour-free slices; writes "
                     "summary.json (see docs/metrics.md).",
-                    "mambaseg evaluate --checkpoint runs/ulvm_unet_v5 --data ~/data/lgg "
+                    "mambaseg evaluate --checkpoint runs/ulvm_unet_v5/last --data ~/data/lgg "
                     "--split paper --part test")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, metavar="DIR",
@@ -45,16 +45,21 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mambaseg.engine.evaluate import run_evaluation
+    from mambaseg.errors import MambasegError
 
+    if not 0.0 <= args.threshold <= 1.0:
+        raise MambasegError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.batch_size < 1:
+        raise MambasegError(f"--batch-size must be at least 1, got {args.batch_size}")
     summary, out = run_evaluation(
         args.data, checkpoint=args.checkpoint, model=args.model, split=args.split,
         part=args.part, out=args.out, device=args.device, batch_size=args.batch_size,
         threshold=args.threshold, save_predictions=args.save_predictions,
         overwrite=args.overwrite, seed=args.seed, fold=args.fold, amp=args.amp,
         progress=not args.no_progress)
-    print(f"{summary['model']} ({summary['parameters']:,} parameters) on {summary['part']} of "
-          f"split {summary['split']}: {summary['n_slices']} slices, {summary['n_patients']} "
-          f"patients, device {summary['device']}")
+    print(f"{summary['model']} ({summary['parameters']:,} parameters) on the {summary['part']} "
+          f"part of split {summary['split']}: {summary['n_slices']} slice(s) of "
+          f"{summary['n_patients']} patient(s), device {summary['device']}")
     print(format_table(summary))
     print(f"wrote {out}" + (f" and {out.parent / summary['predictions']}"
                             if summary.get("predictions") else ""))
@@ -85,7 +90,7 @@ def format_table(summary: dict) -> str:
     row("dice_slice", f"{ds['n']} slices")
     rows.append(("dice_slice (tumour)", _num(ds["tumour_mean"]), _num(ds["tumour_median"]), "",
                  f"{ds['n_tumour']} tumour slices"))
-    row("dice_patient", f"{s['dice_patient']['n']} patients")
+    row("dice_patient", f"{s['dice_patient']['n']} patient(s), bootstrap CI")
     for key in ("dice_global", "iou", "precision", "recall"):
         row(key, "all pixels pooled")
     h = s["hd95"]

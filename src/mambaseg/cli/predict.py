@@ -43,10 +43,12 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from mambaseg.engine.predict import run_predict
 
-    if not 0.0 <= args.threshold <= 1.0:
-        from mambaseg.errors import MambasegError
+    from mambaseg.errors import MambasegError
 
+    if not 0.0 <= args.threshold <= 1.0:
         raise MambasegError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.batch_size < 1:
+        raise MambasegError(f"--batch-size must be at least 1, got {args.batch_size}")
     res = run_predict(args.input, args.output, model=args.model, checkpoint=args.checkpoint,
                       threshold=args.threshold, probabilities=args.probabilities,
                       overlay=args.overlay, device=args.device, batch_size=args.batch_size,

@@ -15,6 +15,7 @@ import contextlib
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -109,16 +110,31 @@ def rng_state(device: torch.device, generators: dict[str, torch.Generator]) -> d
 
 def set_rng_state(state: dict[str, Any], device: torch.device,
                   generators: dict[str, torch.Generator]) -> None:
-    """Restore what :func:`rng_state` captured."""
+    """Restore what :func:`rng_state` captured.
+
+    States saved on another kind of device (a CUDA run resumed on the CPU, or the reverse)
+    cannot be restored: those generators keep their fresh seeds, with a warning, and the
+    resumed run is no longer bitwise identical to an uninterrupted one.
+    """
     torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(_python_state_from_plain(state["python"]))
+    skipped = []
+    if device.type == "cuda":
+        if state.get("cuda") is not None:
+            torch.cuda.set_rng_state(state["cuda"], device)
+        else:
+            skipped.append("cuda")
     for key, gen in generators.items():
-        if key in state["generators"]:
+        try:
             gen.set_state(state["generators"][key])
+        except (KeyError, RuntimeError, ValueError):
+            skipped.append(key)
+    if skipped:
+        warnings.warn(f"random-number states not restored (saved on another device?): "
+                      f"{', '.join(skipped)}; the resumed run continues with fresh ones",
+                      stacklevel=2)
 
 
 def _python_state_to_plain(st: tuple) -> list:

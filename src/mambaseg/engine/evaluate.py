@@ -227,7 +227,8 @@ def run_evaluation(data: str | Path | None, checkpoint: str | Path | None = None
     targets = [out] + ([predictions_path(out)] if save_predictions else [])
     existing = [str(p) for p in targets if p.exists()]
     if existing and not overwrite:
-        raise MambasegError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
+        what = " and ".join(existing) + (" already exist" if len(existing) > 1 else " already exists")
+        raise MambasegError(f"{what}; pass --overwrite to replace, or --out FILE to write elsewhere")
     if out.exists() and out.is_dir():
         raise MambasegError(f"--out {out} is a directory; give a file name such as {out}/summary.json")
     run = run_settings(checkpoint)

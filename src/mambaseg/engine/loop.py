@@ -165,7 +165,7 @@ def validate(model: torch.nn.Module, data: DeviceData | None, batch_size: int, l
     mine = torch.arange(len(data), device=device)
     if info.enabled:
         mine = mine.tensor_split(info.world_size)[info.rank]
-    for step, idx in enumerate(mine.split(batch_size)):
+    for step, idx in enumerate(mine.split(batch_size) if len(mine) else ()):
         if max_steps is not None and step >= max_steps:
             break
         x, y = data.batch(idx)

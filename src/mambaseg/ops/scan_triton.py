@@ -29,6 +29,7 @@ carry.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -51,6 +52,15 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def _reverse_scan(c, g):
+    # Suffix scan along axis 0 (the in-thread time axis): h_t = g_t + c_t h_{t+1}. Written as a
+    # forward scan between two flips: `reverse=True` shuffles every value across the warp twice
+    # (lane reversal), while flipping an axis held in registers compiles to register renaming.
+    cc, hh = tl.associative_scan((tl.flip(c, 0), tl.flip(g, 0)), axis=0, combine_fn=_combine)
+    return tl.flip(cc, 0), tl.flip(hh, 0)
+
+
+@triton.jit
 def _softplus(x):
     # log(1 + exp(x)) like torch.nn.functional.softplus (linear above 20), accurate for x << 0
     ex = tl.exp(tl.minimum(x, 20.0))
@@ -64,10 +74,12 @@ def _dsoftplus(x):
 
 @triton.jit
 def _load_delta(dt_ptr, off, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """delta' = softplus(delta + bias) (as configured), 0 where masked; also delta + bias."""
+    """delta' = softplus(delta + bias) (as configured), 0 where masked; also delta + bias.
+
+    ``off``/``mask``: (T, BD) offsets and mask; ``bias``: (BD,)."""
     raw = tl.load(dt_ptr + off, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        raw = raw + bias[:, None]
+        raw = raw + bias[None, :]
     dl = raw
     if SOFTPLUS:
         dl = _softplus(raw)
@@ -75,10 +87,24 @@ def _load_delta(dt_ptr, off, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.co
     return dl, raw
 
 
-@triton.jit
+# Sizes and batch/channel strides vary from call to call: no value specialisation for them (one
+# compiled variant per dtype/flag combination instead of one per shape). Time strides keep it (==1
+# for the usual contiguous layouts, which gives vectorised loads).
+_NO_SPEC = ["dim", "L", "dstate", "n_dblk", "n_chunks", "cpp", "P",
+            "s_ub", "s_ud", "s_db", "s_dd", "s_zb", "s_zd", "s_Bb", "s_Bn", "s_Cb", "s_Cn",
+            "s_gb", "s_gd"]
+
+# Tiles are "time-major": (T, BD) for per-channel sequences, (T, NP) for B and C, (T, BD, NP) for
+# the states. With Triton's default layouts this keeps the T axis inside each thread (the chunk
+# scan is a sequential in-register loop, no shuffles) while the lanes cover N (16) x channels
+# (2) and the warps cover channels; reductions over N are warp shuffles, over channels shuffles
+# plus shared memory.
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    out_ptr, st_ptr, pst_ptr, pds_ptr,
+    out_ptr, ysave_ptr, st_ptr, pst_ptr, pds_ptr,
     dim, L, dstate, n_dblk, n_chunks, cpp, P,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl,
@@ -104,40 +130,42 @@ def _fwd_kernel(
         Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
     state = tl.zeros((BD, NP), tl.float32)
     dsum = tl.zeros((BD,), tl.float32)
-    row = b * dim + offs_d  # (b, d) row of the contiguous (B, D, L) outputs
+    row = b * dim + offs_d  # (b, d) row of the contiguous (B, D, L) buffers
     c0 = part * cpp
     c1 = tl.minimum(c0 + cpp, n_chunks)
     for c in range(c0, c1):
         t = c * T + offs_t
         t_mask = t < L
-        m2 = d_mask[:, None] & t_mask[None, :]
-        dl, raw = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
+        m2 = t_mask[:, None] & d_mask[None, :]
+        mn = t_mask[:, None] & n_mask[None, :]
+        dl, raw = _load_delta(dt_ptr + b * s_db, t[:, None] * s_dl + offs_d[None, :] * s_dd, m2,
                               bias, HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
+        u = tl.load(u_ptr + b * s_ub + t[:, None] * s_ul + offs_d[None, :] * s_ud, mask=m2,
                     other=0.0).to(tl.float32)
-        mn = n_mask[:, None] & t_mask[None, :]
-        Bt = tl.load(B_ptr + b * s_Bb + offs_n[:, None] * s_Bn + t[None, :] * s_Bl, mask=mn,
+        Bt = tl.load(B_ptr + b * s_Bb + t[:, None] * s_Bl + offs_n[None, :] * s_Bn, mask=mn,
                      other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + b * s_Cb + offs_n[:, None] * s_Cn + t[None, :] * s_Cl, mask=mn,
+        Ct = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + offs_n[None, :] * s_Cn, mask=mn,
                      other=0.0).to(tl.float32)
         if SAVE:
             tl.store(st_ptr + (row[:, None] * n_chunks + c) * NP + offs_n[None, :], state,
                      mask=d_mask[:, None])
-        a = tl.exp2(dl[:, None, :] * A2[:, :, None])
-        bx = (dl * u)[:, None, :] * Bt[None, :, :]
-        acum, xs = tl.associative_scan((a, bx), axis=2, combine_fn=_combine)
-        x = xs + acum * state[:, :, None]
-        y = tl.sum(x * Ct[None, :, :], axis=1)
-        state = tl.sum(tl.where(offs_t[None, None, :] == T - 1, x, 0.0), axis=2)
-        o_off = row[:, None] * L + t[None, :]
+        a = tl.exp2(dl[:, :, None] * A2[None, :, :])  # (T, BD, NP), in (0, 1]
+        bx = (dl * u)[:, :, None] * Bt[:, None, :]
+        acum, xs = tl.associative_scan((a, bx), axis=0, combine_fn=_combine)
+        x = xs + acum * state[None, :, :]
+        y = tl.sum(x * Ct[:, None, :], axis=2)  # (T, BD)
+        state = tl.sum(tl.where(offs_t[:, None, None] == T - 1, x, 0.0), axis=0)
+        o_off = row[None, :] * L + t[:, None]
         if SPLIT:
-            dsum += tl.sum(dl, axis=1)
+            dsum += tl.sum(dl, axis=0)
             tl.store(out_ptr + o_off, y, mask=m2)  # fp32 partial y, finished by the fix kernel
         else:
             if HAS_D:
-                y += Dv[:, None] * u
+                y += Dv[None, :] * u
             if HAS_Z:
-                zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+                if SAVE:
+                    tl.store(ysave_ptr + o_off, y.to(ysave_ptr.dtype.element_ty), mask=m2)
+                zz = tl.load(z_ptr + b * s_zb + t[:, None] * s_zl + offs_d[None, :] * s_zd,
                              mask=m2, other=0.0).to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
             tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=m2)
@@ -147,7 +175,7 @@ def _fwd_kernel(
         tl.store(pds_ptr + prow, dsum, mask=d_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _fwd_fix_kernel(
     u_ptr, dt_ptr, A_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     ybuf_ptr, out_ptr, st_ptr, pst_ptr, pds_ptr,
@@ -187,34 +215,36 @@ def _fwd_fix_kernel(
     for c in range(c0, c1):
         t = c * T + offs_t
         t_mask = t < L
-        m2 = d_mask[:, None] & t_mask[None, :]
-        o_off = row[:, None] * L + t[None, :]
+        m2 = t_mask[:, None] & d_mask[None, :]
+        o_off = row[None, :] * L + t[:, None]
         y = tl.load(ybuf_ptr + o_off, mask=m2, other=0.0)
         if part > 0:
-            dl, raw = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl,
+            dl, raw = _load_delta(dt_ptr + b * s_db, t[:, None] * s_dl + offs_d[None, :] * s_dd,
                                   m2, bias, HAS_BIAS, SOFTPLUS)
-            Ct = tl.load(C_ptr + b * s_Cb + offs_n[:, None] * s_Cn + t[None, :] * s_Cl,
-                         mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(tl.float32)
-            cs = tl.cumsum(dl, axis=1) + run[:, None]
-            dec = tl.exp2(A2[:, :, None] * cs[:, None, :])  # exp(A * segment sum) <= 1
-            y += tl.sum(dec * S[:, :, None] * Ct[None, :, :], axis=1)
+            Ct = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + offs_n[None, :] * s_Cn,
+                         mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+            cs = tl.cumsum(dl, axis=0) + run[None, :]
+            dec = tl.exp2(A2[None, :, :] * cs[:, :, None])  # exp(A * segment sum) <= 1
+            y += tl.sum(dec * S[None, :, :] * Ct[:, None, :], axis=2)
             if SAVE:
                 s_off = (row[:, None] * n_chunks + c) * NP + offs_n[None, :]
                 st = tl.load(st_ptr + s_off, mask=d_mask[:, None], other=0.0)
                 tl.store(st_ptr + s_off, st + tl.exp2(A2 * run[:, None]) * S, mask=d_mask[:, None])
-            run += tl.sum(dl, axis=1)
-        u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
+            run += tl.sum(dl, axis=0)
+        u = tl.load(u_ptr + b * s_ub + t[:, None] * s_ul + offs_d[None, :] * s_ud, mask=m2,
                     other=0.0).to(tl.float32)
         if HAS_D:
-            y += Dv[:, None] * u
+            y += Dv[None, :] * u
         if HAS_Z:
-            zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+            if SAVE:
+                tl.store(ybuf_ptr + o_off, y, mask=m2)  # pre-gate output, for dz
+            zz = tl.load(z_ptr + b * s_zb + t[:, None] * s_zl + offs_d[None, :] * s_zd,
                          mask=m2, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
         tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _bwd_carry_kernel(
     dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, g_ptr, phl_ptr, pes_ptr,
     dim, L, dstate, n_dblk, n_chunks, cpp, P,
@@ -244,33 +274,33 @@ def _bwd_carry_kernel(
         c = c1 - 1 - i
         t = c * T + offs_t
         t_mask = t < L
-        m2 = d_mask[:, None] & t_mask[None, :]
-        mn2 = d_mask[:, None] & (t + 1 < L)[None, :]
-        dln, rawn = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + (t + 1)[None, :] * s_dl,
+        m2 = t_mask[:, None] & d_mask[None, :]
+        mn2 = (t + 1 < L)[:, None] & d_mask[None, :]
+        dln, rawn = _load_delta(dt_ptr + b * s_db, (t + 1)[:, None] * s_dl + offs_d[None, :] * s_dd,
                                 mn2, bias, HAS_BIAS, SOFTPLUS)
-        dy = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=m2,
+        dy = tl.load(g_ptr + b * s_gb + t[:, None] * s_gl + offs_d[None, :] * s_gd, mask=m2,
                      other=0.0).to(tl.float32)
         if HAS_Z:
-            zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+            zz = tl.load(z_ptr + b * s_zb + t[:, None] * s_zl + offs_d[None, :] * s_zd,
                          mask=m2, other=0.0).to(tl.float32)
             dy = dy * zz * tl.sigmoid(zz)
-        Ct = tl.load(C_ptr + b * s_Cb + offs_n[:, None] * s_Cn + t[None, :] * s_Cl,
-                     mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(tl.float32)
-        an = tl.exp2(dln[:, None, :] * A2[:, :, None])  # a_{t+1}
-        g = dy[:, None, :] * Ct[None, :, :]
-        ccum, hs = tl.associative_scan((an, g), axis=2, combine_fn=_combine, reverse=True)
-        h = hs + ccum * H[:, :, None]
-        H = tl.sum(tl.where(offs_t[None, None, :] == 0, h, 0.0), axis=2)
-        esum += tl.sum(dln, axis=1)
+        Ct = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + offs_n[None, :] * s_Cn,
+                     mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+        an = tl.exp2(dln[:, :, None] * A2[None, :, :])  # a_{t+1}
+        g = dy[:, :, None] * Ct[:, None, :]
+        ccum, hs = _reverse_scan(an, g)
+        h = hs + ccum * H[None, :, :]
+        H = tl.sum(tl.where(offs_t[:, None, None] == 0, h, 0.0), axis=0)
+        esum += tl.sum(dln, axis=0)
     prow = (b * P + part) * dim + offs_d
     tl.store(phl_ptr + prow[:, None] * NP + offs_n[None, :], H, mask=d_mask[:, None])
     tl.store(pes_ptr + prow, esum, mask=d_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g_ptr, st_ptr, phl_ptr, pes_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, acc_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g_ptr, ysave_ptr, st_ptr,
+    phl_ptr, pes_ptr, du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, acc_ptr,
     dim, L, dstate, n_dblk, n_chunks, cpp, P,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_gb, s_gd, s_gl,
@@ -316,62 +346,60 @@ def _bwd_kernel(
         c = c1 - 1 - i
         t = c * T + offs_t
         t_mask = t < L
-        m2 = d_mask[:, None] & t_mask[None, :]
-        mn = n_mask[:, None] & t_mask[None, :]
-        dl, raw = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
+        m2 = t_mask[:, None] & d_mask[None, :]
+        mn = t_mask[:, None] & n_mask[None, :]
+        dl, raw = _load_delta(dt_ptr + b * s_db, t[:, None] * s_dl + offs_d[None, :] * s_dd, m2,
                               bias, HAS_BIAS, SOFTPLUS)
-        dln, rawn = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + (t + 1)[None, :] * s_dl,
-                                d_mask[:, None] & (t + 1 < L)[None, :], bias, HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
+        dln, rawn = _load_delta(dt_ptr + b * s_db, (t + 1)[:, None] * s_dl + offs_d[None, :] * s_dd,
+                                (t + 1 < L)[:, None] & d_mask[None, :], bias, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + b * s_ub + t[:, None] * s_ul + offs_d[None, :] * s_ud, mask=m2,
                     other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + b * s_Bb + offs_n[:, None] * s_Bn + t[None, :] * s_Bl, mask=mn,
+        Bt = tl.load(B_ptr + b * s_Bb + t[:, None] * s_Bl + offs_n[None, :] * s_Bn, mask=mn,
                      other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + b * s_Cb + offs_n[:, None] * s_Cn + t[None, :] * s_Cl, mask=mn,
+        Ct = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + offs_n[None, :] * s_Cn, mask=mn,
                      other=0.0).to(tl.float32)
-        gout = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=m2,
+        gout = tl.load(g_ptr + b * s_gb + t[:, None] * s_gl + offs_d[None, :] * s_gd, mask=m2,
                        other=0.0).to(tl.float32)
         S = tl.load(st_ptr + (row[:, None] * n_chunks + c) * NP + offs_n[None, :],
                     mask=d_mask[:, None], other=0.0)
         # states of the chunk
-        a = tl.exp2(dl[:, None, :] * A2[:, :, None])
+        a = tl.exp2(dl[:, :, None] * A2[None, :, :])
         dlu = dl * u
-        bx = dlu[:, None, :] * Bt[None, :, :]
-        acum, xs = tl.associative_scan((a, bx), axis=2, combine_fn=_combine)
-        x = xs + acum * S[:, :, None]
-        o_off = row[:, None] * L + t[None, :]
+        bx = dlu[:, :, None] * Bt[:, None, :]
+        acum, xs = tl.associative_scan((a, bx), axis=0, combine_fn=_combine)
+        x = xs + acum * S[None, :, :]
+        o_off = row[None, :] * L + t[:, None]
         dy = gout
         if HAS_Z:
-            zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+            zz = tl.load(z_ptr + b * s_zb + t[:, None] * s_zl + offs_d[None, :] * s_zd,
                          mask=m2, other=0.0).to(tl.float32)
-            y = tl.sum(x * Ct[None, :, :], axis=1)
-            if HAS_D:
-                y += Dv[:, None] * u
+            yp = tl.load(ysave_ptr + o_off, mask=m2, other=0.0).to(tl.float32)  # pre-gate output
             sz = tl.sigmoid(zz)
             dy = gout * zz * sz
-            dz = gout * y * sz * (1.0 + zz * (1.0 - sz))
+            dz = gout * yp * sz * (1.0 + zz * (1.0 - sz))
             tl.store(dz_ptr + o_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
         if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=1)
+            dD_acc += tl.sum(dy * u, axis=0)
         # adjoint h_t = dy_t C_t + a_{t+1} h_{t+1}
-        an = tl.exp2(dln[:, None, :] * A2[:, :, None])
-        g = dy[:, None, :] * Ct[None, :, :]
-        ccum, hs = tl.associative_scan((an, g), axis=2, combine_fn=_combine, reverse=True)
-        h = hs + ccum * H[:, :, None]
-        H = tl.sum(tl.where(offs_t[None, None, :] == 0, h, 0.0), axis=2)
-        hB = tl.sum(h * Bt[None, :, :], axis=1)
-        du = dl * hB + Dv[:, None] * dy
+        an = tl.exp2(dln[:, :, None] * A2[None, :, :])
+        g = dy[:, :, None] * Ct[:, None, :]
+        ccum, hs = _reverse_scan(an, g)
+        h = hs + ccum * H[None, :, :]
+        H = tl.sum(tl.where(offs_t[:, None, None] == 0, h, 0.0), axis=0)
+        hB = tl.sum(h * Bt[:, None, :], axis=2)  # (T, BD)
+        du = dl * hB + Dv[None, :] * dy
         tl.store(du_ptr + o_off, du.to(du_ptr.dtype.element_ty), mask=m2)
         qq = h * (x - bx)  # h_t a_t x_{t-1}
-        ddl = tl.sum(qq * A[:, :, None], axis=1) + u * hB
-        dA_acc += tl.sum(qq * dl[:, None, :], axis=2)
+        ddl = tl.sum(qq * A[None, :, :], axis=2) + u * hB
+        dA_acc += tl.sum(qq * dl[:, :, None], axis=0)
         if SOFTPLUS:
             ddl = ddl * _dsoftplus(raw)
         ddl = tl.where(m2, ddl, 0.0)
         tl.store(ddt_ptr + o_off, ddl.to(ddt_ptr.dtype.element_ty), mask=m2)
-        db_acc += tl.sum(ddl, axis=1)
-        dBt = tl.sum(h * dlu[:, None, :], axis=0)
-        dCt = tl.sum(x * dy[:, None, :], axis=0)
-        bc_off = (b * dstate + offs_n[:, None]) * L + t[None, :]
+        db_acc += tl.sum(ddl, axis=0)
+        dBt = tl.sum(h * dlu[:, :, None], axis=1)  # (T, NP)
+        dCt = tl.sum(x * dy[:, :, None], axis=1)
+        bc_off = (b * dstate + offs_n[None, :]) * L + t[:, None]
         if ATOMIC_BC:
             tl.atomic_add(dB_ptr + bc_off, dBt, mask=mn)
             tl.atomic_add(dC_ptr + bc_off, dCt, mask=mn)
@@ -405,8 +433,8 @@ def _pow2(n):
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def _parse_env_config():
-    spec = os.environ.get("MAMBASEG_TRITON_CONFIG", "").strip()
+def _parse_env_config(spec):
+    spec = spec.strip()
     if not spec:
         return {}
     out = {}
@@ -420,19 +448,32 @@ def _parse_env_config():
 
 
 def make_config(batch, dim, length, dstate, device, config=None):
+    """Launch configuration (dict) for one problem; cached. See `_make_config`."""
+    env = os.environ.get("MAMBASEG_TRITON_CONFIG", "")
+    key = tuple(sorted(config.items())) if config else ()
+    return dict(_make_config(batch, dim, length, dstate, device.type, device.index, key, env))
+
+
+@functools.lru_cache(maxsize=1024)
+def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     """Block sizes and split factor for one problem; ``config`` / MAMBASEG_TRITON_CONFIG override.
 
-    Keys: BD (channels per program, forward), BD_BWD (backward), T (chunk length), P (parts along
-    L), WARPS, WARPS_BWD.
+    Keys: T (chunk length), BD (channels per program, forward), BD_BWD (backward), P (parts
+    along L), WARPS, WARPS_BWD. Defaults: T = 16; N spread over min(N, 32) lanes and channels over
+    the remaining lanes times the warps, so that every lane owns exactly one (channel, state) pair
+    and holds the T steps of its chunk in registers; P > 1 only when batch x channel blocks
+    cannot fill about four programs per SM.
     """
-    cfg = dict(_parse_env_config())
-    cfg.update(config or {})
+    cfg = dict(_parse_env_config(env))
+    cfg.update(dict(config))
+    device = torch.device(dev_type, dev_index) if dev_index is not None else torch.device(dev_type)
     NP = _pow2(max(dstate, 1))
-    T = cfg.get("T") or (64 if length > 32 else max(16, _pow2(length)))
-    T = _pow2(T)
-    tile = 4096  # BD * NP * T elements per (BD, N, T) tile
-    BD = cfg.get("BD") or max(1, min(_pow2(dim), tile // (NP * T)))
-    BD_BWD = cfg.get("BD_BWD") or BD
+    T = _pow2(cfg.get("T") or 16)
+    lanes_bd = max(1, 32 // min(NP, 32))
+    warps = cfg.get("WARPS") or 4
+    warps_bwd = cfg.get("WARPS_BWD") or warps
+    BD = _pow2(cfg.get("BD") or lanes_bd * warps)
+    BD_BWD = _pow2(cfg.get("BD_BWD") or lanes_bd * warps_bwd)
     n_chunks = triton.cdiv(length, T)
     if cfg.get("P"):
         P = max(1, min(int(cfg["P"]), n_chunks))
@@ -442,8 +483,6 @@ def make_config(batch, dim, length, dstate, device, config=None):
         P = 1 if 2 * progs >= target else min(n_chunks, triton.cdiv(target, progs))
     cpp = triton.cdiv(n_chunks, P)
     P = triton.cdiv(n_chunks, cpp)
-    warps = cfg.get("WARPS") or (8 if BD * NP * T >= 4096 else 4)
-    warps_bwd = cfg.get("WARPS_BWD") or (8 if BD_BWD * NP * T >= 2048 else 4)
     return {"BD": BD, "BD_BWD": BD_BWD, "NP": NP, "T": T, "P": P, "cpp": cpp,
             "n_chunks": n_chunks, "WARPS": warps, "WARPS_BWD": warps_bwd}
 
@@ -463,46 +502,51 @@ class _TritonScan(torch.autograd.Function):
         delta_bias = delta_bias.contiguous() if delta_bias is not None else None
         cfg = make_config(batch, dim, length, dstate, u.device, config)
         BD, NP, T, P, cpp, n_chunks = (cfg[k] for k in ("BD", "NP", "T", "P", "cpp", "n_chunks"))
-        f32 = dict(device=u.device, dtype=torch.float32)
+        dev = u.device
+        f32 = dict(device=dev, dtype=torch.float32)
         save = any(ctx.needs_input_grad[:8])
-        out = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
+        out = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
         states = torch.empty(batch, dim, n_chunks, NP, **f32) if save else out
         split = P > 1
         if split:
-            ybuf = torch.empty(batch, dim, length, **f32)
+            ybuf = torch.empty(batch, dim, length, **f32)  # partial y, then pre-gate y
             pst = torch.empty(batch, P, dim, NP, **f32)
             pds = torch.empty(batch, P, dim, **f32)
+            ysave = ybuf
         else:
-            ybuf = pst = pds = out
+            ybuf = out
+            pst = pds = out
+            ysave = torch.empty_like(out) if (save and z is not None) else out
         zz = z if z is not None else u
         n_dblk = triton.cdiv(dim, BD)
         grid = (batch * n_dblk, P)
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=bool(delta_softplus), SAVE=save)
+        d_arg = D if D is not None else A
+        bias_arg = delta_bias if delta_bias is not None else A
         _fwd_kernel[grid](
-            u, delta, A, Bm, Cm, D if D is not None else A, zz,
-            delta_bias if delta_bias is not None else A,
-            ybuf, states, pst, pds,
+            u, delta, A, Bm, Cm, d_arg, zz, bias_arg,
+            ybuf, ysave, states, pst, pds,
             dim, length, dstate, n_dblk, n_chunks, cpp, P,
             *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm),
             BD=BD, NP=NP, T=T, SPLIT=split, num_warps=cfg["WARPS"], **flags)
         if split:
             _fwd_fix_kernel[grid](
-                u, delta, A, Cm, D if D is not None else A, zz,
-                delta_bias if delta_bias is not None else A,
+                u, delta, A, Cm, d_arg, zz, bias_arg,
                 ybuf, out, states, pst, pds,
                 dim, length, dstate, n_dblk, n_chunks, cpp, P,
                 *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Cm),
                 BD=BD, NP=NP, T=T, num_warps=cfg["WARPS"], **flags)
         if save:
-            ctx.save_for_backward(u, delta, A, Bm, Cm, D, z, delta_bias, states)
+            ctx.save_for_backward(u, delta, A, Bm, Cm, D, z, delta_bias, states,
+                                  ysave if z is not None else None)
             ctx.cfg = cfg
             ctx.delta_softplus = bool(delta_softplus)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        u, delta, A, Bm, Cm, D, z, delta_bias, states = ctx.saved_tensors
+        u, delta, A, Bm, Cm, D, z, delta_bias, states, ysave = ctx.saved_tensors
         cfg = ctx.cfg
         batch, dim, length = u.shape
         dstate = A.shape[1]
@@ -513,10 +557,11 @@ class _TritonScan(torch.autograd.Function):
         f32 = dict(device=dev, dtype=torch.float32)
         atomic_bc = n_dblk > 1
         n_acc = dim * dstate + 2 * dim
+        n_bc = batch * dstate * length
         if atomic_bc:
-            acc = torch.zeros(n_acc + 2 * batch * dstate * length, **f32)
-            dB = acc[n_acc:n_acc + batch * dstate * length].view(batch, dstate, length)
-            dC = acc[n_acc + batch * dstate * length:].view(batch, dstate, length)
+            acc = torch.zeros(n_acc + 2 * n_bc, **f32)
+            dB = acc[n_acc:n_acc + n_bc].view(batch, dstate, length)
+            dC = acc[n_acc + n_bc:].view(batch, dstate, length)
         else:
             acc = torch.zeros(n_acc, **f32)
             dB = torch.empty(batch, dstate, length, device=dev, dtype=Bm.dtype)
@@ -541,7 +586,8 @@ class _TritonScan(torch.autograd.Function):
                 *_strides3(delta), *_strides3(zz), *_strides3(Cm), *_strides3(dout),
                 BD=BD, NP=NP, T=T, num_warps=cfg["WARPS_BWD"], **flags)
         _bwd_kernel[(batch * n_dblk, P)](
-            u, delta, A, Bm, Cm, D if D is not None else A, zz, bias_arg, dout, states, phl, pes,
+            u, delta, A, Bm, Cm, D if D is not None else A, zz, bias_arg, dout,
+            ysave if ysave is not None else u, states, phl, pes,
             du, ddelta, dz, dB, dC, acc,
             dim, length, dstate, n_dblk, n_chunks, cpp, P,
             *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm),

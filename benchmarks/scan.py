@@ -1,0 +1,217 @@
+"""Benchmark of the selective-scan backends (forward, forward+backward).
+
+    python benchmarks/scan.py                       # current device (CUDA if available)
+    python benchmarks/scan.py --device cpu --reps 5
+    python benchmarks/scan.py --shapes 8x12x1024,8x16x4096 --backends torch,reference
+    python benchmarks/scan.py --sweep               # also a few Triton launch configurations
+
+Inputs: N = 16 (--dstate), with z, D, delta_bias and softplus, Mamba-like statistics. Times are
+medians over --reps runs after warm-up (CUDA events on GPU, time.perf_counter on CPU). On CPU the
+speed-up over the float64 reference is printed where the reference was run (small shapes only).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+from mambaseg.ops import available_backends, selective_scan  # noqa: E402
+
+SHAPES = [(32, 1024, 256), (8, 12, 1024), (8, 16, 4096), (128, 12, 1024), (8, 1024, 4096)]
+# mamba_ssm CUDA kernel, fwd+bwd, fp32, N = 16, z, D, softplus, H100 (the targets)
+MAMBA_SSM_H100_MS = {(32, 1024, 256): 1.105, (8, 12, 1024): 0.107, (8, 16, 4096): 0.147,
+                     (128, 12, 1024): 0.276, (8, 1024, 4096): 4.12}
+CPU_MAX_ELEMS = 1 << 21  # batch*dim*L above this is skipped on CPU unless --shapes names it
+REF_MAX_ELEMS = {"cpu": 1 << 17, "cuda": 1 << 17}
+SWEEP = [  # Triton configurations tried with --sweep (besides the default)
+    {"T": 8}, {"T": 32}, {"WARPS": 2}, {"WARPS": 8}, {"T": 8, "WARPS": 8},
+]
+SWEEP_SPLIT = [{"P": 1}, {"P": 8}, {"P": 64}]  # extra ones where the default splits along L
+
+
+def make_inputs(shape, dstate, dtype, device, requires_grad):
+    batch, dim, length = shape
+    g = torch.Generator().manual_seed(0)
+    dt = torch.exp(torch.rand(dim, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    t = {
+        "u": torch.randn(batch, dim, length, generator=g),
+        "delta": torch.randn(batch, dim, length, generator=g) * 0.5,
+        "A": -torch.arange(1, dstate + 1.0).repeat(dim, 1),
+        "B": torch.randn(batch, dstate, length, generator=g),
+        "C": torch.randn(batch, dstate, length, generator=g),
+        "D": torch.ones(dim),
+        "z": torch.randn(batch, dim, length, generator=g),
+        "delta_bias": dt + torch.log(-torch.expm1(-dt)),
+    }
+    out = {}
+    for k, v in t.items():
+        v = v.to(device=device, dtype=torch.float32 if k in ("A", "D", "delta_bias") else dtype)
+        out[k] = v.requires_grad_(requires_grad)
+    return out
+
+
+def timer(device):
+    if device.type == "cuda":
+        def run(fn, reps, warmup):
+            for _ in range(warmup):
+                fn()
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            return statistics.median(times)
+    else:
+        def run(fn, reps, warmup):
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+            return statistics.median(times)
+    return run
+
+
+def bench_one(backend, shape, args, device, run, config=None):
+    x = make_inputs(shape, args.dstate, args.dtype, device, requires_grad=True)
+    names = list(x)
+
+    def call():
+        if backend == "triton" and config is not None:
+            from mambaseg.ops.scan_triton import selective_scan_triton
+
+            return selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"],
+                                         z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True,
+                                         config=config)
+        return selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"], z=x["z"],
+                              delta_bias=x["delta_bias"], delta_softplus=True, backend=backend)
+
+    gy = torch.randn(shape, device=device, dtype=args.dtype)
+
+    def fwd():
+        with torch.no_grad():
+            call()
+
+    def fwd_bwd():
+        y = call()
+        torch.autograd.grad(y, [x[k] for k in names], gy)
+
+    reps = args.reps
+    warmup = 2 if device.type == "cuda" else 1
+    if backend == "reference":
+        reps, warmup = max(1, min(reps, 3)), 1
+    t_fb = run(fwd_bwd, 1, warmup)  # warm-up (compilation) and a first estimate
+    if t_fb > 50:  # slow case: fewer repetitions
+        reps = max(1, min(reps, 5 if device.type == "cuda" else 3))
+    return run(fwd, reps, 1), run(fwd_bwd, reps, 0)
+
+
+def parse_shapes(spec):
+    return [tuple(int(v) for v in s.lower().split("x")) for s in spec.split(",") if s]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--reps", type=int, default=None, help="timed runs (default 20 CUDA, 5 CPU)")
+    p.add_argument("--shapes", default=None, help="e.g. 8x12x1024,8x16x4096 (batch x dim x L)")
+    p.add_argument("--backends", default=None, help="comma list; default: all available")
+    p.add_argument("--dstate", type=int, default=16)
+    p.add_argument("--sweep", action="store_true", help="also time a few Triton configurations")
+    p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    args.dtype = getattr(torch, args.dtype)
+    args.reps = args.reps or (20 if device.type == "cuda" else 5)
+    explicit = args.shapes is not None
+    shapes = parse_shapes(args.shapes) if explicit else SHAPES
+    avail = available_backends(device)
+    backends = args.backends.split(",") if args.backends else [b for b in avail if b != "reference"]
+    for b in backends:
+        if b not in avail:
+            p.error(f"backend {b!r} not available on {device}; available: {', '.join(avail)}")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        import platform
+        name = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"device: {name}")
+    print(f"torch {torch.__version__}", end="")
+    try:
+        import triton
+        print(f", triton {triton.__version__}", end="")
+    except ImportError:
+        pass
+    print(f"; dtype {str(args.dtype).replace('torch.', '')}, N={args.dstate}, z, D, delta_bias, "
+          f"softplus; median of {args.reps} runs (ms)")
+    run = timer(device)
+    header = f"{'shape (B,D,L)':18s} {'backend':22s} {'fwd ms':>9s} {'fwd+bwd ms':>11s}"
+    header += "  speed-up vs reference (fwd / fwd+bwd)" if device.type == "cpu" else \
+        "  mamba_ssm H100 fwd+bwd target"
+    print(header)
+    print("-" * len(header))
+    for shape in shapes:
+        elems = shape[0] * shape[1] * shape[2]
+        if device.type == "cpu" and not explicit and elems > CPU_MAX_ELEMS:
+            print(f"{str(shape):18s} skipped on CPU (too slow; name it in --shapes to force)")
+            continue
+        ref = None
+        want_ref = (not args.no_reference and ("reference" in backends or elems <= REF_MAX_ELEMS.get(device.type, 0)))
+        rows = []
+        if want_ref:
+            ref = bench_one("reference", shape, args, device, run)
+            rows.append(("reference (float64)", ref))
+        for b in backends:
+            if b == "reference":
+                continue
+            try:
+                rows.append((b, bench_one(b, shape, args, device, run)))
+            except Exception as exc:  # report a failing backend, keep going
+                print(f"{str(shape):18s} {b}: failed: {type(exc).__name__}: {str(exc)[:500]}")
+                continue
+            if b == "triton" and args.sweep:
+                from mambaseg.ops.scan_triton import make_config
+
+                cfg0 = make_config(shape[0], shape[1], shape[2], args.dstate, device)
+                extra = SWEEP + (SWEEP_SPLIT if cfg0["P"] > 1 else [])
+                for cfg in extra:
+                    c = make_config(shape[0], shape[1], shape[2], args.dstate, device, cfg)
+                    label = "triton " + ",".join(f"{k}={v}" for k, v in cfg.items()) + f" (P={c['P']})"
+                    try:
+                        rows.append((label, bench_one(b, shape, args, device, run, config=cfg)))
+                    except Exception as exc:  # report a failing configuration, keep going
+                        print(f"  {label}: failed: {type(exc).__name__}: {exc}")
+        for label, (tf, tfb) in rows:
+            line = f"{str(shape):18s} {label:22s} {tf:9.3f} {tfb:11.3f}"
+            if device.type == "cpu" and ref is not None and label != "reference (float64)":
+                line += f"  {ref[0] / tf:7.1f}x / {ref[1] / tfb:7.1f}x"
+            elif device.type == "cuda" and shape in MAMBA_SSM_H100_MS and label != "reference (float64)":
+                line += f"  {MAMBA_SSM_H100_MS[shape]:.3f} ({'ok' if tfb <= MAMBA_SSM_H100_MS[shape] else 'slower'})"
+            print(line, flush=True)
+        if device.type == "cuda" and "triton" in backends:
+            from mambaseg.ops.scan_triton import make_config
+
+            c = make_config(shape[0], shape[1], shape[2], args.dstate, device)
+            print(f"{'':18s} triton default config: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

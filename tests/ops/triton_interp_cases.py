@@ -1,0 +1,63 @@
+"""Run the Triton backend under TRITON_INTERPRET=1 on CPU against the float64 reference.
+
+Not a test module: tests/ops/test_scan_triton_interp.py runs it in a subprocess (the variable
+must be set before triton is imported, and must not leak into the rest of the test session).
+Usage: TRITON_INTERPRET=1 python triton_interp_cases.py OUT.json [CASE_ID ...]
+Writes {case_id: "ok" | error text}.
+"""
+import json
+import os
+import sys
+import traceback
+
+if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    sys.exit("set TRITON_INTERPRET=1")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from scan_helpers import INTERP_CASES, compare, detached_copy, make_inputs, run  # noqa: E402
+
+from mambaseg.ops import available_backends, selective_scan  # noqa: E402
+from mambaseg.ops.reference import selective_scan_reference  # noqa: E402
+from mambaseg.ops.scan_triton import selective_scan_triton  # noqa: E402
+
+
+def run_case(shape, flags, config):
+    flags = dict(flags)
+    dtype = flags.pop("dtype", torch.float32)
+    softplus = flags.get("softplus", True)
+    inputs = make_inputs(*shape, dtype=dtype, seed=sum(shape), **flags)
+    y_ref, g_ref, gy = run(selective_scan_reference, detached_copy(inputs, torch.float64), softplus)
+    y, g, _ = run(selective_scan_triton, inputs, softplus, gy.to(dtype), config=config)
+    for k, v in g.items():
+        assert v.dtype == inputs[k].dtype, f"grad {k} dtype {v.dtype} != {inputs[k].dtype}"
+    compare(y, g, y_ref, g_ref, dtype, f"triton {shape} {flags} {config}")
+
+
+def main():
+    out_path, wanted = sys.argv[1], set(sys.argv[2:])
+    results = {}
+    # the dispatcher offers triton on CPU tensors only under the interpreter
+    assert "triton" in available_backends("cpu"), available_backends("cpu")
+    try:
+        inputs = make_inputs(1, 2, 5, 2, seed=0)
+        y = selective_scan(*(inputs[k] for k in ("u", "delta", "A", "B", "C")), backend="triton")
+        assert y.shape == (1, 2, 5)
+        results["dispatch"] = "ok"
+    except Exception:
+        results["dispatch"] = traceback.format_exc()
+    for case_id, shape, flags, config in INTERP_CASES:
+        if wanted and case_id not in wanted:
+            continue
+        try:
+            run_case(shape, flags, config)
+            results[case_id] = "ok"
+        except Exception:
+            results[case_id] = traceback.format_exc()
+    with open(out_path, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
