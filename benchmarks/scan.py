@@ -30,8 +30,8 @@ MAMBA_SSM_H100_MS = {(32, 1024, 256): 1.105, (8, 12, 1024): 0.107, (8, 16, 4096)
                      (128, 12, 1024): 0.276, (8, 1024, 4096): 4.12}
 CPU_MAX_ELEMS = 1 << 21  # batch*dim*L above this is skipped on CPU unless --shapes names it
 REF_MAX_ELEMS = {"cpu": 1 << 17, "cuda": 1 << 17}
-SWEEP = [  # Triton configurations tried with --sweep (besides the default)
-    {"T": 8}, {"T": 32}, {"WARPS": 2}, {"WARPS": 8}, {"T": 8, "WARPS": 8},
+SWEEP = [  # Triton configurations tried with --sweep (besides the default); compiled once each
+    {"T": 8}, {"WARPS": 2}, {"WARPS": 8}, {"T": 8, "WARPS": 8}, {"WARPS_BWD": 8}, {"REV": 1},
 ]
 SWEEP_SPLIT = [{"P": 1}, {"P": 8}, {"P": 64}]  # extra ones where the default splits along L
 
@@ -124,7 +124,8 @@ def parse_shapes(spec):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--reps", type=int, default=None, help="timed runs (default 20 CUDA, 5 CPU)")
@@ -135,6 +136,7 @@ def main(argv=None):
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     args = p.parse_args(argv)
+    t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -162,7 +164,7 @@ def main(argv=None):
     print(f"; dtype {str(args.dtype).replace('torch.', '')}, N={args.dstate}, z, D, delta_bias, "
           f"softplus; median of {args.reps} runs (ms)")
     run = timer(device)
-    header = f"{'shape (B,D,L)':18s} {'backend':22s} {'fwd ms':>9s} {'fwd+bwd ms':>11s}"
+    header = f"{'shape (B,D,L)':18s} {'backend':30s} {'fwd ms':>9s} {'fwd+bwd ms':>11s}"
     header += "  speed-up vs reference (fwd / fwd+bwd)" if device.type == "cpu" else \
         "  mamba_ssm H100 fwd+bwd target"
     print(header)
@@ -173,7 +175,8 @@ def main(argv=None):
             print(f"{str(shape):18s} skipped on CPU (too slow; name it in --shapes to force)")
             continue
         ref = None
-        want_ref = (not args.no_reference and ("reference" in backends or elems <= REF_MAX_ELEMS.get(device.type, 0)))
+        want_ref = not args.no_reference and (
+            "reference" in backends or elems <= REF_MAX_ELEMS.get(device.type, 0))
         rows = []
         if want_ref:
             ref = bench_one("reference", shape, args, device, run)
@@ -199,17 +202,19 @@ def main(argv=None):
                     except Exception as exc:  # report a failing configuration, keep going
                         print(f"  {label}: failed: {type(exc).__name__}: {exc}")
         for label, (tf, tfb) in rows:
-            line = f"{str(shape):18s} {label:22s} {tf:9.3f} {tfb:11.3f}"
+            line = f"{str(shape):18s} {label:30s} {tf:9.3f} {tfb:11.3f}"
             if device.type == "cpu" and ref is not None and label != "reference (float64)":
                 line += f"  {ref[0] / tf:7.1f}x / {ref[1] / tfb:7.1f}x"
             elif device.type == "cuda" and shape in MAMBA_SSM_H100_MS and label != "reference (float64)":
-                line += f"  {MAMBA_SSM_H100_MS[shape]:.3f} ({'ok' if tfb <= MAMBA_SSM_H100_MS[shape] else 'slower'})"
+                target = MAMBA_SSM_H100_MS[shape]
+                line += f"  {target:.3f} ({'ok' if tfb <= target else 'slower'})"
             print(line, flush=True)
         if device.type == "cuda" and "triton" in backends:
             from mambaseg.ops.scan_triton import make_config
 
             c = make_config(shape[0], shape[1], shape[2], args.dstate, device)
             print(f"{'':18s} triton default config: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    print(f"benchmark time {time.perf_counter() - t_start:.0f} s")
     return 0
 
 

@@ -108,4 +108,5 @@ INTERP_CASES = [
     ("moderate_decay_split", (1, 2, 45, 4), dict(moderate=True, has_bias=False), {"T": 8, "BD": 2}),
     ("bf16", (2, 3, 24, 4), dict(dtype=torch.bfloat16), {"T": 8, "BD": 4}),
     ("default_config", (1, 3, 21, 2), dict(), None),
+    ("reverse_scan_variant", (1, 2, 27, 4), dict(), {"T": 8, "BD": 2, "REV": 1}),
 ]

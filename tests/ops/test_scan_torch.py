@@ -52,6 +52,27 @@ def test_torch_backend_several_segments(monkeypatch, seg_steps):
     compare(y, g, y_ref, g_ref, torch.float32, f"torch seg={seg_steps}")
 
 
+def test_torch_backend_recompute_path(monkeypatch):
+    """Backward that recomputes decays and states (what large problems do) instead of keeping them."""
+    monkeypatch.setitem(scan_torch._SAVE_ELEMS, "cpu", 0)
+    inputs = make_inputs(2, 3, 45, 4, seed=4)
+    y_ref, g_ref, gy = _reference(inputs, True)
+    y, g, _ = run(selective_scan, inputs, True, gy, backend="torch")
+    compare(y, g, y_ref, g_ref, torch.float32, "torch recompute")
+
+
+def test_torch_backend_double_backward_graph_reuse():
+    """retain_graph: a second backward through the same graph gives the same gradients."""
+    inputs = make_inputs(1, 2, 20, 4, seed=6)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C")]
+    y = selective_scan(*args, D=inputs["D"], z=inputs["z"], delta_bias=inputs["delta_bias"],
+                       delta_softplus=True, backend="torch")
+    g1 = torch.autograd.grad(y.sum(), args, retain_graph=True)
+    g2 = torch.autograd.grad(y.sum(), args)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_torch_backend_strong_and_weak_decay():
     for strong in (True, False):
         inputs = make_inputs(2, 4, 300, 16, strong=strong, seed=3)

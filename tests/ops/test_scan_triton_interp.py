@@ -34,7 +34,7 @@ def interp_results(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("case_id", ["dispatch"] + [c[0] for c in INTERP_CASES])
+@pytest.mark.parametrize("case_id", ["dispatch", "autocast_bf16"] + [c[0] for c in INTERP_CASES])
 def test_triton_interpreter(interp_results, case_id):
     result = interp_results.get(case_id)
     assert result == "ok", result

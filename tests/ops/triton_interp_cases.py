@@ -47,6 +47,20 @@ def main():
         results["dispatch"] = "ok"
     except Exception:
         results["dispatch"] = traceback.format_exc()
+    try:  # autocast(bf16) around the call: the kernels still run on fp32 state
+        inputs = make_inputs(2, 3, 19, 4, seed=1, strong=True)
+        lin = torch.nn.Linear(3, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            u = lin(inputs["u"].transpose(1, 2)).transpose(1, 2)
+            y = selective_scan(u, inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+                               inputs["D"], inputs["z"], inputs["delta_bias"], True, backend="triton")
+        assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+        grads = torch.autograd.grad(y.float().square().sum(), [lin.weight] + [
+            v for v in inputs.values() if v is not None])
+        assert all(torch.isfinite(g).all() for g in grads)
+        results["autocast_bf16"] = "ok"
+    except Exception:
+        results["autocast_bf16"] = traceback.format_exc()
     for case_id, shape, flags, config in INTERP_CASES:
         if wanted and case_id not in wanted:
             continue

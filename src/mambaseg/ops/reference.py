@@ -32,7 +32,7 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     for t in range(length):
         x = dA[:, :, t] * x + dBu[:, :, t]
         ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, t]))
-    y = torch.stack(ys, dim=-1)
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + u * D.to(f)[None, :, None]
     if z is not None:

@@ -3,19 +3,20 @@
 No Python loop over time steps. The recurrence ``x_t = a_t x_{t-1} + b_t`` with
 ``a_t = exp(delta_t A) in (0, 1]`` is solved by recursive pairing: pairs (2m, 2m+1) are folded
 into one step ``(a_{2m+1} a_{2m}, a_{2m+1} b_{2m} + b_{2m+1})``, the half-length problem is solved
-recursively, and the even positions are filled in from their left neighbour. That is log2(L)
-levels of whole-tensor multiply-adds, about 2 passes over the data in total (geometric series),
-all of them vectorised over batch, channels and states.
+recursively, and the even positions are filled in from their left neighbour: log2(L) levels of
+whole-tensor multiply-adds (about 3 element operations per state element in all, a geometric
+series), each vectorised over batch, channels and states. All intermediates are written with
+``out=`` into preallocated buffers (on CPU a fresh output for strided inputs is a slow path).
 
-Numerics: only products of decays in (0, 1] are formed (segment sums of log-decays, evaluated as
+Numerics: only products of decays in (0, 1] are formed (the segment sums of log-decays, taken as
 products), never ``exp`` of a positive number and never a division by a cumulative product, so it
-is stable for any length (tested to L = 16k) - decays that underflow to 0 are exactly right.
+is stable for any length (tested at L = 16k): decays that underflow to 0 are exactly right.
 
-Memory: the state tensor (L, batch, dim, dstate) is processed in segments along L whose size is
-bounded (``_SEGMENT_ELEMS``); the carried state crosses segment boundaries. The backward
-(custom autograd.Function) saves only the inputs and the state at each segment start, recomputes
-the states segment by segment in reverse order and runs the adjoint recurrence
-``h_t = dy_t C_t + a_{t+1} h_{t+1}`` with the same scan run backwards.
+Memory and backward (custom autograd.Function): the state tensor (L, batch, dim, dstate) is
+processed in segments along L of bounded size (``_SEGMENT_ELEMS``), the state carried across
+segment boundaries. Small problems keep the decays and states for the backward; larger ones
+keep only the inputs and the state at each segment start and recompute segment by segment in
+reverse order. The adjoint ``h_t = dy_t C_t + a_{t+1} h_{t+1}`` is the same scan run backwards.
 
 State and accumulation are float32 (float64 when an input is float64); the result has u's dtype.
 """
@@ -27,7 +28,11 @@ import torch.nn.functional as F
 from mambaseg.ops._common import compute_dtype, no_autocast
 
 # Elements (L_seg * batch * dim * dstate) of one state-sized buffer per segment.
-_SEGMENT_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 25}
+# On CPU, 2^19 keeps a segment's buffers (2 MB in fp32) in cache: 25 % faster than 2^22 at L=1024.
+_SEGMENT_ELEMS = {"cpu": 1 << 19, "cuda": 1 << 25}
+# Up to this many state elements (L * batch * dim * dstate, one segment), the forward keeps the
+# decays and states for the backward (2 such buffers) instead of the backward recomputing them.
+_SAVE_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 23}
 
 
 def _segment_len(length, per_step, device_type):
@@ -104,7 +109,11 @@ class _ScanCore(torch.autograd.Function):
         bt = Bm.permute(2, 0, 1).contiguous()  # (L,B,N)
         ct = Cm.permute(2, 0, 1).contiguous()  # (L,B,N)
         k = batch * dim * dstate
-        seg = _segment_len(length, k, u.device.type)
+        dev = u.device.type
+        seg = _segment_len(length, k, dev)
+        # small problems keep the decays and states for the backward instead of recomputing them
+        keep = (seg == length and any(ctx.needs_input_grad)
+                and length * k <= _SAVE_ELEMS.get(dev, 1 << 22))
         y = u.new_empty(length, batch, dim)
         starts = list(range(0, length, seg))
         carries = []  # state entering each segment (None for the first)
@@ -113,10 +122,10 @@ class _ScanCore(torch.autograd.Function):
         for s0 in starts:
             s1 = min(s0 + seg, length)
             n = s1 - s0
-            if buf_a is None or buf_a.shape[0] < n:
-                buf_a = u.new_empty(n, batch, dim, dstate)
-                buf_b = torch.empty_like(buf_a)
-                buf_x = torch.empty_like(buf_a)
+            if buf_a is None or buf_a.shape[0] < n + 1:
+                buf_a = u.new_empty(n + 1, batch, dim, dstate)  # one spare row (backward's a_{L})
+                buf_b = u.new_empty(n, batch, dim, dstate)
+                buf_x = torch.empty_like(buf_b)
             a, bx, x = buf_a[:n], buf_b[:n], buf_x[:n]
             torch.mul(dl[s0:s1, :, :, None], A, out=a)
             a.exp_()
@@ -127,15 +136,19 @@ class _ScanCore(torch.autograd.Function):
             scan_fwd(a.view(n, k), bx.view(n, k), x.view(n, k))
             if s1 < length:
                 carry = x[-1].clone()
-            torch.sum(x.mul_(ct[s0:s1, :, None, :]), dim=-1, out=y[s0:s1])  # y_t = sum_n C x
+            torch.sum(torch.mul(x, ct[s0:s1, :, None, :], out=bx), dim=-1, out=y[s0:s1])
         ctx.seg = seg
         ctx.carries = carries
-        ctx.save_for_backward(u, delta, A, dl, dlu, bt, ct)
+        if keep:
+            buf_a[length].zero_()
+            ctx.save_for_backward(u, delta, A, dl, dlu, bt, ct, buf_a, buf_x)
+        else:
+            ctx.save_for_backward(u, delta, A, dl, dlu, bt, ct, None, None)
         return y.permute(1, 2, 0)
 
     @staticmethod
     def backward(ctx, gy):
-        u, delta, A, dl, dlu, bt, ct = ctx.saved_tensors
+        u, delta, A, dl, dlu, bt, ct, kept_a, kept_x = ctx.saved_tensors
         seg, carries = ctx.seg, ctx.carries
         batch, dim, length = u.shape
         dstate = A.shape[1]
@@ -156,26 +169,30 @@ class _ScanCore(torch.autograd.Function):
             if buf is None or buf[0].shape[0] < n + 1:
                 buf = [u.new_empty(n + 1, batch, dim, dstate)] + \
                       [u.new_empty(n, batch, dim, dstate) for _ in range(4)]
-            a_ext = buf[0][:n + 1]
-            bx, x, g, h = (t[:n] for t in buf[1:])
-            # decays a_t for t in [s0, s1], a_{s1} only if the sequence goes on
-            if s1 < length:
-                torch.mul(dl[s0:s1 + 1, :, :, None], A, out=a_ext)
-                a_ext.exp_()
-            else:
-                torch.mul(dl[s0:s1, :, :, None], A, out=a_ext[:n])
-                a_ext[:n].exp_()
-                a_ext[n].zero_()
-            a = a_ext[:n]
+            bx, g, h = (t[:n] for t in buf[1:4])
             torch.mul(dlu[s0:s1, :, :, None], bt[s0:s1, :, None, :], out=bx)
-            # recompute the states of this segment
-            if carries[i] is not None:
-                x0 = bx[0].clone()
-                bx[0].addcmul_(a[0], carries[i])
-                scan_fwd(a.view(n, k), bx.view(n, k), x.view(n, k))
-                bx[0].copy_(x0)
+            if kept_a is not None:  # single segment, saved by the forward (read only here)
+                a_ext, x = kept_a, kept_x
+                a = a_ext[:n]
             else:
-                scan_fwd(a.view(n, k), bx.view(n, k), x.view(n, k))
+                a_ext, x = buf[0][:n + 1], buf[4][:n]
+                # decays a_t for t in [s0, s1], a_{s1} only if the sequence goes on
+                if s1 < length:
+                    torch.mul(dl[s0:s1 + 1, :, :, None], A, out=a_ext)
+                    a_ext.exp_()
+                else:
+                    torch.mul(dl[s0:s1, :, :, None], A, out=a_ext[:n])
+                    a_ext[:n].exp_()
+                    a_ext[n].zero_()
+                a = a_ext[:n]
+                # recompute the states of this segment
+                if carries[i] is not None:
+                    x0 = bx[0].clone()
+                    bx[0].addcmul_(a[0], carries[i])
+                    scan_fwd(a.view(n, k), bx.view(n, k), x.view(n, k))
+                    bx[0].copy_(x0)
+                else:
+                    scan_fwd(a.view(n, k), bx.view(n, k), x.view(n, k))
             # adjoint: h_t = gy_t C_t + a_{t+1} h_{t+1}
             torch.mul(gyt[s0:s1, :, :, None], ct[s0:s1, :, None, :], out=g)
             if h_next is not None:
@@ -183,11 +200,11 @@ class _ScanCore(torch.autograd.Function):
             scan_rev(a_ext[1:].view(n, k), g.view(n, k), h.view(n, k))
             h_next = h[0].clone() if i > 0 else None
             # dC_t = sum_d gy x ; dB_t = sum_d h delta u ; d(delta u)_t = sum_n h B
-            torch.sum(g.copy_(x).mul_(gyt[s0:s1, :, :, None]), dim=2, out=d_ct[s0:s1])
+            torch.sum(torch.mul(x, gyt[s0:s1, :, :, None], out=g), dim=2, out=d_ct[s0:s1])
             torch.sum(torch.mul(h, dlu[s0:s1, :, :, None], out=g), dim=2, out=d_bt[s0:s1])
             torch.sum(torch.mul(h, bt[s0:s1, :, None, :], out=g), dim=-1, out=d_dlu[s0:s1])
             # q = h * a_t x_{t-1} = h * (x - bx): d/d(delta) through A, d/dA through delta
-            q = x.sub_(bx).mul_(h)
+            q = torch.sub(x, bx, out=bx).mul_(h)
             torch.sum(torch.mul(q, A, out=g), dim=-1, out=d_dl[s0:s1])
             dA += q.mul_(dl[s0:s1, :, :, None]).sum((0, 1))
         d_dl = d_dl.permute(1, 2, 0)
@@ -195,6 +212,14 @@ class _ScanCore(torch.autograd.Function):
         du = d_dlu * delta
         ddelta = d_dl + d_dlu * u
         return du, ddelta, dA, d_bt.permute(1, 2, 0), d_ct.permute(1, 2, 0)
+
+
+def _softplus(x):
+    """softplus; on CPU as log(1 + exp(x)) (x <= 20), 4x faster there than F.softplus, whose
+    log1p is not vectorised; for x < -15 it returns 0 where softplus is below 3e-7."""
+    if x.device.type != "cpu":
+        return F.softplus(x)
+    return torch.where(x > 20, x, torch.exp(x.clamp(max=20)).add(1).log())
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
@@ -206,7 +231,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
         if delta_bias is not None:
             df = df + delta_bias.to(f)[:, None]
         if delta_softplus:
-            df = F.softplus(df)
+            df = _softplus(df)
         y = _ScanCore.apply(uf, df, A.to(f), B.to(f), C.to(f))
         if D is not None:
             y = torch.addcmul(y, uf, D.to(f)[:, None])

@@ -3,29 +3,33 @@
 Layout of the work
 ------------------
 A program owns one batch element, a block of ``BD`` channels and a contiguous range of time
-("part"), and walks that range in chunks of ``T`` steps. For each chunk it loads (BD,T) tiles of
-delta/u/z and (N,T) tiles of B/C, builds the (BD, N, T) decays ``a = exp(delta A)`` and inputs
-``b = delta u B`` in registers, and solves the chunk with ``tl.associative_scan`` over T (the
-linear-recurrence combine ``(a1,b1),(a2,b2) -> (a1 a2, a2 b1 + b2)``); the (BD, N) state crosses
-chunk boundaries in registers, in fp32. y = sum_n C x, the D skip and the silu(z) gate are fused.
-The state entering every chunk is written to a small buffer (B, D, L/T, N) for the backward.
+(a "part"), and walks that range in chunks of ``T`` steps. Per chunk it loads (T, BD) tiles of
+delta/u/z and (T, N) tiles of B/C, builds the (T, BD, N) decays ``a = exp(delta A)`` (in (0, 1])
+and inputs ``b = delta u B`` in registers and solves the chunk with ``tl.associative_scan`` over
+T (linear-recurrence combine ``(a1,b1),(a2,b2) -> (a1 a2, a2 b1 + b2)``); the (BD, N) state
+crosses chunks in registers, in fp32 whatever the input dtype. The tiles are time-major so that,
+with Triton's default layouts, every lane owns one (channel, state) pair and holds the T steps
+of the chunk in registers: the scan is a sequential in-register loop (no shuffles) and only the
+reductions over N (y = C.x) use warp shuffles. y, the D skip and the silu(z) gate are fused; the
+state entering every chunk, (B, D, L/T, N) fp32, and the pre-gate output (when z is given) are
+saved for the backward.
 
-Parallelism along L ("split", for small batch*dim such as D=12 or 16 with long L): the sequence
-is cut into ``P`` parts handled by different programs. Pass 1 scans every part from a zero
-state, writes the un-gated partial y (fp32) and the part's final state and sum of delta; pass 2
-("fix") gives each part its true incoming state (a short sequential combine over the previous
-parts' summaries), adds ``sum_n C_t exp(A cumsum(delta)) S_in`` to y, corrects the saved chunk
-states and applies D and the gate. Decays use segment sums of delta, so only exp of non-positive
-numbers (A < 0) is ever taken.
+Parallelism along L ("split", for small batch x channels such as D = 12 or 16 with long L): the
+sequence is cut into ``P`` parts run by different programs. Pass 1 scans each part from a zero
+state, writes the partial y (fp32) and the part's final state and sum of delta; pass 2 ("fix")
+gives each part its true incoming state (a short sequential combine of the previous parts'
+summaries), adds ``sum_n C_t exp(A * segment-sum(delta)) S_in`` to y, corrects the saved chunk
+states and applies D and the gate. Decays are exponentials of segment sums of delta times A, so
+only exp of non-positive numbers (A < 0) is taken and nothing is divided.
 
 Backward (one program per batch element x channel block x part, chunks in reverse order):
-recompute the chunk's states from the saved chunk-entry state (forward scan), the adjoint
-``h_t = dy_t C_t + a_{t+1} h_{t+1}`` by a reverse associative scan with the adjoint carried across
-chunks, and from (x, h): du, ddelta (softplus and bias folded), dz, and partial dB, dC (reduced
-over the channel block, then atomically over blocks), dA, dD, ddelta_bias (accumulated in
-registers over the chunks, atomically over batch and parts). With ``P > 1`` a first pass computes
-each part's local adjoint at its start (zero carry), so that every part starts from its exact
-carry.
+recompute the chunk's states from the saved chunk-entry state (forward scan); the adjoint
+``h_t = dy_t C_t + a_{t+1} h_{t+1}`` by a suffix scan, carried across chunks; from (x, h): du,
+ddelta (bias and softplus folded in), dz, and dB, dC (reduced over the channel block in the
+program, then atomically over blocks), dA, dD, ddelta_bias (accumulated in registers over the
+chunks, then atomically over batch and parts). With ``P > 1`` a first pass computes each part's
+local adjoint at its first step (zero carry) and the decay across the part, so that every part
+starts from its exact carry.
 """
 from __future__ import annotations
 
@@ -38,13 +42,6 @@ import triton.language as tl
 
 from mambaseg.ops._common import no_autocast
 
-_LOG2E = 1.4426950408889634
-
-
-def interpreter_active():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 @triton.jit
 def _combine(a1, b1, a2, b2):
     # (a1, b1) is the earlier segment, (a2, b2) the later one: x -> a2 (a1 x + b1) + b2
@@ -52,12 +49,20 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _reverse_scan(c, g):
-    # Suffix scan along axis 0 (the in-thread time axis): h_t = g_t + c_t h_{t+1}. Written as a
-    # forward scan between two flips: `reverse=True` shuffles every value across the warp twice
-    # (lane reversal), while flipping an axis held in registers compiles to register renaming.
-    cc, hh = tl.associative_scan((tl.flip(c, 0), tl.flip(g, 0)), axis=0, combine_fn=_combine)
-    return tl.flip(cc, 0), tl.flip(hh, 0)
+def _reverse_scan(c, g, REV: tl.constexpr):
+    # Suffix scan along axis 0 (the in-thread time axis): h_t = g_t + c_t h_{t+1}.
+    # REV == 0: a forward scan between two flips. Triton lowers `reverse=True` by reversing every
+    # value across the warp's lanes before and after the scan (10 shuffles per value), while
+    # flipping an axis that lives in registers compiles to register renaming (checked on the
+    # sm_90 SASS of Triton 3.8: 232 instead of 552 shuffles per chunk in the backward kernel).
+    # REV == 1: tl.associative_scan(reverse=True), kept as a fallback (config key REV=1).
+    if REV == 1:
+        cc, hh = tl.associative_scan((c, g), axis=0, combine_fn=_combine, reverse=True)
+    else:
+        cc, hh = tl.associative_scan((tl.flip(c, 0), tl.flip(g, 0)), axis=0, combine_fn=_combine)
+        cc = tl.flip(cc, 0)
+        hh = tl.flip(hh, 0)
+    return cc, hh
 
 
 @triton.jit
@@ -250,7 +255,7 @@ def _bwd_carry_kernel(
     dim, L, dstate, n_dblk, n_chunks, cpp, P,
     s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_Cb, s_Cn, s_Cl, s_gb, s_gd, s_gl,
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
-    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REV: tl.constexpr,
 ):
     """Split backward, pass 1: each part's adjoint at its first step from a zero carry."""
     pid = tl.program_id(0)
@@ -288,7 +293,7 @@ def _bwd_carry_kernel(
                      mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
         an = tl.exp2(dln[:, :, None] * A2[None, :, :])  # a_{t+1}
         g = dy[:, :, None] * Ct[:, None, :]
-        ccum, hs = _reverse_scan(an, g)
+        ccum, hs = _reverse_scan(an, g, REV)
         h = hs + ccum * H[None, :, :]
         H = tl.sum(tl.where(offs_t[:, None, None] == 0, h, 0.0), axis=0)
         esum += tl.sum(dln, axis=0)
@@ -306,7 +311,7 @@ def _bwd_kernel(
     s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_gb, s_gd, s_gl,
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SPLIT: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    SPLIT: tl.constexpr, ATOMIC_BC: tl.constexpr, REV: tl.constexpr,
 ):
     pid = tl.program_id(0)
     part = tl.program_id(1)
@@ -383,7 +388,7 @@ def _bwd_kernel(
         # adjoint h_t = dy_t C_t + a_{t+1} h_{t+1}
         an = tl.exp2(dln[:, :, None] * A2[None, :, :])
         g = dy[:, :, None] * Ct[:, None, :]
-        ccum, hs = _reverse_scan(an, g)
+        ccum, hs = _reverse_scan(an, g, REV)
         h = hs + ccum * H[None, :, :]
         H = tl.sum(tl.where(offs_t[:, None, None] == 0, h, 0.0), axis=0)
         hB = tl.sum(h * Bt[:, None, :], axis=2)  # (T, BD)
@@ -429,6 +434,10 @@ def _sm_count(device):
     return _SM_COUNT[idx]
 
 
+def _cdiv(a, b):  # triton.cdiv is a constexpr_function: slow in host code
+    return -(-a // b)
+
+
 def _pow2(n):
     return 1 << max(int(n) - 1, 0).bit_length()
 
@@ -441,7 +450,7 @@ def _parse_env_config(spec):
     for item in spec.split(","):
         key, _, val = item.partition("=")
         key = key.strip().upper()
-        if key not in ("BD", "BD_BWD", "T", "P", "WARPS", "WARPS_BWD"):
+        if key not in ("BD", "BD_BWD", "T", "P", "WARPS", "WARPS_BWD", "REV"):
             raise ValueError(f"MAMBASEG_TRITON_CONFIG: unknown key {key!r} in {spec!r}")
         out[key] = int(val)
     return out
@@ -459,10 +468,11 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     """Block sizes and split factor for one problem; ``config`` / MAMBASEG_TRITON_CONFIG override.
 
     Keys: T (chunk length), BD (channels per program, forward), BD_BWD (backward), P (parts
-    along L), WARPS, WARPS_BWD. Defaults: T = 16; N spread over min(N, 32) lanes and channels over
-    the remaining lanes times the warps, so that every lane owns exactly one (channel, state) pair
-    and holds the T steps of its chunk in registers; P > 1 only when batch x channel blocks
-    cannot fill about four programs per SM.
+    along L), WARPS, WARPS_BWD, REV (1: the backward uses tl.associative_scan(reverse=True)).
+    Defaults: T = 16; N spread over min(N, 32) lanes and channels over the remaining lanes times
+    the warps, so that every lane owns one (channel, state) pair and holds the T steps of its
+    chunk in registers; P > 1 only when batch x channel blocks cannot fill about four programs
+    per SM.
     """
     cfg = dict(_parse_env_config(env))
     cfg.update(dict(config))
@@ -474,17 +484,18 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     warps_bwd = cfg.get("WARPS_BWD") or warps
     BD = _pow2(cfg.get("BD") or lanes_bd * warps)
     BD_BWD = _pow2(cfg.get("BD_BWD") or lanes_bd * warps_bwd)
-    n_chunks = triton.cdiv(length, T)
+    n_chunks = _cdiv(length, T)
     if cfg.get("P"):
         P = max(1, min(int(cfg["P"]), n_chunks))
     else:
-        progs = batch * triton.cdiv(dim, min(BD, BD_BWD))
+        progs = batch * _cdiv(dim, min(BD, BD_BWD))
         target = 4 * _sm_count(device)
-        P = 1 if 2 * progs >= target else min(n_chunks, triton.cdiv(target, progs))
-    cpp = triton.cdiv(n_chunks, P)
-    P = triton.cdiv(n_chunks, cpp)
+        P = 1 if 2 * progs >= target else min(n_chunks, _cdiv(target, progs))
+    cpp = _cdiv(n_chunks, P)
+    P = _cdiv(n_chunks, cpp)
     return {"BD": BD, "BD_BWD": BD_BWD, "NP": NP, "T": T, "P": P, "cpp": cpp,
-            "n_chunks": n_chunks, "WARPS": warps, "WARPS_BWD": warps_bwd}
+            "n_chunks": n_chunks, "WARPS": warps, "WARPS_BWD": warps_bwd,
+            "REV": 1 if cfg.get("REV") else 0}
 
 
 def _strides3(t):
@@ -518,7 +529,7 @@ class _TritonScan(torch.autograd.Function):
             pst = pds = out
             ysave = torch.empty_like(out) if (save and z is not None) else out
         zz = z if z is not None else u
-        n_dblk = triton.cdiv(dim, BD)
+        n_dblk = _cdiv(dim, BD)
         grid = (batch * n_dblk, P)
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=bool(delta_softplus), SAVE=save)
@@ -552,7 +563,7 @@ class _TritonScan(torch.autograd.Function):
         dstate = A.shape[1]
         NP, T, P, cpp, n_chunks = (cfg[k] for k in ("NP", "T", "P", "cpp", "n_chunks"))
         BD = cfg["BD_BWD"]
-        n_dblk = triton.cdiv(dim, BD)
+        n_dblk = _cdiv(dim, BD)
         dev = u.device
         f32 = dict(device=dev, dtype=torch.float32)
         atomic_bc = n_dblk > 1
@@ -577,7 +588,7 @@ class _TritonScan(torch.autograd.Function):
         else:
             phl = pes = acc
         flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=ctx.delta_softplus)
+                     SOFTPLUS=ctx.delta_softplus, REV=cfg["REV"])
         bias_arg = delta_bias if delta_bias is not None else A
         if split:
             _bwd_carry_kernel[(batch * n_dblk, P - 1)](
@@ -606,5 +617,13 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                           config=None):
     """The selective scan with the fused Triton kernels (CUDA tensors, or CPU tensors when
     TRITON_INTERPRET=1). ``config`` overrides the launch configuration (see make_config)."""
+    if u.numel() == 0:  # nothing to launch
+        from mambaseg.ops.scan_torch import selective_scan_torch
+
+        return selective_scan_torch(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                    delta_softplus=delta_softplus)
     with no_autocast(u.device.type):
+        if u.is_cuda and u.device.index != torch.cuda.current_device():
+            with torch.cuda.device(u.device):
+                return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, config)
         return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, config)

@@ -7,10 +7,10 @@ Backends:
 - ``triton``: fused Triton kernels; CUDA tensors (or CPU tensors with TRITON_INTERPRET=1).
 - ``mamba_ssm``: mamba_ssm's CUDA ``selective_scan_fn``, when that package is importable.
 
-``backend=None`` picks, in order: the ``backend`` argument, the ``MAMBASEG_SCAN_BACKEND``
-environment variable, then the fastest available backend for the tensors' device (CUDA:
-mamba_ssm, else triton, else torch; CPU: torch). Asking for an unknown or unavailable backend
-raises ValueError naming the available ones.
+Choice: the ``backend`` argument when given; else the ``MAMBASEG_SCAN_BACKEND`` environment
+variable (unset, empty or ``auto``: no preference); else the fastest backend available for the
+tensors' device (CUDA: mamba_ssm, else triton, else torch; CPU: torch). An unknown or unavailable
+backend raises ValueError naming the available ones.
 """
 from __future__ import annotations
 
@@ -59,13 +59,21 @@ def _interpreter_on():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_ok():
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def available_backends(device="cpu"):
     """Names of the backends that can run on tensors of ``device`` (str or torch.device)."""
     dev = str(device).split(":")[0]
     names = ["reference", "torch"]
-    if _triton_ok() and (dev == "cuda" or _interpreter_on()):
+    cuda = dev == "cuda" and _cuda_ok()
+    if (cuda or _interpreter_on()) and _triton_ok():
         names.append("triton")
-    if dev == "cuda" and _mamba_ssm_fn() is not None:
+    if cuda and _mamba_ssm_fn() is not None:
         names.append("mamba_ssm")
     return names
 
@@ -81,7 +89,7 @@ def default_backend(device="cpu"):
 def resolve_backend(backend=None, device="cpu"):
     """The backend name that `selective_scan` would use; ValueError if unknown or unavailable."""
     name = backend if backend is not None else os.environ.get(ENV_VAR, "").strip() or None
-    if name is None or name == "auto":
+    if name is None or name.lower() == "auto":
         return default_backend(device)
     name = name.lower()
     source = "backend argument" if backend is not None else f"{ENV_VAR} environment variable"
