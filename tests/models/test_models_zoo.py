@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mambaseg.models import count_parameters, create_model, from_pretrained, list_models
-from mambaseg.models.umamba import SEED_UNUSED_HEAD_PARAMS
+from mambaseg.models.umamba import DEEP_SUPERVISION_PARAMS
 
 #: parameter counts of the seed's classes (lxaw/mamba-tumor-seg), 3 input channels, 1 class
 SEED_PARAMS = {
@@ -25,13 +25,7 @@ SEED_PARAMS = {
     "ulvm_unet_v6": 769_677,
 }
 
-#: where ours differs from the seed on purpose, by how much (documented in the model modules):
-#: the seed's U-Mamba keeps three deep-supervision heads its forward never uses (no gradient)
-EXPECTED_PARAMS = {
-    **SEED_PARAMS,
-    "umamba_bot": SEED_PARAMS["umamba_bot"] - SEED_UNUSED_HEAD_PARAMS,
-    "umamba_bot_pp": SEED_PARAMS["umamba_bot_pp"] - SEED_UNUSED_HEAD_PARAMS,
-}
+EXPECTED_PARAMS = SEED_PARAMS
 #: models built on a library whose layers differ from the seed's: relative tolerance
 LIBRARY_TOLERANCE = {"segformer": 0.02}
 
@@ -67,9 +61,18 @@ def test_model(name, tmp_path):
     assert logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
 
-    # backward: every parameter gets a finite gradient
+    # backward: every parameter gets a finite gradient (U-Mamba's deep-supervision layers, which
+    # the plain forward does not use, are trained through the deep-supervision outputs)
     target = (torch.rand_like(logits) > 0.5).float()
-    F.binary_cross_entropy_with_logits(logits, target).backward()
+    loss = F.binary_cross_entropy_with_logits(logits, target)
+    if hasattr(model, "deep_supervision"):
+        model.deep_supervision = True
+        outputs = model(x)
+        assert [o.shape[-1] for o in outputs] == [size // 2 ** k for k in range(len(outputs))]
+        assert torch.equal(outputs[0], logits)  # the full-resolution output is the plain one
+        loss = loss + sum(o.float().mean() for o in outputs[1:])
+        model.deep_supervision = False
+    loss.backward()
     no_grad = [k for k, p in model.named_parameters() if p.grad is None]
     not_finite = [k for k, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
@@ -92,3 +95,13 @@ def test_model(name, tmp_path):
     with torch.no_grad():
         out = mono(torch.rand(1, 1, size, size))
     assert out.shape == (1, 1, size, size) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["umamba_bot", "umamba_bot_pp"])
+def test_umamba_plain_forward_leaves_only_the_deep_supervision_layers_untrained(name):
+    model = create_model(name)
+    x = torch.rand(1, 3, 64, 64)
+    model(x).mean().backward()
+    idle = [(k, p.numel()) for k, p in model.named_parameters() if p.grad is None]
+    assert all(k.startswith("decoder.seg_layers.") for k, _ in idle)
+    assert sum(n for _, n in idle) == DEEP_SUPERVISION_PARAMS == 451

@@ -8,9 +8,11 @@ replaces them (no residual); residual decoder (2x2 transposed convs, concatenate
 2C -> C per level, 1x1 head). ``umamba_bot_pp`` first replaces the bottleneck features by a
 pyramid pooling module (bins 1, 2, 3, 6 -> 64, 128, 256, 64 channels).
 
-Parameter count: the seed's network has 9,813,700 parameters, 451 of which are three deep-
-supervision heads (1x1 convs at 1/8, 1/4, 1/2 resolution) that its forward never uses; they get no
-gradient, so they are left out here: 9,813,249 (and 10,075,905 with the pyramid pooling).
+Parameter count: 9,813,700 (10,076,356 with the pyramid pooling), as the seed's network. 451 of
+them are nnU-Net's deep-supervision segmentation layers at 1/8, 1/4 and 1/2 resolution, which the
+paper's training (``deep_supervision=False``, the default) never uses, as in the seed; with
+``deep_supervision=True`` the forward returns every level's logits (full resolution first) and
+all of them are trained.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ from mambaseg.nn.blocks import ResidualDecoder, ResidualEncoder
 from mambaseg.nn.mamba import Mamba
 from mambaseg.nn.ppm import PyramidPooling
 
-#: parameters of the seed's unused deep-supervision heads, not built here (see module docstring)
-SEED_UNUSED_HEAD_PARAMS = 451
+#: parameters of the deep-supervision segmentation layers unused without deep supervision
+DEEP_SUPERVISION_PARAMS = 451
 
 
 class UMambaBot(SegModel):
@@ -38,7 +40,7 @@ class UMambaBot(SegModel):
                  features: Sequence[int] = (32, 64, 128, 256, 512),
                  strides: Sequence[int] = (1, 2, 2, 2, 2), ppm: bool = False,
                  ppm_channels: Sequence[int] = (64, 128, 256, 64), d_state: int = 16, d_conv: int = 4,
-                 expand: int = 2, scan_backend: str | None = None):
+                 expand: int = 2, scan_backend: str | None = None, deep_supervision: bool = False):
         super().__init__(in_channels, num_classes)
         features, strides = [int(f) for f in features], [int(s) for s in strides]
         if len(features) != len(strides):
@@ -55,7 +57,8 @@ class UMambaBot(SegModel):
         self.ppm = PyramidPooling(width, ppm_channels) if ppm else None
         self.norm = nn.LayerNorm(width)
         self.mamba = Mamba(width, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
-        self.decoder = ResidualDecoder(features, strides, num_classes)
+        self.decoder = ResidualDecoder(features, strides, num_classes,
+                                       deep_supervision=deep_supervision)
         self._init_weights()
 
     def _init_weights(self):
@@ -66,7 +69,15 @@ class UMambaBot(SegModel):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def deep_supervision(self) -> bool:
+        return self.decoder.deep_supervision
+
+    @deep_supervision.setter
+    def deep_supervision(self, value: bool) -> None:
+        self.decoder.deep_supervision = bool(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         self.check_input(x)
         skips = self.encoder(x)
         bottom = skips[-1]

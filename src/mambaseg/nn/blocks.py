@@ -96,13 +96,17 @@ class ResidualEncoder(nn.Module):
 
 
 class ResidualDecoder(nn.Module):
-    """U-Mamba's ``UNetResDecoder`` without deep supervision: per level a transposed conv
-    (kernel = stride, with bias) up to the skip's width, concatenation with the skip, residual
-    block(s) 2C -> C; a 1x1 conv head on the last level."""
+    """U-Mamba's ``UNetResDecoder``: per level a transposed conv (kernel = stride, with bias) up
+    to the skip's width, concatenation with the skip, residual block(s) 2C -> C, and a 1x1 conv
+    segmentation layer (``seg_layers``, as nnU-Net). Without deep supervision (the default, as the
+    paper trained) only the last level's layer is used and the output is one logits tensor; with
+    ``deep_supervision=True`` every level's logits are returned, full resolution first."""
 
     def __init__(self, features: Sequence[int], strides: Sequence[int], num_classes: int,
-                 blocks_per_stage: int | Sequence[int] = 1, kernel_size: int = 3):
+                 blocks_per_stage: int | Sequence[int] = 1, kernel_size: int = 3,
+                 deep_supervision: bool = False):
         super().__init__()
+        self.deep_supervision = deep_supervision
         n_levels = len(features) - 1
         if isinstance(blocks_per_stage, int):
             blocks_per_stage = [blocks_per_stage] * n_levels
@@ -116,10 +120,13 @@ class ResidualDecoder(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.upsamples = nn.ModuleList(upsamples)
         self.stages = nn.ModuleList(stages)
-        self.head = nn.Conv2d(features[0], num_classes, kernel_size=1)
+        self.seg_layers = nn.ModuleList(nn.Conv2d(features[-2 - level], num_classes, kernel_size=1)
+                                        for level in range(n_levels))
 
-    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = skips[-1]
+    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        x, outputs = skips[-1], []
         for level, (up, stage) in enumerate(zip(self.upsamples, self.stages)):
             x = stage(torch.cat((up(x), skips[-2 - level]), dim=1))
-        return self.head(x)
+            if self.deep_supervision:
+                outputs.append(self.seg_layers[level](x))
+        return outputs[::-1] if self.deep_supervision else self.seg_layers[-1](x)

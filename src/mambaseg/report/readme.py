@@ -96,6 +96,7 @@ def render(results_dir: Path, out_dir: Path, rows: list[Row], runs: dict[tuple[s
         "",
         f"{ran} of {len(rows)} models have results. Paper numbers: `paper_table1.json` ({paper.source}).",
         "",
+        *([notes["overview"], ""] if notes.get("overview") else []),
         "## Table I",
         "",
         markdown_table(HEADER, [r.cells() for r in rows]),
