@@ -8,30 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from toy_data import make_toy_dataset
 from mambaseg.cli import main
-from mambaseg.data.io import write_png
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def make_toy_dataset(root: Path, patients: int = 3, per_patient: int = 4, size: int = 32) -> Path:
-    """Tiny dataset: dark noise with a bright rectangle; the mask is the rectangle."""
-    rng = np.random.default_rng(0)
-    for p in range(patients):
-        folder = root / f"P{p}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(1, per_patient + 1):
-            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            mask = np.zeros((size, size), np.uint8)
-            mask[4:4 + 2 * i, 6:20] = 1
-            image[mask == 1] = 220
-            write_png(folder / f"P{p}_{i}.png", image)
-            write_png(folder / f"P{p}_{i}_mask.png", mask * 255)
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +27,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
-    return make_toy_dataset(tmp_path_factory.mktemp("toy"))
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"), per_patient=4)
 
 
 def _args(data, out, *extra) -> list[str]:

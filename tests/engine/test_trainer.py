@@ -5,11 +5,10 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from mambaseg.data.io import write_png
+from toy_data import make_toy_dataset
 from mambaseg.engine import distributed as D
 from mambaseg.engine.checkpoint import atomic_dir, load_train_state, recover_dir
 from mambaseg.engine.config import TrainConfig, resolved_settings
@@ -24,26 +23,6 @@ from mambaseg.models import from_pretrained
 CONFIG_KEYS = ("model", "split", "seed", "epochs", "batch_size", "lr", "optimizer", "loss",
                "preset", "device_name", "mambaseg_version", "torch_version", "checkpoint",
                "weight_decay", "scheduler", "augment", "amp", "image_size", "world_size")
-
-
-def make_toy_dataset(root: Path, patients: int = 3, per_patient: int = 5, size: int = 32,
-                     seed: int = 0) -> Path:
-    """Tiny learnable dataset: dark noise with a bright rectangle; the mask is the rectangle."""
-    rng = np.random.default_rng(seed)
-    for p in range(patients):
-        folder = root / f"P{p}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(1, per_patient + 1):
-            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            mask = np.zeros((size, size), np.uint8)
-            if rng.random() < 0.8:
-                h, w = rng.integers(4, size // 2, 2)
-                y, x = rng.integers(0, size - h), rng.integers(0, size - w)
-                mask[y:y + h, x:x + w] = 1
-                image[mask == 1] = rng.integers(180, 256, (int(mask.sum()), 3), dtype=np.uint8)
-            write_png(folder / f"P{p}_{i}.png", image)
-            write_png(folder / f"P{p}_{i}_mask.png", mask * 255)
-    return root
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,16 @@
 Not a test module: tests/ops/test_scan_triton_interp.py runs it in a subprocess (the variable
 must be set before triton is imported, and must not leak into the rest of the test session).
 Usage: TRITON_INTERPRET=1 python triton_interp_cases.py OUT.json [CASE_ID ...]
-Writes {case_id: "ok" | error text}.
+Writes {case_id: "ok" | error text}, plus "_compat": the interpreter workaround applied, if any.
+
+Triton < 3.7 with NumPy >= 2.4 (triton-lang/triton#9171): the interpreter stores every scalar
+as a shape-(1,) array and its ``tensor.__index__`` is ``int(self.handle.data)``, which NumPy 2.4
+rejects ("only 0-dimensional arrays can be converted to Python scalars"); so every kernel whose
+``for`` loop has a runtime bound (ours: the chunk loops, ``range(c0, c1)``) fails under
+TRITON_INTERPRET=1 there, with ``InterpreterError: TypeError('only 0-dimensional arrays can be
+converted to Python scalars')``. Compiled kernels are unaffected. ``_interpreter_compat`` detects
+exactly this with a probe kernel and, only then, applies Triton's own fix (``int(data.squeeze())``,
+as in Triton >= 3.7) for this process.
 """
 import json
 import os
@@ -16,11 +25,52 @@ if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from scan_helpers import INTERP_CASES, compare, detached_copy, make_inputs, run  # noqa: E402
 
 from mambaseg.ops import available_backends, selective_scan  # noqa: E402
 from mambaseg.ops.reference import selective_scan_reference  # noqa: E402
 from mambaseg.ops.scan_triton import selective_scan_triton  # noqa: E402
+
+_NUMPY_INDEX_ERR = "only 0-dimensional arrays can be converted to Python scalars"
+
+
+@triton.jit
+def _probe(out_ptr, n):
+    for i in range(0, n):  # runtime loop bound: calls tensor.__index__ in the interpreter
+        tl.store(out_ptr + i, i)
+
+
+def _probe_loop():
+    out = torch.zeros(3, dtype=torch.int32)
+    _probe[(1,)](out, 3)
+    assert out.tolist() == [0, 1, 2], out
+
+
+def _interpreter_compat():
+    """Detect triton-lang/triton#9171 and patch the interpreter's tensor.__index__ (see above)."""
+    try:
+        _probe_loop()
+        return None
+    except Exception as e:  # InterpreterError(TypeError(...))
+        if _NUMPY_INDEX_ERR not in repr(e):
+            raise
+    import numpy as np
+    from triton.runtime import interpreter
+
+    orig = interpreter._patch_lang_tensor
+
+    def _patch_lang_tensor(tensor, scope):
+        orig(tensor, scope)
+        # the scope restores its changes last-in first-out, so this layering is undone cleanly
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = _patch_lang_tensor
+    _probe_loop()
+    return (f"triton {triton.__version__} + numpy {np.__version__}: interpreter tensor.__index__ "
+            f"raised TypeError({_NUMPY_INDEX_ERR!r}) (triton-lang/triton#9171); patched to "
+            "int(data.squeeze()) as in triton >= 3.7")
 
 
 def run_case(shape, flags, config):
@@ -38,6 +88,10 @@ def run_case(shape, flags, config):
 def main():
     out_path, wanted = sys.argv[1], set(sys.argv[2:])
     results = {}
+    compat = _interpreter_compat()
+    if compat:
+        results["_compat"] = compat
+        print(f"interpreter workaround applied: {compat}", file=sys.stderr)
     # the dispatcher offers triton on CPU tensors only under the interpreter
     assert "triton" in available_backends("cpu"), available_backends("cpu")
     try:

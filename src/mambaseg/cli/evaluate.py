@@ -5,7 +5,7 @@ import argparse
 import math
 from pathlib import Path
 
-from mambaseg.cli._common import add_command
+from mambaseg.cli._common import add_command, check_threshold_and_batch
 
 
 def register(sub) -> None:
@@ -45,12 +45,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mambaseg.engine.evaluate import run_evaluation
-    from mambaseg.errors import MambasegError
 
-    if not 0.0 <= args.threshold <= 1.0:
-        raise MambasegError(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.batch_size < 1:
-        raise MambasegError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_threshold_and_batch(args)
     summary, out = run_evaluation(
         args.data, checkpoint=args.checkpoint, model=args.model, split=args.split,
         part=args.part, out=args.out, device=args.device, batch_size=args.batch_size,

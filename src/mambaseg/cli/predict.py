@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mambaseg.cli._common import add_command
+from mambaseg.cli._common import add_command, check_threshold_and_batch
 
 #: notes and skipped files listed one by one up to this many, then summarised
 SHOW = 10
@@ -43,12 +43,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from mambaseg.engine.predict import run_predict
 
-    from mambaseg.errors import MambasegError
-
-    if not 0.0 <= args.threshold <= 1.0:
-        raise MambasegError(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.batch_size < 1:
-        raise MambasegError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_threshold_and_batch(args)
     res = run_predict(args.input, args.output, model=args.model, checkpoint=args.checkpoint,
                       threshold=args.threshold, probabilities=args.probabilities,
                       overlay=args.overlay, device=args.device, batch_size=args.batch_size,

@@ -24,15 +24,13 @@ through ``atomic_path``, so no half-written file is ever left behind.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from mambaseg.errors import DataError
+from mambaseg.files import atomic_path  # noqa: F401  (re-exported: the data package's writers use it)
 
 #: suffixes (lower case) read as images
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".webp", ".jpg", ".jpeg")
@@ -190,26 +188,6 @@ def image_note(path: str | os.PathLike, channels: int = 3) -> str | None:
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a mask as an (H, W) uint8 array in {0, 1}; the file may hold 0/1 or 0/255."""
     return mask_from_array(decode(path), path)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it onto ``path`` if the block succeeds.
-
-    The temporary name keeps the suffix (writers that infer the format still work). On any
-    exception the temporary file is deleted and the exception propagates; ``path`` is untouched.
-    The parent folder is created if needed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def write_png(path: str | os.PathLike, array) -> Path:

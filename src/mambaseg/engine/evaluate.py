@@ -102,17 +102,10 @@ def _per_patient(tp, fp, fn, patients) -> list[dict]:
              "slices": int(k)} for p, a, b, c, d, k in zip(names, ptp, pfp, pfn, dice, n)]
 
 
-class _NoBar:
-    def update(self, n: int) -> None: ...
-    def close(self) -> None: ...
-
-
 def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
+    from mambaseg.engine.progress import progress_bar
 
-    return tqdm(total=total, unit="slice", desc="evaluate", leave=False)
+    return progress_bar(total, "evaluate", enabled, unit="slice")
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -148,12 +141,9 @@ def json_ready(obj):
 
 def write_json(path: str | Path, data: dict) -> Path:
     """Write ``data`` as indented JSON atomically (NaN written as null)."""
-    from mambaseg.data.io import atomic_path
+    from mambaseg.files import write_json as write
 
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(json_ready(data), indent=1) + "\n")
-    return path
+    return write(path, json_ready(data), indent=1)
 
 
 def write_predictions(path: str | Path, ev: Evaluation) -> Path:

@@ -318,17 +318,10 @@ def _summary(input, outdir, net, model, checkpoint, threshold, dev, records, res
     }
 
 
-class _NoBar:
-    def update(self, n: int) -> None: ...
-    def close(self) -> None: ...
-
-
 def _bar(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
+    from mambaseg.engine.progress import progress_bar
 
-    return tqdm(total=total, unit="image", desc="predict", leave=False)
+    return progress_bar(total, "predict", enabled, unit="image")
 
 
 # ----------------------------------------------------------------------------- Python API

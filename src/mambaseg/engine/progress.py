@@ -71,11 +71,11 @@ def plot_progress(path: str | os.PathLike, history: list[dict[str, Any]], title:
         fig.savefig(tmp, format="png")
 
 
-def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar on stderr for one epoch (a no-op bar when ``enabled`` is False)."""
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "batch"):
+    """A tqdm bar on stderr (a no-op bar when ``enabled`` is False)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, disable=not enabled,
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled,
                 leave=False, dynamic_ncols=True, mininterval=0.5)
 
 

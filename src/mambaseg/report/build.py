@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mambaseg.errors import DataError, MambasegError
-from mambaseg.report import atomic
+from mambaseg import files as atomic
 from mambaseg.report.collect import load_runs, read_json
 from mambaseg.report.datastats import (
     DATA_STATS, compute_data_stats, load_data_stats, load_split, natural_order, split_path, tumour_flags,
