@@ -5,14 +5,14 @@ must be set before triton is imported, and must not leak into the rest of the te
 Usage: TRITON_INTERPRET=1 python triton_interp_cases.py OUT.json [CASE_ID ...]
 Writes {case_id: "ok" | error text}, plus "_compat": the interpreter workaround applied, if any.
 
-Triton < 3.7 with NumPy >= 2.4 (triton-lang/triton#9171): the interpreter stores every scalar
-as a shape-(1,) array and its ``tensor.__index__`` is ``int(self.handle.data)``, which NumPy 2.4
-rejects ("only 0-dimensional arrays can be converted to Python scalars"); so every kernel whose
-``for`` loop has a runtime bound (ours: the chunk loops, ``range(c0, c1)``) fails under
-TRITON_INTERPRET=1 there, with ``InterpreterError: TypeError('only 0-dimensional arrays can be
-converted to Python scalars')``. Compiled kernels are unaffected. ``_interpreter_compat`` detects
-exactly this with a probe kernel and, only then, applies Triton's own fix (``int(data.squeeze())``,
-as in Triton >= 3.7) for this process.
+Triton 3.6 with NumPy >= 2.4 (triton-lang/triton#9171; fixed in the 3.8 interpreter): the
+interpreter stores every scalar as a shape-(1,) array and its ``tensor.__index__`` is
+``int(self.handle.data)``, which NumPy 2.4 rejects; so every kernel whose ``for`` loop has a
+runtime bound (ours: the chunk loops, ``range(c0, c1)``) fails under TRITON_INTERPRET=1 there,
+with ``InterpreterError: TypeError('only 0-dimensional arrays can be converted to Python
+scalars')``. Compiled kernels are unaffected. ``_interpreter_compat`` detects exactly this with a
+probe kernel and, only then, applies Triton's own fix (``int(data.squeeze())``, as in Triton 3.8)
+for this process.
 """
 import json
 import os
@@ -70,7 +70,7 @@ def _interpreter_compat():
     _probe_loop()
     return (f"triton {triton.__version__} + numpy {np.__version__}: interpreter tensor.__index__ "
             f"raised TypeError({_NUMPY_INDEX_ERR!r}) (triton-lang/triton#9171); patched to "
-            "int(data.squeeze()) as in triton >= 3.7")
+            "int(data.squeeze()) as in triton 3.8")
 
 
 def run_case(shape, flags, config):

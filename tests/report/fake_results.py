@@ -32,6 +32,10 @@ NOTES = """# Notes on the differences
 
 Free text before the first model section is ignored.
 
+## overview
+
+OVERVIEW-TEXT-7: what ran where.
+
 ## unet
 
 Our U-Net is 0.02 below the paper. The seed evaluated on a split where slices of one patient are

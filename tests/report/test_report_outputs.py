@@ -52,6 +52,13 @@ def test_readme_table_rows_hold_the_summary_values(results, cli, capsys):
     assert "0.8712" in printed and "0.8929" in printed and "not run" in out
 
 
+def test_overview_section_of_notes_goes_above_the_table(results):
+    make_report(results)
+    readme = (results / "README.md").read_text()
+    assert "OVERVIEW-TEXT-7" in readme
+    assert readme.index("OVERVIEW-TEXT-7") < readme.index("## Table I")
+
+
 def test_differences_are_flagged_with_notes_or_a_placeholder(results):
     make_report(results)
     readme = (results / "README.md").read_text()

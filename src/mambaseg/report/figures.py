@@ -167,7 +167,7 @@ def fig3_samples(inputs: Fig3Inputs, predictions: dict[str, Predictions]) -> Fig
                         fontsize=7, bbox=dict(facecolor="black", alpha=0.5, pad=1, lw=0))
     title = "Fig. 3  The same test slices (paper split) segmented by each model"
     if inputs.masks is not None:
-        title += "; green outline: ground truth"
+        title += ";" + ("\n" if ncols < 5 else " ") + "green outline: ground truth"
     if inputs.note:
         title += f"\n{inputs.note}"
     fig.suptitle(title, fontsize=10)
