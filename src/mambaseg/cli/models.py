@@ -35,6 +35,9 @@ def format_table(rows: list[dict]) -> str:
     out.append("")
     out.append(f"{len(rows)} models, {shipped} with shipped trained weights "
                "(load them with mambaseg.models.load_shipped(name)).")
+    if shipped:
+        out.append("TEST DICE: the shipped weights' recorded test Dice (for the bundled weights: "
+                   "per-patient Dice on the leak-free split's test part; see results/README.md).")
     out += [f"note: {r['name']}: {r['note']}" for r in rows if r["note"]]
     return "\n".join(out)
 
