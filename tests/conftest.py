@@ -50,3 +50,15 @@ def full_lgg_root() -> Path:
     if done.returncode != 0:
         pytest.fail(f"restoring the LGG dataset into {dest} failed:\n{done.stdout}{done.stderr}")
     return dest
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread: tiny models train faster (and bit-reproducibly) so on
+    a busy 2-core machine. Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,13 +25,7 @@ CONFIG_KEYS = ("model", "split", "seed", "epochs", "batch_size", "lr", "optimize
                "weight_decay", "scheduler", "augment", "amp", "image_size", "world_size")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
