@@ -32,6 +32,7 @@ import torch
 
 from mambaseg.engine import build as B
 from mambaseg.engine import checkpoint as C
+from mambaseg.engine.device import device_name
 from mambaseg.engine.config import TrainConfig, resolved_settings
 from mambaseg.engine.loop import DeviceData, epoch_batches, resize_arrays, train_epoch, validate
 from mambaseg.engine.losses import get_loss
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     arrays = (real_split(args.data, device) if args.data
               else random_split(args.n_train, args.n_val, args.size, device))
     load_s = time.perf_counter() - t0
-    lines = [f"device: {B.device_name(device)}; torch {torch.__version__}; amp "
+    lines = [f"device: {device_name(device)}; torch {torch.__version__}; amp "
              f"{args.amp if device.type == 'cuda' else 'off'}; compile {args.compile}; "
              f"data: {'paper split of ' + str(args.data) if args.data else 'random uint8'} "
              f"(loaded in {load_s:.1f} s); epoch = train + validation pass", HEADER]

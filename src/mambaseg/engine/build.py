@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from mambaseg.engine import distributed as D
+from mambaseg.engine.device import resolve_device as resolve
 from mambaseg.engine.loop import DeviceData, resize_arrays
 from mambaseg.errors import DataError, MambasegError
 
@@ -15,33 +16,9 @@ CONV_MODELS = ("unet", "resnet18", "resnet50")
 
 
 def resolve_device(name: str, info: D.DistInfo = D.DistInfo()) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; ``cuda`` without a GPU is a MambasegError.
-    Under torchrun each process takes GPU ``LOCAL_RANK``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise MambasegError("--device cuda was asked for, but PyTorch sees no CUDA GPU "
-                                "(torch.cuda.is_available() is False); use --device cpu or auto")
-        if info.enabled:
-            if info.local_rank >= torch.cuda.device_count():
-                raise MambasegError(f"LOCAL_RANK {info.local_rank} has no GPU: only "
-                                    f"{torch.cuda.device_count()} visible")
-            torch.cuda.set_device(info.local_rank)
-            return torch.device("cuda", info.local_rank)
-        return torch.device("cuda", torch.cuda.current_device())
-    if name == "cpu":
-        return torch.device("cpu")
-    raise MambasegError(f"unknown --device {name!r}; choose auto, cpu or cuda")
-
-
-def device_name(device: torch.device) -> str:
-    """Human-readable device name (the GPU's model, or the CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    """The training device (see :func:`mambaseg.engine.device.resolve_device`); under torchrun
+    each process takes GPU ``LOCAL_RANK``."""
+    return resolve(name, info.local_rank if info.enabled else None)
 
 
 def check_data_path(data: str | Path | None) -> Path:

@@ -17,33 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mambaseg.engine.device import resolve_device  # noqa: F401  (part of this module's API)
 from mambaseg.errors import CheckpointError, MambasegError
 
 #: size multiple assumed for models without ``valid_size``
 DEFAULT_MULTIPLE = 32
-
-
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (or None) -> cuda if available else cpu; ``cuda`` without CUDA -> MambasegError."""
-    if isinstance(name, torch.device):
-        name = str(name)
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise MambasegError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MambasegError("--device cuda was asked for but CUDA is not available on this "
-                                "machine (no GPU or a CPU-only PyTorch); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise MambasegError(f"device {name} does not exist: this machine has "
-                                f"{torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise MambasegError(f"unsupported device {name!r} (use auto, cpu or cuda)")
-    return dev
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):

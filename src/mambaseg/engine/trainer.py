@@ -32,6 +32,7 @@ from mambaseg.engine import checkpoint as C
 from mambaseg.engine import distributed as D
 from mambaseg.engine import progress as P
 from mambaseg.engine import rundir as R
+from mambaseg.engine.device import device_name
 from mambaseg.engine.config import TrainConfig, resolved_settings
 from mambaseg.engine.loop import epoch_batches, train_epoch, validate
 from mambaseg.engine.losses import get_loss
@@ -99,7 +100,7 @@ def _environment(device: torch.device, info: D.DistInfo) -> dict[str, Any]:
 
     return {
         "device_type": device.type,
-        "device_name": B.device_name(device),
+        "device_name": device_name(device),
         "world_size": info.world_size,
         "mambaseg_version": __version__,
         "torch_version": torch.__version__,
