@@ -64,8 +64,8 @@ def get_entry(name: str) -> ModelEntry:
         pass
     names = list_models()
     hint = difflib.get_close_matches(str(name), names, n=1)
-    did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
-    raise MambasegError(f"unknown model {name!r}{did_you_mean} Valid models: {', '.join(names)}")
+    did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise MambasegError(f"unknown model {name!r}{did_you_mean}; valid models: {', '.join(names)}")
 
 
 def create_model(name: str, in_channels: int = 3, num_classes: int = 1, **kwargs):
