@@ -9,6 +9,7 @@ from PIL import Image
 
 import fake_results
 from mambaseg.report import make_report
+from mambaseg.models import count_parameters
 from mambaseg.report.notes import parse_notes
 from mambaseg.report.samples import choose_evenly, parse_slices
 from mambaseg.report.tables import fmt_duration
@@ -45,7 +46,8 @@ def test_readme_table_rows_hold_the_summary_values(results, cli, capsys):
     assert table_row(readme, "umamba_bot")[6] == "not run"      # no patient-protocol run
     for model in ("resnet50", "segformer", "ulvm_unet_v6"):
         row = table_row(readme, model)
-        assert row[1] == "not run" and row[3] == "not run" and row[7] == "not run"
+        assert row[3] == "not run" and row[7] == "not run"
+        assert row[1].startswith(f"{count_parameters(model):,}")   # counted without a run
     assert table_row(readme, "resnet50")[4] == "0.8672"          # paper's number still shown
     out = capsys.readouterr().out
     printed = next(ln for ln in out.splitlines() if ln.startswith("unet "))

@@ -78,10 +78,13 @@ class Row:
 
     @property
     def parameters(self) -> int | None:
+        """From a run's config; for a model without runs, counted from the registry."""
         for run in (self.paper_run, self.patient_run):
             if run is not None and run.parameters is not None:
                 return run.parameters
-        return None
+        from mambaseg.models import count_parameters, list_models
+
+        return count_parameters(self.model) if self.model in list_models() else None
 
     @property
     def dice_paper(self) -> float | None:
@@ -105,7 +108,7 @@ class Row:
     def cells(self) -> list[str]:
         """The row's cells, in the order of :data:`HEADER`."""
         pr, qr = self.paper_run, self.patient_run
-        params = fmt_int(self.parameters) if self.any_run else NOT_RUN
+        params = fmt_int(self.parameters) if self.parameters is not None else NOT_RUN
         pub_params = self.paper.parameters if self.paper else None
         if self.parameters is not None and pub_params is not None and self.parameters != pub_params:
             params += " ≠"
