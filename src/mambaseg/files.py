@@ -47,8 +47,9 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
     return write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save a matplotlib figure to ``path`` (format from its suffix) atomically."""
+def save_figure(fig, path: str | os.PathLike, dpi: float | str = "figure") -> Path:
+    """Save a matplotlib figure to ``path`` (format from its suffix) atomically; ``dpi`` as
+    matplotlib's ``savefig`` (default: the figure's own)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
     return Path(path)

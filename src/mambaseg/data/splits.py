@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mambaseg.data.io import atomic_path
+from mambaseg.files import write_json
 from mambaseg.data.layout import Slice, find_slices, slice_key
 from mambaseg.errors import DataError, MambasegError
 
@@ -122,9 +122,7 @@ def save_split(data: dict, path: str | os.PathLike, overwrite: bool = False) -> 
     path = Path(path)
     if path.exists() and not overwrite:
         raise MambasegError(f"{path}: file exists (pass --overwrite to replace it)")
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-    return path
+    return write_json(path, data, indent=1)
 
 
 def load_split(path: str | os.PathLike) -> dict:

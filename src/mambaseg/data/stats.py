@@ -9,7 +9,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mambaseg.data.io import atomic_path, read_mask
+from mambaseg.data.io import read_mask
+from mambaseg.files import save_figure
 from mambaseg.data.layout import Slice, find_slices
 from mambaseg.errors import DataError
 
@@ -100,6 +101,4 @@ def plot_stats(stats: dict, path: str | os.PathLike, title: str | None = None) -
         ax.spines[side].set_visible(False)
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_figure(fig, path)

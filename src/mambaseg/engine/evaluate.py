@@ -148,13 +148,10 @@ def write_json(path: str | Path, data: dict) -> Path:
 
 def write_predictions(path: str | Path, ev: Evaluation) -> Path:
     """Write ``predictions.npz`` (``rel``, ``masks`` packed bits, ``shape``) atomically."""
-    from mambaseg.data.io import atomic_path
+    from mambaseg.files import save_npz
 
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, rel=np.array(ev.rels, dtype=str), masks=ev.packed,
-                            shape=np.array(ev.shape, dtype=np.int64))
-    return path
+    return save_npz(path, rel=np.array(ev.rels, dtype=str), masks=ev.packed,
+                    shape=np.array(ev.shape, dtype=np.int64))
 
 
 def load_predictions(path: str | Path) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from mambaseg.data.io import atomic_path
+from mambaseg.files import save_figure, write_text
 
 #: keys of every metrics.jsonl record
 METRIC_KEYS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "epoch_time_s",
@@ -24,8 +24,7 @@ TIME_KEYS = ("epoch_time_s", "train_time_s", "val_time_s", "images_per_s", "chec
 def write_metrics(path: str | os.PathLike, history: Iterable[dict[str, Any]]) -> None:
     """(Re)write ``metrics.jsonl`` from a list of epoch records, atomically."""
     text = "".join(json.dumps(rec) + "\n" for rec in history)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+    write_text(path, text)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -67,8 +66,7 @@ def plot_progress(path: str | os.PathLike, history: list[dict[str, Any]], title:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_figure(fig, path)
 
 
 def progress_bar(total: int, desc: str, enabled: bool, unit: str = "batch"):
