@@ -8,6 +8,7 @@ one host sync per epoch), after a warm-up, and prints one row per model::
     python benchmarks/train_epoch.py                                  # unet, random data
     python benchmarks/train_epoch.py --models all --data ~/lgg/kaggle_3m
     python benchmarks/train_epoch.py --models unet --compile
+    python benchmarks/train_epoch.py --models ulvm_unet --cuda-graphs off   # eager steps
     python benchmarks/train_epoch.py --device cpu --models ulvm_unet --n-train 64 --n-val 16
 
 Timing: a warm-up (the first ``--warmup-steps`` batches plus the epoch's last, smaller batch,
@@ -32,6 +33,7 @@ import torch
 
 from mambaseg.engine import build as B
 from mambaseg.engine import checkpoint as C
+from mambaseg.engine import graphs as G
 from mambaseg.engine.device import device_name
 from mambaseg.engine.config import TrainConfig, resolved_settings
 from mambaseg.engine.loop import DeviceData, epoch_batches, resize_arrays, train_epoch, validate
@@ -86,8 +88,9 @@ def bench_model(name: str, arrays, device: torch.device, args) -> dict:
     if channels_last:
         model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
+    graphs = G.use_cuda_graphs(args.cuda_graphs, device, 1, args.compile)
     optimizer = B.build_optimizer(model.parameters(), s["optimizer"], float(s["lr"]),
-                                  float(s["weight_decay"]), device)
+                                  float(s["weight_decay"]), device, capturable=graphs)
     loss_fn = get_loss(s["loss"])
     amp = torch.bfloat16 if device.type == "cuda" and args.amp == "bf16" else None
     train_model = eval_model = model
@@ -96,6 +99,8 @@ def bench_model(name: str, arrays, device: torch.device, args) -> dict:
         eval_model = torch.compile(model, dynamic=False)
     gen = torch.Generator().manual_seed(0)
     kw = dict(amp_dtype=amp)
+    tkw = dict(kw, step=G.GraphedTrainStep(model, optimizer, loss_fn, amp) if graphs else None)
+    vkw = dict(kw, forward=G.GraphedForward(model, amp) if graphs else None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -103,14 +108,14 @@ def bench_model(name: str, arrays, device: torch.device, args) -> dict:
     batches = epoch_batches(len(train_data), bs, gen, device)
     t0 = time.perf_counter()
     warm = batches[:args.warmup_steps] + ([batches[-1]] if len(batches) > args.warmup_steps else [])
-    train_epoch(train_model, train_data, warm, optimizer, loss_fn, **kw)
-    validate(eval_model, val_data, bs, loss_fn, max_steps=args.warmup_steps, **kw)
+    train_epoch(train_model, train_data, warm, optimizer, loss_fn, **tkw)
+    validate(eval_model, val_data, bs, loss_fn, max_steps=args.warmup_steps, **vkw)
     warmup_s = time.perf_counter() - t0
     # probe: step times of training and validation
     probe = train_epoch(train_model, train_data, batches[:args.probe_steps], optimizer, loss_fn,
-                        **kw)
+                        **tkw)
     step_s = probe.seconds / max(1, min(args.probe_steps, len(batches)))
-    vprobe = validate(eval_model, val_data, bs, loss_fn, max_steps=args.probe_steps, **kw)
+    vprobe = validate(eval_model, val_data, bs, loss_fn, max_steps=args.probe_steps, **vkw)
     val_total = math.ceil(len(val_data) / bs)
     vstep_s = vprobe.seconds / max(1, min(args.probe_steps, val_total))
 
@@ -129,8 +134,9 @@ def bench_model(name: str, arrays, device: torch.device, args) -> dict:
     times, vtimes = [], []
     for _ in range(epochs):
         batches = epoch_batches(len(train_data), bs, gen, device)
-        t = train_epoch(train_model, train_data, batches, optimizer, loss_fn, max_steps=steps, **kw)
-        v = validate(eval_model, val_data, bs, loss_fn, max_steps=vsteps, **kw)
+        t = train_epoch(train_model, train_data, batches, optimizer, loss_fn, max_steps=steps,
+                        **tkw)
+        v = validate(eval_model, val_data, bs, loss_fn, max_steps=vsteps, **vkw)
         times.append(t.seconds * total / min(steps, total))
         vtimes.append(v.seconds * val_total / min(vsteps, val_total))
     train_s, val_s = min(times), min(vtimes)
@@ -151,7 +157,8 @@ def bench_model(name: str, arrays, device: torch.device, args) -> dict:
            "size": int(train_data.images.shape[-1]), "steps": f"{min(steps, total)}/{total}",
            "train_s": train_s, "val_s": val_s, "epoch_s": train_s + val_s,
            "img_s": len(train_data) / train_s, "warmup_s": warmup_s, "ckpt_s": ckpt_s,
-           "peak_gb": peak, "note": note}
+           "peak_gb": peak, "graphs": "yes" if graphs and tkw["step"].failed is None else "no",
+           "note": note}
     del model, train_model, eval_model, optimizer, parts, train_data, val_data
     gc.collect()
     if device.type == "cuda":
@@ -161,7 +168,7 @@ def bench_model(name: str, arrays, device: torch.device, args) -> dict:
 
 HEADER = (f"{'model':<14} {'params':>7} {'batch':>5} {'size':>4} {'steps':>9} {'train s':>8} "
           f"{'val s':>6} {'epoch s':>8} {'img/s':>7} {'warmup s':>8} {'ckpt s':>6} {'peak GB':>7}"
-          "  note")
+          f" {'graphs':>6}  note")
 
 
 def format_row(r: dict) -> str:
@@ -174,7 +181,7 @@ def format_row(r: dict) -> str:
     return (f"{r['model']:<14} {r['params_m']:>6.2f}M {r['batch']:>5} {r['size']:>4} "
             f"{r['steps']:>9} {r['train_s']:>8.2f} {r['val_s']:>6.2f} {r['epoch_s']:>8.2f} "
             f"{r['img_s']:>7.0f} {r['warmup_s']:>8.1f} {opt(r['ckpt_s'], '6.2f')} "
-            f"{opt(r['peak_gb'], '7.1f')}  {r['note']}")
+            f"{opt(r['peak_gb'], '7.1f')} {r['graphs']:>6}  {r['note']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default="bf16", choices=("bf16", "off"), help="CUDA autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--cuda-graphs", default="auto", choices=G.MODES,
+                   help="replay steps as CUDA graphs, as `mambaseg train` does (default auto)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs (best one reported)")
     p.add_argument("--budget", type=float, default=20.0,
                    help="seconds of timed epochs per model before switching to fixed steps")
@@ -213,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t0
     lines = [f"device: {device_name(device)}; torch {torch.__version__}; amp "
              f"{args.amp if device.type == 'cuda' else 'off'}; compile {args.compile}; "
+             f"cuda graphs {args.cuda_graphs}; "
              f"data: {'paper split of ' + str(args.data) if args.data else 'random uint8'} "
              f"(loaded in {load_s:.1f} s); epoch = train + validation pass", HEADER]
     print("\n".join(lines), flush=True)

@@ -74,12 +74,14 @@ def use_channels_last(model_name: str, device: torch.device, setting: bool | Non
 
 
 def build_optimizer(params, name: str, lr: float, weight_decay: float,
-                    device: torch.device) -> torch.optim.Optimizer:
-    """Adam or AdamW; fused on CUDA (one kernel for the whole update)."""
+                    device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam or AdamW; fused on CUDA (one kernel for the whole update); ``capturable`` for
+    CUDA graphs (the step count stays on the device)."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
     if device.type == "cuda":
         kwargs["fused"] = True
+        kwargs["capturable"] = capturable
     return cls(params, **kwargs)
 
 

@@ -15,6 +15,7 @@ SCHEDULERS = ("none", "cosine")
 AMP_MODES = ("bf16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINTS = ("last", "best")
+GRAPH_MODES = ("auto", "on", "off")
 
 #: settings a preset may give; None in TrainConfig means "from the preset, else the default"
 PRESET_KEYS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "scheduler",
@@ -56,6 +57,9 @@ class TrainConfig:
     #: "bf16" or "off"; None: bf16 on CUDA, off on CPU
     amp: str | None = None
     compile: bool = False
+    #: "auto" (default), "on" or "off": replay each training and validation step as a CUDA
+    #: graph (single CUDA device, no torch.compile; see mambaseg.engine.graphs)
+    cuda_graphs: str = "auto"
     #: None: channels_last for convolutional models on CUDA only
     channels_last: bool | None = None
     resume: bool = False
@@ -90,6 +94,7 @@ def resolved_settings(cfg: TrainConfig) -> dict[str, Any]:
     _check_choice("device", cfg.device, DEVICES)
     if cfg.amp is not None:
         _check_choice("amp", cfg.amp, AMP_MODES)
+    _check_choice("cuda-graphs", cfg.cuda_graphs or "auto", GRAPH_MODES)
     return s
 
 

@@ -73,11 +73,12 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator, device: t
     return batches
 
 
-def autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    """Autocast context for ``amp_dtype`` (None: a no-op)."""
+def autocast(device: torch.device, amp_dtype: torch.dtype | None, cache_enabled: bool = True):
+    """Autocast context for ``amp_dtype`` (None: a no-op); ``cache_enabled=False`` inside CUDA
+    graph capture."""
     if amp_dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype)
+    return torch.autocast(device.type, dtype=amp_dtype, cache_enabled=cache_enabled)
 
 
 def _sync(device: torch.device) -> None:
@@ -97,11 +98,15 @@ def train_epoch(model: torch.nn.Module, data: DeviceData, batches: list[torch.Te
                 amp_dtype: torch.dtype | None = None,
                 augment: Callable | None = None, aug_generator: torch.Generator | None = None,
                 info: D.DistInfo = D.DistInfo(), bar=None, step_delay: float = 0.0,
-                max_steps: int | None = None) -> TrainStats:
+                max_steps: int | None = None,
+                step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                ) -> TrainStats:
     """One pass over ``batches``; returns the sample-weighted mean loss (over all ranks).
 
     ``augment(x, y, generator)`` transforms each batch when given. ``max_steps`` stops early
     (benchmarks); ``step_delay`` sleeps after each step (tests that interrupt training).
+    ``step(x, y) -> loss`` replaces the eager step (forward, loss, backward, optimizer update),
+    e.g. a :class:`mambaseg.engine.graphs.GraphedTrainStep`.
     """
     device = data.device
     model.train()
@@ -109,18 +114,21 @@ def train_epoch(model: torch.nn.Module, data: DeviceData, batches: list[torch.Te
     count = 0
     _sync(device)
     start = time.perf_counter()
-    for step, idx in enumerate(batches):
-        if max_steps is not None and step >= max_steps:
+    for i, idx in enumerate(batches):
+        if max_steps is not None and i >= max_steps:
             break
         x, y = data.batch(idx)
         if augment is not None:
             x, y = augment(x, y, aug_generator)
-        with autocast(device, amp_dtype):
-            logits = model(x)
-        loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if step is not None:
+            loss = step(x, y)
+        else:
+            with autocast(device, amp_dtype):
+                logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         n = idx.shape[0]
         loss_sum += loss.detach() * n
         count += n
@@ -148,7 +156,8 @@ class ValStats:
 @torch.inference_mode()
 def validate(model: torch.nn.Module, data: DeviceData | None, batch_size: int, loss_fn: LossFn,
              *, amp_dtype: torch.dtype | None = None, info: D.DistInfo = D.DistInfo(),
-             threshold: float = 0.5, max_steps: int | None = None) -> ValStats:
+             threshold: float = 0.5, max_steps: int | None = None,
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ValStats:
     """Validation loss (sample-weighted mean of batch losses) and Dice pooled over the whole
     split at ``threshold`` (as :func:`mambaseg.engine.metrics.pooled_dice`; 1.0 when prediction
     and target are both empty). Under DDP each rank takes a contiguous share and the sums are
@@ -169,8 +178,11 @@ def validate(model: torch.nn.Module, data: DeviceData | None, batch_size: int, l
         if max_steps is not None and step >= max_steps:
             break
         x, y = data.batch(idx)
-        with autocast(device, amp_dtype):
-            logits = model(x)
+        if forward is not None:
+            logits = forward(x)
+        else:
+            with autocast(device, amp_dtype):
+                logits = model(x)
         loss = loss_fn(logits, y)
         pred = torch.sigmoid(logits.float()) > threshold
         target = y > 0.5

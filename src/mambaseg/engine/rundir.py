@@ -25,8 +25,8 @@ BEST = "best"
 RUN_ENTRIES = (CONFIG, METRICS, PROGRESS, LAST, BEST,
                f".{LAST}.tmp", f".{LAST}.old", f".{BEST}.tmp", f".{BEST}.old")
 #: settings a resumed run may change; any other explicit setting must match the saved run
-RESUME_MAY_CHANGE = ("epochs", "data", "device", "amp", "compile", "channels_last",
-                     "val_batch_size", "progress")
+RESUME_MAY_CHANGE = ("epochs", "data", "device", "amp", "compile", "cuda_graphs",
+                     "channels_last", "val_batch_size", "progress")
 _NOT_SETTINGS = ("out", "resume", "overwrite")
 
 

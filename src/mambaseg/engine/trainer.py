@@ -30,6 +30,7 @@ from mambaseg.data.io import atomic_path
 from mambaseg.engine import build as B
 from mambaseg.engine import checkpoint as C
 from mambaseg.engine import distributed as D
+from mambaseg.engine import graphs as G
 from mambaseg.engine import progress as P
 from mambaseg.engine import rundir as R
 from mambaseg.engine.device import device_name
@@ -160,8 +161,9 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
                                        split_seed=cfg.split_seed)
     train_data, val_data = data["train"], data["val"]
     raw = _model(cfg, train_data, device, channels_last, run_dir / R.LAST)
+    graphs = G.use_cuda_graphs(cfg.cuda_graphs, device, info.world_size, cfg.compile)
     optimizer = B.build_optimizer(raw.parameters(), s["optimizer"], float(s["lr"]),
-                                  float(s["weight_decay"]), device)
+                                  float(s["weight_decay"]), device, capturable=graphs)
     scheduler = B.build_scheduler(optimizer, s["scheduler"], int(s["epochs"]))
     loss_fn = get_loss(s["loss"])
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
@@ -169,6 +171,7 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
     generators = {"shuffle": shuffle_gen, "augment": aug_gen}
     _, height, width = train_data.images.shape[1:]
     full = _full_settings(cfg, s, device, info, amp, channels_last, train_data, counts, raw)
+    full["cuda_graphs_used"] = graphs
     meta = {"run": str(run_dir), "model": cfg.model, "preset": cfg.preset, "loss": s["loss"],
             "image_size": int(height), "protocol_checkpoint": s["checkpoint"]}
 
@@ -190,6 +193,8 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
         train_model = torch.compile(train_model, dynamic=False)
         eval_model = torch.compile(raw, dynamic=False)
 
+    step = G.GraphedTrainStep(raw, optimizer, loss_fn, amp_dtype) if graphs else None
+    forward = G.GraphedForward(raw, amp_dtype) if graphs else None
     augment = None
     if s["augment"]:
         from mambaseg.data import augment_batch as augment
@@ -203,8 +208,9 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
         with P.progress_bar(len(batches), f"epoch {epoch}/{epochs}", cfg.progress and main) as bar:
             t = train_epoch(train_model, train_data, batches, optimizer, loss_fn,
                             amp_dtype=amp_dtype, augment=augment, aug_generator=aug_gen,
-                            info=info, bar=bar, step_delay=step_delay)
-            v = validate(eval_model, val_data, val_bs, loss_fn, amp_dtype=amp_dtype, info=info)
+                            info=info, bar=bar, step_delay=step_delay, step=step)
+            v = validate(eval_model, val_data, val_bs, loss_fn, amp_dtype=amp_dtype, info=info,
+                         forward=forward)
         if scheduler is not None:
             scheduler.step()
         record = {"epoch": epoch, "train_loss": t.loss, "val_loss": v.loss, "val_dice": v.dice,
