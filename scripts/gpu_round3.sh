@@ -44,7 +44,7 @@ bench)
   p1=$!
   CUDA_VISIBLE_DEVICES=0 timeout 500 python3 benchmarks/train_epoch.py --models all \
     --data "$DATA" --epochs 2 --budget 16 --output "$OUT/train_epoch.txt" 2>&1 | tail -16
-  CUDA_VISIBLE_DEVICES=0 timeout 60 python3 benchmarks/train_epoch.py --models unet --compile \
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/train_epoch.py --models unet --compile \
     --cuda-graphs off --data "$DATA" --epochs 2 --budget 30 --output "$OUT/train_epoch_compile.txt" \
     2>&1 | tail -2
   wait $p1

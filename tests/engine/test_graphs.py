@@ -78,7 +78,9 @@ def test_graphed_steps_match_eager(name):
     g = torch.Generator(device=dev).manual_seed(1)
     batches = [4, 4, 4, 4, 3, 4, 3]  # warm-up, capture, replay, a smaller batch, replays
     model.train(), twin.train()
-    torch.backends.cudnn.deterministic = True
+    # as the trainer runs: cuDNN autotuning (whose search must not run inside a capture)
+    bench, det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark = torch.backends.cudnn.deterministic = True
     try:
         for i, n in enumerate(batches):
             if i == 5:  # a scheduler's change: the graphs are captured again
@@ -90,11 +92,16 @@ def test_graphed_steps_match_eager(name):
             lg = step(x, y)
             torch.testing.assert_close(lg, le, rtol=2e-2, atol=2e-3, msg=f"step {i} loss")
     finally:
-        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = bench, det
     assert step.failed is None, step.failed
     assert len(step.graphs) == 2  # batch 4 and batch 3, captured after the lr change
-    for (k, p), q in zip(model.named_parameters(), twin.parameters()):
-        torch.testing.assert_close(q, p, rtol=5e-2, atol=5e-3, msg=f"parameter {k}")
+    # Same updates: a lost or repeated optimizer step would move almost every weight by about
+    # lr. Adam turns the rounding noise of near-zero gradients (e.g. a conv bias before a
+    # BatchNorm) into steps of +-lr, so a few elements may differ by that much.
+    diff = torch.cat([(q - p).detach().flatten().float()
+                      for p, q in zip(model.parameters(), twin.parameters())]).abs()
+    assert (diff > 5e-4).float().mean() < 0.05, f"{(diff > 5e-4).float().mean():.3f} differ"
+    assert diff.median() < 1e-4, diff.median()
 
     # evaluation forward: first call eager, then captured and replayed
     model.eval()

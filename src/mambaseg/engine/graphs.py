@@ -48,6 +48,7 @@ class GraphedTrainStep:
         self.steps = 0
         self.failed: str | None = None
         self.graphs: dict[tuple, tuple] = {}
+        self.seen: set[tuple] = set()
         self.lr: list[float] | None = None
 
     def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, cache: bool) -> torch.Tensor:
@@ -62,22 +63,28 @@ class GraphedTrainStep:
         self.optimizer.step()
         return loss.detach()
 
+    def _side_eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            loss = self._eager(x, y)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        return loss
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.steps += 1
         if self.failed is not None:
             return self._eager(x, y)
-        if self.steps <= self.warmup:  # eager, on a side stream (lazy initialisation)
-            side = torch.cuda.Stream(device=x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(side):
-                loss = self._eager(x, y)
-            torch.cuda.current_stream(x.device).wait_stream(side)
-            return loss
+        key = (tuple(x.shape), x.stride(), tuple(y.shape), x.dtype, y.dtype)
         lr = [g["lr"] for g in self.optimizer.param_groups]
         if lr != self.lr:  # the optimizer bakes the learning rate into the graph
             self.graphs.clear()
             self.lr = lr
-        key = (tuple(x.shape), x.stride(), tuple(y.shape), x.dtype, y.dtype)
+        # the first steps, and the first step of each new shape, run eagerly on a side stream:
+        # lazy initialisation and cuDNN's algorithm search cannot happen during a capture
+        if self.steps <= self.warmup or key not in self.seen:
+            self.seen.add(key)
+            return self._side_eager(x, y)
         entry = self.graphs.get(key)
         if entry is None:
             entry = self._capture(x, y)
