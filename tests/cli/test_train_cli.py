@@ -52,6 +52,16 @@ def test_train_runs_and_prints_each_epoch(toy, tmp_path, capsys):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_cuda_graphs_option_is_recorded(toy, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_args(toy, run, "--cuda-graphs", "off")) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["cuda_graphs"] == "off" and config["cuda_graphs_used"] is False
+    with pytest.raises(SystemExit):
+        main(_args(toy, tmp_path / "other", "--cuda-graphs", "sometimes"))
+    assert "invalid choice: 'sometimes'" in capsys.readouterr().err
+
+
 def test_help_shows_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -62,6 +62,8 @@ def test_two_epoch_run_writes_every_file(toy, tmp_path):
         assert set(METRIC_KEYS) <= rec.keys()
         assert 0.0 <= rec["val_dice"] <= 1.0 and rec["train_loss"] > 0 and rec["images_per_s"] > 0
         assert rec["lr"] == pytest.approx(3e-4)
+        assert rec["cuda_graphs"] is False  # CPU: eager steps
+    assert config["cuda_graphs"] == "auto" and config["cuda_graphs_used"] is False
     assert (run / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     for name in ("last", "best"):

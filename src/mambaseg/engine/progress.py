@@ -16,7 +16,8 @@ from mambaseg.files import save_figure, write_text
 
 #: keys of every metrics.jsonl record
 METRIC_KEYS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "epoch_time_s",
-               "train_time_s", "val_time_s", "images_per_s", "train_images", "checkpoint_time_s")
+               "train_time_s", "val_time_s", "images_per_s", "train_images", "checkpoint_time_s",
+               "cuda_graphs")
 #: keys that depend on timing (left out when comparing runs)
 TIME_KEYS = ("epoch_time_s", "train_time_s", "val_time_s", "images_per_s", "checkpoint_time_s")
 

@@ -216,7 +216,8 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
         record = {"epoch": epoch, "train_loss": t.loss, "val_loss": v.loss, "val_dice": v.dice,
                   "lr": lr, "epoch_time_s": t.seconds + v.seconds, "train_time_s": t.seconds,
                   "val_time_s": v.seconds, "images_per_s": t.images / max(t.seconds, 1e-9),
-                  "train_images": t.images, "checkpoint_time_s": None}
+                  "train_images": t.images, "checkpoint_time_s": None,
+                  "cuda_graphs": step is not None and step.failed is None}
         rngs = D.gather_objects(C.rng_state(device, generators), info)
         prog.end_epoch(record, raw, optimizer, scheduler, rngs, info, meta,
                        title=f"{cfg.model}  ({run_dir.name})")
