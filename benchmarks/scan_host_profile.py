@@ -11,26 +11,13 @@ import torch
 
 sys.path.insert(0, "src")
 sys.path.insert(0, "benchmarks")
-from scan import make_inputs  # noqa: E402
-from scan_profile import host_time  # noqa: E402
-
-from mambaseg.ops.scan_triton import selective_scan_triton  # noqa: E402
+from scan_profile import host_time, scan_calls  # noqa: E402
 
 SHAPE = (8, 12, 1024)
 
 
 def main():
-    x = make_inputs(SHAPE, 16, torch.float32, torch.device("cuda"), True)
-    gy = torch.randn(SHAPE, device="cuda")
-    names = list(x)
-
-    def fwd():
-        return selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"],
-                                     z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True)
-
-    def fwd_bwd():
-        return torch.autograd.grad(fwd(), [x[k] for k in names], gy)
-
+    fwd, fwd_bwd = scan_calls(SHAPE)
     for _ in range(5):
         fwd_bwd()
     print(f"host fwd(grad-enabled) {host_time(fwd, 50):.3f} ms, fwd+bwd {host_time(fwd_bwd, 50):.3f} ms")

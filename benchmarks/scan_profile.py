@@ -13,25 +13,14 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, "src")
 sys.path.insert(0, "benchmarks")
-from scan import SHAPES, make_inputs  # noqa: E402
+from scan import SHAPES, make_inputs, timer  # noqa: E402
 
 from mambaseg.ops.scan_triton import make_config, selective_scan_triton  # noqa: E402
 
 
 def event_time(fn, reps=30):
-    """Median milliseconds between CUDA events around ``fn``."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(True), torch.cuda.Event(True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median milliseconds between CUDA events around ``fn`` (after 3 warm-up calls)."""
+    return timer(torch.device("cuda"))(fn, reps, 3)
 
 
 def host_time(fn, reps=30):
@@ -46,17 +35,23 @@ def host_time(fn, reps=30):
     return statistics.median(times)
 
 
-def profile_shape(shape):
+def scan_calls(shape):
+    """``fwd()`` and ``fwd_bwd()`` of the Triton scan on Mamba-like inputs of ``shape``."""
     x = make_inputs(shape, 16, torch.float32, torch.device("cuda"), True)
     gy = torch.randn(shape, device="cuda")
-    names = list(x)
 
-    def call():
+    def fwd():
         return selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"],
                                      z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True)
 
     def fwd_bwd():
-        return torch.autograd.grad(call(), [x[k] for k in names], gy)
+        return torch.autograd.grad(fwd(), list(x.values()), gy)
+
+    return fwd, fwd_bwd
+
+
+def profile_shape(shape):
+    call, fwd_bwd = scan_calls(shape)
 
     def fwd():
         with torch.no_grad():

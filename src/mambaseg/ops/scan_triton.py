@@ -92,6 +92,29 @@ def _load_delta(dt_ptr, off, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.co
     return dl, raw
 
 
+@triton.jit
+def _channel_block(A_ptr, bias_ptr, D_ptr, dim, dstate, n_dblk, BD: tl.constexpr,
+                   NP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """What every kernel starts with: this program's batch element ``b`` (int64), channel and
+    state offsets and masks, and its rows of A (fp32, (BD, NP)), delta_bias and D (zeros when
+    absent)."""
+    pid = tl.program_id(0)
+    b = (pid // n_dblk).to(tl.int64)
+    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    d_mask = offs_d < dim
+    n_mask = offs_n < dstate
+    A = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :],
+                mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    return b, offs_d, offs_n, d_mask, n_mask, A, bias, Dv
+
+
 # Sizes and batch/channel strides vary from call to call: no value specialisation for them (one
 # compiled variant per dtype/flag combination instead of one per shape). Time strides keep it (==1
 # for the usual contiguous layouts, which gives vectorised loads).
@@ -117,22 +140,11 @@ def _fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SAVE: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     part = tl.program_id(1)
-    b = (pid // n_dblk).to(tl.int64)
-    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
+    b, offs_d, offs_n, d_mask, n_mask, A, bias, Dv = _channel_block(
+        A_ptr, bias_ptr, D_ptr, dim, dstate, n_dblk, BD, NP, HAS_BIAS, HAS_D)
+    A2 = A * 1.4426950408889634  # exp(x A) = exp2(x A2)
     offs_t = tl.arange(0, T)
-    d_mask = offs_d < dim
-    n_mask = offs_n < dstate
-    A2 = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :],
-                 mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
     state = tl.zeros((BD, NP), tl.float32)
     dsum = tl.zeros((BD,), tl.float32)
     row = b * dim + offs_d  # (b, d) row of the contiguous (B, D, L) buffers
@@ -190,22 +202,11 @@ def _fwd_fix_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SAVE: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     part = tl.program_id(1)
-    b = (pid // n_dblk).to(tl.int64)
-    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
+    b, offs_d, offs_n, d_mask, n_mask, A, bias, Dv = _channel_block(
+        A_ptr, bias_ptr, D_ptr, dim, dstate, n_dblk, BD, NP, HAS_BIAS, HAS_D)
+    A2 = A * 1.4426950408889634  # exp(x A) = exp2(x A2)
     offs_t = tl.arange(0, T)
-    d_mask = offs_d < dim
-    n_mask = offs_n < dstate
-    A2 = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :],
-                 mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
     # true state entering this part: combine the summaries of the parts before it
     S = tl.zeros((BD, NP), tl.float32)
     for q in range(0, part):
@@ -258,19 +259,11 @@ def _bwd_carry_kernel(
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REV: tl.constexpr,
 ):
     """Split backward, pass 1: each part's adjoint at its first step from a zero carry."""
-    pid = tl.program_id(0)
     part = tl.program_id(1) + 1  # part 0's summary is never needed
-    b = (pid // n_dblk).to(tl.int64)
-    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
+    b, offs_d, offs_n, d_mask, n_mask, A, bias, Dv = _channel_block(
+        A_ptr, bias_ptr, A_ptr, dim, dstate, n_dblk, BD, NP, HAS_BIAS, False)
+    A2 = A * 1.4426950408889634
     offs_t = tl.arange(0, T)
-    d_mask = offs_d < dim
-    n_mask = offs_n < dstate
-    A2 = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :],
-                 mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
     H = tl.zeros((BD, NP), tl.float32)
     esum = tl.zeros((BD,), tl.float32)
     c0 = part * cpp
@@ -313,24 +306,12 @@ def _bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SPLIT: tl.constexpr, ATOMIC_BC: tl.constexpr, REV: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     part = tl.program_id(1)
-    b = (pid // n_dblk).to(tl.int64)
-    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    offs_t = tl.arange(0, T)
-    d_mask = offs_d < dim
-    n_mask = offs_n < dstate
-    dn_mask = d_mask[:, None] & n_mask[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :], mask=dn_mask,
-                other=0.0).to(tl.float32)
+    b, offs_d, offs_n, d_mask, n_mask, A, bias, Dv = _channel_block(
+        A_ptr, bias_ptr, D_ptr, dim, dstate, n_dblk, BD, NP, HAS_BIAS, HAS_D)
     A2 = A * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    offs_t = tl.arange(0, T)
+    dn_mask = d_mask[:, None] & n_mask[None, :]
     # adjoint at the first step of the next part
     H = tl.zeros((BD, NP), tl.float32)
     if SPLIT:
