@@ -85,8 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --time-budget: also interrupt trainings still running at the deadline "
                         "(SIGINT, then SIGKILL after 60 s); they resume on the next run")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="run up to N trainings at once on the GPU as separate processes; models with "
-                        f">= {HEAVY_PARAMS:,} parameters still run one at a time (default 1)")
+                   help="run up to N trainings at once on each GPU as separate processes; models "
+                        f"with >= {HEAVY_PARAMS:,} parameters still run one at a time per GPU (default 1)")
+    p.add_argument("--gpus", default="", metavar="N|LIST",
+                   help="spread the runs over GPUs: a count (4: GPUs 0-3) or device numbers "
+                        "(0,2); each run sees its GPU as CUDA_VISIBLE_DEVICES (default: no "
+                        "assignment, every run sees what this process sees)")
     p.add_argument("--runs-dir", default=str(REPO / "runs"), help="checkpoints and logs (default runs/)")
     p.add_argument("--results-dir", default=str(REPO / "results"), help="results folder (default results/)")
     p.add_argument("--train-args", default="", help="extra arguments for every 'mambaseg train', quoted")
@@ -105,6 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--protocols: unknown {', '.join(bad)} (choose from {', '.join(PROTOCOLS)})")
     if args.parallel < 1:
         p.error("--parallel must be at least 1")
+    try:
+        args.gpu_list = parse_gpus(args.gpus)
+    except ValueError as exc:
+        p.error(f"--gpus {args.gpus!r}: {exc}")
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be at least 1")
     args.runs = Path(args.runs_dir).absolute()
@@ -112,6 +120,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.data = str(Path(args.data).absolute())
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
+
+
+def parse_gpus(spec: str) -> list[str]:
+    """``"4"`` -> ["0", "1", "2", "3"]; ``"0,2"`` -> ["0", "2"]; ``""`` -> [] (no assignment)."""
+    spec = spec.strip()
+    if not spec:
+        return []
+    if "," not in spec:
+        n = int(spec)
+        if n < 1:
+            raise ValueError("a GPU count must be at least 1")
+        return [str(i) for i in range(n)]
+    ids = [x.strip() for x in spec.split(",") if x.strip()]
+    if not all(x.isdigit() for x in ids) or len(set(ids)) != len(ids):
+        raise ValueError("expected distinct device numbers, e.g. 0,1")
+    return ids
 
 
 class Log:
@@ -199,6 +223,8 @@ class Job:
     train_cmd: list[str] | None = None
     eval_cmd: list[str] | None = None
     procs: list[subprocess.Popen] = field(default_factory=list)
+    #: the GPU (CUDA_VISIBLE_DEVICES) this job runs on, with --gpus
+    gpu: str | None = None
 
     @property
     def name(self) -> str:
@@ -271,17 +297,21 @@ class Reproduce:
 
     def run(self, cmd: list[str], log_file: Path | None, job: Job | None = None) -> int:
         """Run one command (output to ``log_file``); its return code (-1 if it could not start)."""
-        self.log(f"$ {show(cmd)}")
+        env, prefix = self.env, ""
+        if job is not None and job.gpu is not None:
+            env = {**self.env, "CUDA_VISIBLE_DEVICES": job.gpu}
+            prefix = f"CUDA_VISIBLE_DEVICES={job.gpu} "
+        self.log(f"$ {prefix}{show(cmd)}")
         if self.args.dry_run:
             return 0
         try:
             if log_file is None:
-                return subprocess.run(cmd, env=self.env, cwd=REPO).returncode
+                return subprocess.run(cmd, env=env, cwd=REPO).returncode
             log_file.parent.mkdir(parents=True, exist_ok=True)
             with open(log_file, "a", encoding="utf-8") as fh:
                 fh.write(f"\n### {now()} $ {show(cmd)}\n")
                 fh.flush()
-                proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
                 if job is not None:
                     job.procs.append(proc)
                 try:
@@ -368,24 +398,34 @@ class Reproduce:
         })
 
     def schedule(self, jobs: list[Job]) -> None:
-        """Run jobs, up to --parallel at once, at most one heavy model at a time."""
+        """Run jobs, up to --parallel at once on each GPU of --gpus (or in all, without it), at
+        most one heavy model at a time per GPU."""
+        slots: list[str | None] = list(self.args.gpu_list) or [None]
         pending = list(jobs)
         running: dict[Future, Job] = {}
-        with ThreadPoolExecutor(max_workers=self.args.parallel) as pool:
+
+        def free_slot(job: Job) -> str | None | bool:
+            """A GPU with room for ``job`` (None: no assignment), or False if none has room."""
+            for slot in slots:
+                here = [j for j in running.values() if j.gpu == slot]
+                if len(here) < self.args.parallel and not (job.heavy and any(j.heavy for j in here)):
+                    return slot
+            return False
+
+        with ThreadPoolExecutor(max_workers=self.args.parallel * len(slots)) as pool:
             while pending or running:
                 if pending and self.over_budget():
                     for job in pending:
                         job.status, job.message = "skipped", "time budget spent; rerun to continue"
                         self.log(f"{job.name}: not started (time budget spent)")
                     pending = []
-                heavy_busy = any(j.heavy for j in running.values())
-                while pending and len(running) < self.args.parallel:
-                    job = next((j for j in pending if not (j.heavy and heavy_busy)), None)
-                    if job is None:
+                while pending:
+                    choice = next(((j, s) for j in pending if (s := free_slot(j)) is not False), None)
+                    if choice is None:
                         break
+                    job, job.gpu = choice
                     pending.remove(job)
-                    heavy_busy = heavy_busy or job.heavy
-                    self.log(f"{job.name}: start")
+                    self.log(f"{job.name}: start" + (f" on GPU {job.gpu}" if job.gpu is not None else ""))
                     running[pool.submit(self.safe_job, job)] = job
                 if not running:
                     break
@@ -444,7 +484,8 @@ class Reproduce:
                 job.run_dir.rename(job.run_dir.with_name(f"{job.model}.old-{stamp}"))
             todo.append(job)
         if a.dry_run:
-            for job in todo:
+            for i, job in enumerate(todo):
+                job.gpu = a.gpu_list[i % len(a.gpu_list)] if a.gpu_list else None
                 self.run_job(job)
         else:
             self.schedule(todo)

@@ -6,6 +6,7 @@ real one writes (synthetic content), so scripts/reproduce.py can run end to end 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def main(argv: list[str]) -> int:
         done = len(metrics.read_text().splitlines()) if "--resume" in argv and metrics.exists() else 0
         (out / "config.json").write_text(json.dumps({
             "model": model, "split": opt(argv, "--split"), "seed": 0, "epochs": epochs, "batch_size": 16,
-            "device": "auto", "device_name": "Fake GPU", "argv": argv}))
+            "device": "auto", "device_name": "Fake GPU", "argv": argv,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}))
         with open(metrics, "a" if done else "w") as fh:
             for e in range(done + 1, epochs + 1):
                 fh.write(json.dumps({"epoch": e, "train_loss": 0.3, "val_loss": 0.3, "val_dice": 0.8,

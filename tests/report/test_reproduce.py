@@ -29,6 +29,8 @@ def commands(lines: list[str], sub: str) -> list[list[str]]:
     for line in lines:
         if "$ " in line:
             words = shlex.split(line.split("$ ", 1)[1])
+            if words[0].startswith("CUDA_VISIBLE_DEVICES="):
+                words = words[1:]
             if words[1:4] == ["-m", "mambaseg", sub]:
                 out.append(words[4:])
     return out
@@ -138,3 +140,35 @@ def test_time_budget_stops_launching_work(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "paper/unet: not started (time budget spent)" in out and "train --model" not in out
     assert not (tmp_path / "runs" / "paper" / "unet").exists()
+
+
+def test_dry_run_spreads_runs_over_gpus(tmp_path):
+    lines = dry_run(tmp_path, "--models", "unet,ulvm_unet,ulvm_unet_v5", "--protocols", "paper",
+                    "--gpus", "2")
+    train = [ln for ln in lines if "-m mambaseg train" in ln]
+    assert [ln.split("$ ", 1)[1].split()[0] for ln in train] == [
+        "CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1", "CUDA_VISIBLE_DEVICES=0"]
+    assert [c[c.index("--model") + 1] for c in commands(lines, "train")] == [
+        "unet", "ulvm_unet", "ulvm_unet_v5"]
+
+
+def test_bad_gpu_list_is_refused(tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "--dry-run", "--gpus", "0,0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--gpus '0,0': expected distinct device numbers" in proc.stderr
+
+
+def test_runs_use_their_assigned_gpu(tmp_path, monkeypatch, capsys):
+    mod = load_script(monkeypatch)
+    data = fake_results.make_dataset(tmp_path / "lgg")
+    argv = ["--data", str(data), "--runs-dir", str(tmp_path / "runs"), "--results-dir",
+            str(tmp_path / "results"), "--models", "ulvm_unet,ulvm_unet_v2,ulvm_unet_v5",
+            "--protocols", "paper", "--epochs", "1", "--gpus", "3,5", "--no-report"]
+    assert mod.main(argv) == 0
+    out = capsys.readouterr().out
+    seen = {}
+    for model in ("ulvm_unet", "ulvm_unet_v2", "ulvm_unet_v5"):
+        cfg = json.loads((tmp_path / "runs" / "paper" / model / "config.json").read_text())
+        seen[model] = cfg["cuda_visible_devices"]
+        assert f"paper/{model}: start on GPU {seen[model]}" in out
+    assert set(seen.values()) == {"3", "5"}
