@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# The GPU runs of round 3 on a 2-GPU machine, one phase per `device` call (each < 10 min):
+# GPU runs on a machine with 2 or more GPUs, one phase per `device` call (each < 10 min);
+# round 2 of results/ ran tests, bench, ddp, ul and wait:
 #
-#   bash scripts/gpu_round3.sh tests   # CUDA tests of the CUDA-graph steps and the scan
-#   bash scripts/gpu_round3.sh bench   # GPU 0: epoch time of all 13 models at their paper
+#   bash scripts/gpu_phases.sh tests   # CUDA tests of the CUDA-graph steps and the scan
+#   bash scripts/gpu_phases.sh bench   # GPU 0: epoch time of all 13 models at their paper
 #                                      #   preset (CUDA graphs on, as `mambaseg train` does);
 #                                      # GPU 1: UNet paper preset, seed 1, 100 epochs (the
 #                                      #   single-GPU spread for the DDP comparison)
-#   bash scripts/gpu_round3.sh ddp     # both GPUs: the same UNet run, seed 0, under torchrun;
+#   bash scripts/gpu_phases.sh ddp     # both GPUs: the same UNet run, seed 0, under torchrun;
 #                                      #   then test-set evaluation of the DDP and seed-1 runs
-#   bash scripts/gpu_round3.sh ul      # in the background: paper protocol (paper preset,
+#   bash scripts/gpu_phases.sh ul      # in the background: paper protocol (paper preset,
 #                                      #   100 epochs) of ulvm_unet (GPU 0) and ulvm_unet_v5 (GPU 1)
-#   bash scripts/gpu_round3.sh wait S  # wait up to S s for the background runs; pack results
+#   bash scripts/gpu_phases.sh wait S  # wait up to S s for the background runs; pack results
+#   bash scripts/gpu_phases.sh predict # GPU 0: predict's throughput for all 13 models (batch 1, 16)
 #
 # Run from the repository root with the data at $DATA; everything lands in $OUT.
 set -u
-PHASE=${1:?phase: tests|bench|ddp|ul|wait}
+PHASE=${1:?phase: tests|bench|ddp|ul|wait|predict}
 DATA=${DATA:-/root/lgg/kaggle_3m}
 RUNS=${RUNS:-/root/runs}
 RES=${RES:-/root/res}          # results folder of the background runs (outside the checkout)
@@ -84,6 +86,11 @@ wait)
   tar czf "$OUT/res.tgz" -C "$(dirname "$RES")" "$(basename "$RES")" \
     -C "$RUNS" $(cd "$RUNS" && ls -d paper/*/last 2>/dev/null) /root/logs 2>/dev/null
   ls -la "$OUT"
+  ;;
+predict)
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/predict.py --device cuda --reps 20 \
+    2>&1 | tee "$OUT/predict_gpu.txt"
   ;;
 *)
   echo "unknown phase $PHASE" >&2
