@@ -13,10 +13,13 @@
 #                                      #   100 epochs) of ulvm_unet (GPU 0) and ulvm_unet_v5 (GPU 1)
 #   bash scripts/gpu_phases.sh wait S  # wait up to S s for the background runs; pack results
 #   bash scripts/gpu_phases.sh predict # GPU 0: predict's throughput for all 13 models (batch 1, 16)
+#   bash scripts/gpu_phases.sh reproduce MODELS PROTOCOLS [N]
+#                                      # in the background: scripts/reproduce.py over N GPUs
+#                                      #   (default: all), e.g. reproduce all paper 4; then `wait S`
 #
 # Run from the repository root with the data at $DATA; everything lands in $OUT.
 set -u
-PHASE=${1:?phase: tests|bench|ddp|ul|wait|predict}
+PHASE=${1:?phase: tests|bench|ddp|ul|wait|predict|reproduce}
 DATA=${DATA:-/root/lgg/kaggle_3m}
 RUNS=${RUNS:-/root/runs}
 RES=${RES:-/root/res}          # results folder of the background runs (outside the checkout)
@@ -78,14 +81,25 @@ wait)
   while [ "$(date +%s)" -lt "$end" ] && pgrep -f "scripts/[r]eproduce.py" > /dev/null; do
     sleep 10
   done
-  for m in ulvm_unet ulvm_unet_v5; do
-    echo "$m: $(wc -l < "$RUNS/paper/$m/metrics.jsonl" 2>/dev/null) epochs"
-    tail -n 1 "$RUNS/paper/$m/metrics.jsonl" 2>/dev/null
+  for f in "$RUNS"/paper/*/metrics.jsonl "$RUNS"/patient/*/metrics.jsonl; do
+    [ -f "$f" ] || continue
+    echo "$(basename "$(dirname "$(dirname "$f")")")/$(basename "$(dirname "$f")"): $(wc -l < "$f") epochs"
+    tail -n 1 "$f"
   done
-  tail -n 4 /root/logs/ul*.log
+  tail -n 4 /root/logs/*.log
   tar czf "$OUT/res.tgz" -C "$(dirname "$RES")" "$(basename "$RES")" \
-    -C "$RUNS" $(cd "$RUNS" && ls -d paper/*/last 2>/dev/null) /root/logs 2>/dev/null
+    -C "$RUNS" $(cd "$RUNS" && ls -d paper/*/last patient/*/last patient/*/best 2>/dev/null) \
+    /root/logs 2>/dev/null
   ls -la "$OUT"
+  ;;
+reproduce)
+  [ -d "$RES" ] || cp -r results "$RES"
+  ngpu=${4:-$(nvidia-smi --list-gpus | wc -l)}
+  setsid nohup python3 scripts/reproduce.py --data "$DATA" --runs-dir "$RUNS" \
+    --results-dir "$RES" --no-report --models "${2:?models}" --protocols "${3:?protocols}" \
+    --gpus "$ngpu" > "/root/logs/reproduce-$(date +%H%M%S).log" 2>&1 < /dev/null &
+  sleep 45
+  tail -n 20 /root/logs/reproduce-*.log
   ;;
 predict)
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
