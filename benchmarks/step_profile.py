@@ -12,6 +12,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, "src")
+from mambaseg.engine.loop import eager_step  # noqa: E402
 from mambaseg.engine.losses import bce_dice_loss  # noqa: E402
 from mambaseg.models import create_model  # noqa: E402
 
@@ -35,14 +36,8 @@ def profile_model(name):
     x = torch.rand(2, 3, 256, 256, device=DEV).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(2, 1, 256, 256, device=DEV) > 0.9).float()
 
-    def step(cache=True):
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache):
-            out = model(x)
-        loss = bce_dice_loss(out, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
+    def step(cache=True):  # the trainer's eager step; ``opt`` is replaced below
+        return eager_step(model, opt, bce_dice_loss, torch.bfloat16, x, y, cache_enabled=cache)
 
     for _ in range(5):
         step()
@@ -73,10 +68,7 @@ def profile_model(name):
         graph = torch.cuda.CUDAGraph()
         opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
-            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-                out = model(x)
-            bce_dice_loss(out, y).backward()
-            opt.step()
+            step(cache=False)
         print(f"  graphed whole step {step_time(graph.replay):.2f} ms", flush=True)
     except Exception:  # noqa: BLE001 - report and go on
         traceback.print_exc()

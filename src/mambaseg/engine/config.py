@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mambaseg.engine.graphs import MODES as GRAPH_MODES
 from mambaseg.engine.losses import LOSSES
 from mambaseg.engine.presets import resolve_settings
 from mambaseg.errors import MambasegError
@@ -15,7 +16,6 @@ SCHEDULERS = ("none", "cosine")
 AMP_MODES = ("bf16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINTS = ("last", "best")
-GRAPH_MODES = ("auto", "on", "off")
 
 #: settings a preset may give; None in TrainConfig means "from the preset, else the default"
 PRESET_KEYS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "scheduler",

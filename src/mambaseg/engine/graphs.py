@@ -18,13 +18,12 @@ The optimizer must be built with ``capturable=True`` (see
 from __future__ import annotations
 
 import warnings
-from typing import Callable
 
 import torch
 
-from mambaseg.engine.loop import autocast
+from mambaseg.engine.loop import autocast, eager_step
+from mambaseg.engine.losses import LossFn
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MODES = ("auto", "on", "off")
 
 
@@ -36,6 +35,14 @@ def use_cuda_graphs(mode: str | None, device: torch.device, world_size: int,
     if mode not in MODES:
         raise ValueError(f"cuda_graphs must be one of {MODES}, not {mode!r}")
     return mode != "off" and device.type == "cuda" and world_size == 1 and not compiled
+
+
+def _capture_failed(exc: Exception, what: str, stacklevel: int) -> str:
+    """Warn that a capture failed and ``what`` goes on eagerly; the reason, for ``.failed``."""
+    reason = f"{type(exc).__name__}: {exc}"
+    warnings.warn(f"CUDA graph capture failed ({reason.splitlines()[0][:200]}); {what} "
+                  "continues without CUDA graphs", RuntimeWarning, stacklevel=stacklevel)
+    return reason
 
 
 class GraphedTrainStep:
@@ -51,17 +58,9 @@ class GraphedTrainStep:
         self.seen: set[tuple] = set()
         self.lr: list[float] | None = None
 
-    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, cache: bool) -> torch.Tensor:
-        with autocast(x.device, self.amp_dtype, cache_enabled=cache):
-            logits = self.model(x)
-        return self.loss_fn(logits, y)
-
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = self._forward_loss(x, y, cache=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+        return eager_step(self.model, self.optimizer, self.loss_fn, self.amp_dtype, x,
+                          y).detach()
 
     def _side_eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         side = torch.cuda.Stream(device=x.device)
@@ -103,13 +102,10 @@ class GraphedTrainStep:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
-                sloss = self._forward_loss(sx, sy, cache=False)
-                sloss.backward()
-                self.optimizer.step()
+                sloss = eager_step(self.model, self.optimizer, self.loss_fn, self.amp_dtype,
+                                   sx, sy, cache_enabled=False)
         except Exception as exc:  # an operation that cannot be captured: train eagerly
-            self.failed = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"CUDA graph capture failed ({self.failed.splitlines()[0][:200]}); "
-                          "training continues without CUDA graphs", RuntimeWarning, stacklevel=3)
+            self.failed = _capture_failed(exc, "training", stacklevel=4)
             self.optimizer.zero_grad(set_to_none=True)
             return None
         return graph, sx, sy, sloss.detach()
@@ -141,10 +137,8 @@ class GraphedForward:
             try:
                 with torch.cuda.graph(graph):
                     out = self._run(sx, cache=False)
-            except Exception as exc:
-                self.failed = f"{type(exc).__name__}: {exc}"
-                warnings.warn(f"CUDA graph capture failed ({self.failed.splitlines()[0][:200]});"
-                              " evaluating without CUDA graphs", RuntimeWarning, stacklevel=2)
+            except Exception as exc:  # an operation that cannot be captured: run eagerly
+                self.failed = _capture_failed(exc, "evaluating", stacklevel=3)
                 return self._run(x, cache=True)
             entry = self.graphs[key] = (graph, sx, out)
         graph, sx, out = entry

@@ -81,6 +81,20 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None, cache_enabled:
     return torch.autocast(device.type, dtype=amp_dtype, cache_enabled=cache_enabled)
 
 
+def eager_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
+               amp_dtype: torch.dtype | None, x: torch.Tensor, y: torch.Tensor,
+               cache_enabled: bool = True) -> torch.Tensor:
+    """One optimizer step on the batch (x, y): forward under autocast, loss, backward, update.
+    Returns the loss (still attached to the graph)."""
+    with autocast(x.device, amp_dtype, cache_enabled=cache_enabled):
+        logits = model(x)
+    loss = loss_fn(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -123,12 +137,7 @@ def train_epoch(model: torch.nn.Module, data: DeviceData, batches: list[torch.Te
         if step is not None:
             loss = step(x, y)
         else:
-            with autocast(device, amp_dtype):
-                logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = eager_step(model, optimizer, loss_fn, amp_dtype, x, y)
         n = idx.shape[0]
         loss_sum += loss.detach() * n
         count += n
