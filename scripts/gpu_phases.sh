@@ -16,10 +16,18 @@
 #   bash scripts/gpu_phases.sh reproduce MODELS PROTOCOLS [N]
 #                                      # in the background: scripts/reproduce.py over N GPUs
 #                                      #   (default: all), e.g. reproduce all paper 4; then `wait S`
+#   bash scripts/gpu_phases.sh table1  # round 4, 4 GPUs, in the background, then `wait S`:
+#                                      # GPUs 0-2: the rest of Table I at the paper preset
+#                                      #   (paper protocol: segformer, umamba_bot, umamba_bot_pp,
+#                                      #   resnet50; leak-free: the six baselines);
+#                                      # GPU 3: the CUDA tests, predict and train_epoch benchmarks,
+#                                      #   then the paper protocol of ulvm_unet_v1..v4, v6 with the
+#                                      #   changed UltraLight preset (results/notes.md says why),
+#                                      #   then UNet --compile epoch time
 #
 # Run from the repository root with the data at $DATA; everything lands in $OUT.
 set -u
-PHASE=${1:?phase: tests|bench|ddp|ul|wait|predict|reproduce}
+PHASE=${1:?phase: tests|bench|ddp|ul|wait|predict|reproduce|table1}
 DATA=${DATA:-/root/lgg/kaggle_3m}
 RUNS=${RUNS:-/root/runs}
 RES=${RES:-/root/res}          # results folder of the background runs (outside the checkout)
@@ -27,7 +35,8 @@ SPLIT=results/splits/paper.json
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/round3}
-mkdir -p "$OUT" "$RUNS" /root/logs
+BENCH=${BENCH:-/root/bench}    # outputs of background checks and benchmarks
+mkdir -p "$OUT" "$RUNS" /root/logs "$BENCH" /root/pids
 unet=(--model unet --data "$DATA" --split "$SPLIT" --preset paper --no-progress --overwrite)
 
 evaluate() {  # RUN_DIR NAME: test-set summary of RUN_DIR/last
@@ -78,18 +87,27 @@ ul)
   ;;
 wait)
   end=$(( $(date +%s) + ${2:-500} ))
-  while [ "$(date +%s)" -lt "$end" ] && pgrep -f "scripts/[r]eproduce.py" > /dev/null; do
+  alive() {  # any background queue (table1) or reproduce.py still running
+    for f in /root/pids/*; do [ -f "$f" ] && kill -0 "$(cat "$f")" 2> /dev/null && return 0; done
+    pgrep -f "scripts/[r]eproduce.py" > /dev/null
+  }
+  while [ "$(date +%s)" -lt "$end" ] && alive; do
     sleep 10
   done
+  cat "$BENCH"/status.* 2> /dev/null
   for f in "$RUNS"/paper/*/metrics.jsonl "$RUNS"/patient/*/metrics.jsonl; do
     [ -f "$f" ] || continue
     echo "$(basename "$(dirname "$(dirname "$f")")")/$(basename "$(dirname "$f")"): $(wc -l < "$f") epochs"
     tail -n 1 "$f"
   done
   tail -n 4 /root/logs/*.log
-  tar czf "$OUT/res.tgz" -C "$(dirname "$RES")" "$(basename "$RES")" \
-    -C "$RUNS" $(cd "$RUNS" && ls -d paper/*/last patient/*/last patient/*/best 2>/dev/null) \
-    /root/logs 2>/dev/null
+  # the run logs, and the checkpoints of the small models (a file back from $OUT is <= 16 MiB)
+  ckpts=$(cd "$RUNS" && ls paper/*/*.log patient/*/*.log reproduce.log 2> /dev/null)
+  for d in $(cd "$RUNS" && ls -d paper/*/last patient/*/last patient/*/best 2> /dev/null); do
+    [ "$(du -sm "$RUNS/$d" | cut -f1)" -le 8 ] && ckpts="$ckpts $d"
+  done
+  tar czf "$OUT/res.tgz" -C "$(dirname "$RES")" "$(basename "$RES")" -C "$RUNS" $ckpts \
+    /root/logs "$BENCH" 2> /dev/null
   ls -la "$OUT"
   ;;
 reproduce)
@@ -100,6 +118,35 @@ reproduce)
     --gpus "$ngpu" > "/root/logs/reproduce-$(date +%H%M%S).log" 2>&1 < /dev/null &
   sleep 45
   tail -n 20 /root/logs/reproduce-*.log
+  ;;
+table1)
+  rm -rf "$RES" && mkdir -p "$RES"
+  # one queue per results folder (merged afterwards), so no two reproduce.py write one reproduce.json
+  queue() {  # NAME COMMANDS: run COMMANDS in a new session, pid in /root/pids/NAME
+    setsid nohup bash -c "$2; echo \"\$(date +%T) $1 done\" > $BENCH/status.$1" \
+      > "/root/logs/$1.log" 2>&1 < /dev/null &
+    echo $! > "/root/pids/$1"
+  }
+  repro="python3 scripts/reproduce.py --data $DATA --runs-dir $RUNS --no-report"
+  cp -r results "$RES/base" && cp -r results "$RES/ul"
+  queue base "$repro --results-dir $RES/base --gpus 0,1,2 --protocols paper,patient \
+    --models segformer,umamba_bot,umamba_bot_pp,resnet50,unet,resnet18"
+  checks="nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $BENCH/gpu.txt
+    timeout 420 python3 -m pytest -q -p no:cacheprovider tests/engine/test_graphs.py \
+      tests/ops/test_scan_cuda.py > $BENCH/tests.txt 2>&1
+    timeout 300 python3 benchmarks/predict.py --device cuda --reps 20 > $BENCH/predict_gpu.txt 2>&1
+    timeout 420 python3 benchmarks/train_epoch.py --models all --data $DATA --epochs 2 \
+      --budget 16 --output $BENCH/train_epoch.txt > $BENCH/train_epoch.log 2>&1
+    $repro --results-dir $RES/ul --protocols paper --parallel 5 --epochs 30 \
+      --models ulvm_unet_v1,ulvm_unet_v2,ulvm_unet_v3,ulvm_unet_v4,ulvm_unet_v6 \
+      --train-args '--batch-size 32 --lr 1e-3'
+    timeout 240 python3 benchmarks/train_epoch.py --models unet --compile --cuda-graphs off \
+      --data $DATA --epochs 2 --budget 200 --output $BENCH/train_epoch_compile.txt \
+      > $BENCH/train_epoch_compile.log 2>&1"
+  # the paper preset's base models take GPUs 0-2 (the '--paper' protocol first in each queue)
+  queue checks "export CUDA_VISIBLE_DEVICES=3; $checks"
+  sleep 50
+  tail -n 12 /root/logs/base.log; tail -n 3 "$BENCH"/tests.txt 2> /dev/null
   ;;
 predict)
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
