@@ -97,10 +97,13 @@ def test_predict_probs_pads_to_valid_size_and_crops_back():
     seen = []
     model.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
     x = torch.randint(0, 256, (2, 3, 250, 301), dtype=torch.uint8)
-    p = I.predict_probs(model, x)
+    p = I.predict_probs(model, x, rescale=False)
     assert p.shape == (2, 1, 250, 301)
     assert seen == [(2, 3, 252, 304)]
     assert ((p >= 0) & (p <= 1)).all()
+    # at the model's training scale (input_size 256): 213x256, padded to 216x256
+    p = I.predict_probs(model, x)
+    assert p.shape == (2, 1, 250, 301) and seen[1:] == [(2, 3, 216, 256)]
 
 
 def test_zero_padding_does_not_change_the_cropped_result():

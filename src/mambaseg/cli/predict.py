@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--no-resize", dest="rescale", action="store_false",
+                   help="run the model at each image's own scale (zero padding only) instead of "
+                        "resizing it to the size the model was trained at and the mask back")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     res = run_predict(args.input, args.output, model=args.model, checkpoint=args.checkpoint,
                       threshold=args.threshold, probabilities=args.probabilities,
                       overlay=args.overlay, device=args.device, batch_size=args.batch_size,
-                      overwrite=args.overwrite, progress=not args.no_progress)
+                      overwrite=args.overwrite, progress=not args.no_progress,
+                      rescale=args.rescale)
     s = res.summary
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)

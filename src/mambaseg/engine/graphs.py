@@ -37,8 +37,27 @@ def use_cuda_graphs(mode: str | None, device: torch.device, world_size: int,
     return mode != "off" and device.type == "cuda" and world_size == 1 and not compiled
 
 
-def _capture_failed(exc: Exception, what: str, stacklevel: int) -> str:
-    """Warn that a capture failed and ``what`` goes on eagerly; the reason, for ``.failed``."""
+def _reset_cuda_rng(device: torch.device) -> None:
+    """Give the device's default CUDA generator a fresh state with the same seed and offset.
+
+    ``torch.cuda.graph`` marks the generator as capturing when a capture begins and unmarks it
+    after the capture ends; when the capture fails, ending it raises first, and the generator
+    then refuses every later random number ("Offset increment outside graph capture encountered
+    unexpectedly"), which would break dropout or augmentation in the eager steps that follow.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    gen = torch.cuda.default_generators[index]
+    fresh = torch.Generator(device=torch.device("cuda", index))
+    fresh.set_state(gen.get_state())
+    gen.graphsafe_set_state(fresh.graphsafe_get_state())
+
+
+def _capture_failed(exc: Exception, what: str, stacklevel: int,
+                    device: torch.device | None = None) -> str:
+    """Warn that a capture failed and ``what`` goes on eagerly; the reason, for ``.failed``.
+    Repairs the CUDA generator of ``device`` that the failed capture leaves marked."""
+    if device is not None and device.type == "cuda":
+        _reset_cuda_rng(device)
     reason = f"{type(exc).__name__}: {exc}"
     warnings.warn(f"CUDA graph capture failed ({reason.splitlines()[0][:200]}); {what} "
                   "continues without CUDA graphs", RuntimeWarning, stacklevel=stacklevel)
@@ -105,7 +124,7 @@ class GraphedTrainStep:
                 sloss = eager_step(self.model, self.optimizer, self.loss_fn, self.amp_dtype,
                                    sx, sy, cache_enabled=False)
         except Exception as exc:  # an operation that cannot be captured: train eagerly
-            self.failed = _capture_failed(exc, "training", stacklevel=4)
+            self.failed = _capture_failed(exc, "training", stacklevel=4, device=x.device)
             self.optimizer.zero_grad(set_to_none=True)
             return None
         return graph, sx, sy, sloss.detach()
@@ -138,7 +157,7 @@ class GraphedForward:
                 with torch.cuda.graph(graph):
                     out = self._run(sx, cache=False)
             except Exception as exc:  # an operation that cannot be captured: run eagerly
-                self.failed = _capture_failed(exc, "evaluating", stacklevel=3)
+                self.failed = _capture_failed(exc, "evaluating", stacklevel=3, device=x.device)
                 return self._run(x, cache=True)
             entry = self.graphs[key] = (graph, sx, out)
         graph, sx, out = entry

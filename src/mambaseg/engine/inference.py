@@ -1,9 +1,14 @@
 """Running a segmentation model over images: devices, model loading, padding, probabilities.
 
-Used by ``evaluate`` and ``predict``. Inputs of any size are zero-padded at the bottom and right
-up to the nearest size the model accepts (``model.valid_size``; a multiple of 32 for models that
-do not say), and the probabilities are cropped back. Zero is the MRI background, so zero padding
-adds only more background; reflect padding would mirror tissue (and tumour) into the border.
+Used by ``evaluate`` and ``predict``. Images are first brought to the scale the model was trained
+at: when the longer side differs from ``model.input_size`` (256 for the LGG slices; 224 for
+SegFormer at the paper's preset; restored from a checkpoint's ``preprocessing``), the image is
+resized, aspect ratio kept, so that its longer side is ``input_size`` (bilinear, antialiased, as
+the trainer resized its data), and the probabilities are resized back. Then the image is
+zero-padded at the bottom and right up to the nearest size the model accepts
+(``model.valid_size``; a multiple of 32 for models that do not say) and the probabilities are
+cropped back. Zero is the MRI background, so zero padding adds only more background; reflect
+padding would mirror tissue (and tumour) into the border. ``rescale=False`` skips the resize.
 """
 from __future__ import annotations
 
@@ -138,14 +143,28 @@ def _to_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)[:, 1:2]  # two-class output: tumour = class 1
 
 
+def work_size(model, h: int, w: int, rescale: bool = True) -> tuple[int, int]:
+    """The size an ``h`` x ``w`` image is resized to before padding: longer side =
+    ``model.input_size`` (aspect ratio kept), or (h, w) when it already is, when the model
+    declares no input size, or when ``rescale`` is False."""
+    size = getattr(model, "input_size", None) if rescale else None
+    if not size or max(h, w) == int(size):
+        return h, w
+    scale = int(size) / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def predict_probs(model, images: torch.Tensor | np.ndarray, batch_size: int = 16,
-                  device: str | torch.device = "cpu", amp: bool = False) -> torch.Tensor:
+                  device: str | torch.device = "cpu", amp: bool = False,
+                  rescale: bool = True) -> torch.Tensor:
     """Tumour probabilities ``(N, 1, H, W)`` float32 on CPU for ``images`` (N, C, H, W).
 
-    ``images`` are uint8 or float in [0, 1] of any size: each batch is zero-padded (bottom,
-    right) to ``valid_size(model, H, W)``, checked with ``model.check_input`` when the model has
-    one (a MambasegError names the nearest valid size), moved with the model to ``device``, run under ``torch.inference_mode`` in
-    eval mode (restored afterwards) and cropped back. Probabilities are the sigmoid of the logits.
+    ``images`` are uint8 or float in [0, 1] of any size. Each batch is moved with the model to
+    ``device``, resized to ``work_size(model, H, W, rescale)`` (the model's training scale; see
+    the module docstring), zero-padded (bottom, right) to the nearest valid size, checked with
+    ``model.check_input`` when the model has one (a MambasegError names the nearest valid size),
+    run under ``torch.inference_mode`` in eval mode (restored afterwards), cropped and resized
+    back to H x W. Probabilities are the sigmoid of the logits.
     """
     x = torch.as_tensor(images)
     if x.dim() != 4:
@@ -155,9 +174,10 @@ def predict_probs(model, images: torch.Tensor | np.ndarray, batch_size: int = 16
     first = next(model.parameters(), None)
     if first is not None and first.device != dev:
         model.to(dev)
-    ph, pw = valid_size(model, h, w)
-    if ph < h or pw < w:
-        raise MambasegError(f"model cannot take {h}x{w} inputs (largest valid size {ph}x{pw})")
+    sh, sw = work_size(model, h, w, rescale)
+    ph, pw = valid_size(model, sh, sw)
+    if ph < sh or pw < sw:
+        raise MambasegError(f"model cannot take {sh}x{sw} inputs (largest valid size {ph}x{pw})")
     out = torch.empty((n, 1, h, w), dtype=torch.float32)
     was_training = model.training
     model.eval()
@@ -166,15 +186,21 @@ def predict_probs(model, images: torch.Tensor | np.ndarray, batch_size: int = 16
         with torch.inference_mode():
             for start in range(0, n, max(1, int(batch_size))):
                 xb = to_float(x[start:start + batch_size]).to(dev)
-                if (ph, pw) != (h, w):
-                    xb = F.pad(xb, (0, pw - w, 0, ph - h))
+                if (sh, sw) != (h, w):
+                    xb = F.interpolate(xb, size=(sh, sw), mode="bilinear", align_corners=False,
+                                       antialias=True)
+                if (ph, pw) != (sh, sw):
+                    xb = F.pad(xb, (0, pw - sw, 0, ph - sh))
                 if callable(check) and start == 0:
                     check(xb)
                 with _autocast(dev, amp):
                     logits = model(xb)
                 if isinstance(logits, (tuple, list)):  # deep supervision: main output first
                     logits = logits[0]
-                out[start:start + len(xb)] = _to_probs(logits)[:, :, :h, :w].cpu()
+                probs = _to_probs(logits)[:, :, :sh, :sw]
+                if (sh, sw) != (h, w):
+                    probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+                out[start:start + len(xb)] = probs.cpu()
     finally:
         model.train(was_training)
     return out

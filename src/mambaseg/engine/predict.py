@@ -169,8 +169,11 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
                 checkpoint: str | Path | None = None, threshold: float = 0.5,
                 probabilities: bool = False, overlay: bool = False, device: str = "auto",
                 batch_size: int = 8, overwrite: bool = False, amp: bool = False,
-                progress: bool = False) -> PredictResult:
+                progress: bool = False, rescale: bool = True) -> PredictResult:
     """Segment every image of ``input`` (a file or a folder) into ``outdir``.
+
+    Images are resized to the scale the model was trained at and the masks back to each image's
+    size (``rescale=False``: zero padding only; see ``mambaseg.engine.inference``).
 
     Checks, in order and before writing anything: the input exists and holds images, ``outdir``
     is not ``input`` or inside it, the device, the model, that no output exists (unless
@@ -199,7 +202,8 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
         if not pending:
             return
         batch = torch.from_numpy(np.stack([img for _, img, _ in pending])).permute(0, 3, 1, 2)
-        probs = predict_probs(net, batch, batch_size=batch_size, device=dev, amp=amp)[:, 0].numpy()
+        probs = predict_probs(net, batch, batch_size=batch_size, device=dev, amp=amp,
+                              rescale=rescale)[:, 0].numpy()
         for (item, img, note), prob in zip(pending, probs):
             mask = prob > threshold
             _write_outputs(targets[item.rel], img, prob, mask)
@@ -224,7 +228,7 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
 
     res.written = records
     res.summary = _summary(input, outdir, net, model, checkpoint, threshold, dev, records,
-                           res, time.perf_counter() - t0)
+                           res, time.perf_counter() - t0, rescale)
     from mambaseg.engine.evaluate import write_json
 
     write_json(outdir / "summary.json", res.summary)
@@ -301,13 +305,14 @@ def dice_of(records: Sequence[dict]) -> dict | None:
 
 
 def _summary(input, outdir, net, model, checkpoint, threshold, dev, records, res,
-             seconds) -> dict:
+             seconds, rescale) -> dict:
     from mambaseg import __version__
 
     return {
         "input": str(input), "output": str(outdir), "model": model_name(net),
         "checkpoint": _checkpoint_label(model, checkpoint, net), "threshold": threshold,
         "device": str(dev),
+        "model_input_size": getattr(net, "input_size", None), "rescale": bool(rescale),
         "counts": {"inputs": len(records) + len(res.skipped), "written": len(records),
                    "skipped": len(res.skipped),
                    "converted": sum(1 for r in records if r["notes"]),
@@ -338,13 +343,14 @@ def _as_image(x, channels: int) -> tuple[np.ndarray, str | None]:
 
 
 def segment(images_or_paths, model=None, threshold: float = 0.5, device: str = "auto",
-            batch_size: int = 8, return_probs: bool = False):
+            batch_size: int = 8, return_probs: bool = False, rescale: bool = True):
     """Segment images: returns uint8 (H, W) masks in {0, 1}, one per input (each the input's size).
 
     ``images_or_paths``: a path, an (H, W) / (H, W, C) array (uint8, or float in [0, 1]), or a
     list of those; a single input gives a single mask. ``model``: None (the best shipped
     model), a model name (its shipped weights), a checkpoint directory, or a loaded model.
-    ``return_probs=True`` returns float32 probabilities instead of masks.
+    ``return_probs=True`` returns float32 probabilities instead of masks; ``rescale=False`` runs
+    the model at each image's own scale (zero padding only) instead of its training scale.
     """
     single = isinstance(images_or_paths, (str, os.PathLike, np.ndarray, torch.Tensor))
     inputs = [images_or_paths] if single else list(images_or_paths)
@@ -355,6 +361,7 @@ def segment(images_or_paths, model=None, threshold: float = 0.5, device: str = "
     for x in inputs:
         img, _ = _as_image(x, channels)
         batch = torch.from_numpy(img).permute(2, 0, 1)[None]
-        prob = predict_probs(net, batch, batch_size=batch_size, device=dev)[0, 0].numpy()
+        prob = predict_probs(net, batch, batch_size=batch_size, device=dev,
+                             rescale=rescale)[0, 0].numpy()
         outs.append(prob if return_probs else (prob > threshold).astype(np.uint8))
     return outs[0] if single else outs

@@ -231,6 +231,9 @@ def from_pretrained(directory: str | Path, *, dtype: torch.dtype | None = None,
     state = model.adapt_state_dict(state)
     check_state_dict(model, state, directory, header)
     model.load_state_dict(state, strict=True)
+    size = (config.get("preprocessing") or {}).get("input_size")
+    if isinstance(size, int) and size > 0:  # the scale it was trained at (e.g. 224 for SegFormer)
+        model.input_size = size
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
     model.checkpoint_config = config
