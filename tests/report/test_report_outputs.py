@@ -199,3 +199,36 @@ def test_paper_table_is_complete():
     assert rows["ulvm_unet_v2"]["parameters"] == 42_737 and rows["ulvm_unet_v2"]["dice"] == 0.8243
     assert all(isinstance(r["dice"], float) for r in rows.values())
     assert re.fullmatch(r"[0-9a-f]{40}", doc["source"]["numbers_from"]["commit"])
+
+
+def test_invalid_runs_are_marked_and_left_out_of_the_figures(results, monkeypatch, cli, capsys):
+    import mambaseg.report.build as build
+    from mambaseg.report.collect import load_runs
+    from mambaseg.report.figures import fig2_dice_params
+    from mambaseg.report.paper import load_paper_table
+    from mambaseg.report.tables import build_rows
+
+    (results / "invalid.json").write_text(json.dumps({"paper/unet": "fed at the wrong scale"}))
+    drawn = {}
+    real_fig3 = build.fig3_samples
+    monkeypatch.setattr(build, "fig3_samples",
+                        lambda inputs, preds: drawn.setdefault("fig3", sorted(preds)) and real_fig3(inputs, preds))
+    make_report(results)
+    readme = (results / "README.md").read_text()
+    unet = table_row(readme, "unet")
+    assert unet[3] == "0.8712 ✗" and unet[5] == "-0.0217 ✗"
+    assert unet[6] == "0.8123" and "✗" not in unet[7]  # the patient run is not marked
+    assert "unet" not in drawn["fig3"] and drawn["fig3"]
+    assert "`✗`: the run's evaluation is known to be wrong" in readme
+    runs = load_runs(results)
+    assert runs[("paper", "unet")].invalid == "fed at the wrong scale"
+    assert runs[("patient", "unet")].invalid is None
+    # Fig. 2: unet's paper-protocol point is not drawn; its published marker is named in grey
+    fig = fig2_dice_params(build_rows(runs, load_paper_table(results)))
+    left = fig.axes[0]
+    names = {t.get_text(): t.get_color() for t in left.texts}
+    assert names["unet"] == "0.45"
+    # a malformed file is refused, naming it
+    (results / "invalid.json").write_text(json.dumps({"unet": "no protocol"}))
+    assert cli(["report", str(results)]) != 0
+    assert "invalid.json" in capsys.readouterr().err

@@ -85,6 +85,7 @@ def make_report(results_dir: str | Path, data: str | Path | None = None, out: st
     predictions = {
         r.model: Predictions(r.paper_run.path / PREDICTIONS)
         for r in rows if r.paper_run is not None and r.paper_run.has_predictions
+        and not r.paper_run.invalid  # a wrong evaluation, to be redone: not drawn
     }
     inputs = _fig3_inputs(results, out_dir, data, chosen, predictions, warnings, written)
     if inputs is not None and (predictions or inputs.images is not None):

@@ -17,6 +17,9 @@ PROTOCOLS = ("paper", "patient")
 DEVICE_KEYS = ("device_name", "gpu_name", "device", "gpu", "machine")
 #: keys of a metrics.jsonl record holding the epoch's wall time in seconds (first found wins)
 EPOCH_TIME_KEYS = ("epoch_time_s", "epoch_time")
+#: hand-written ``{"<protocol>/<model>": "why its evaluation is wrong"}``: such runs are marked
+#: in the tables and left out of the figures until they are redone
+INVALID_FILE = "invalid.json"
 
 
 def read_json(path: Path) -> Any:
@@ -65,6 +68,8 @@ class Run:
     metrics: list[dict] = field(default_factory=list)
     summary: dict | None = None
     commands: dict | None = None
+    #: why this run's evaluation is known to be wrong (from invalid.json), else None
+    invalid: str | None = None
 
     @property
     def has_predictions(self) -> bool:
@@ -173,11 +178,27 @@ def load_run(path: Path, protocol: str, model: str) -> Run | None:
     return run if found else None
 
 
+def load_invalid(root: Path) -> dict[str, str]:
+    """``root/invalid.json``: {"<protocol>/<model>": reason}; {} when the file does not exist."""
+    path = root / INVALID_FILE
+    if not path.is_file():
+        return {}
+    doc = read_json(path)
+    bad = (not isinstance(doc, dict) or not all(isinstance(v, str) and v.strip() for v in doc.values())
+           or not all(k.count("/") == 1 and k.split("/")[0] in PROTOCOLS for k in doc))
+    if bad:
+        raise DataError(f"{path}: expected an object {{\"<protocol>/<model>\": \"reason\"}} with "
+                        f"protocol one of {', '.join(PROTOCOLS)}")
+    return dict(doc)
+
+
 def load_runs(results_dir: str | Path) -> dict[tuple[str, str], Run]:
-    """All runs under ``results_dir/<protocol>/<model>/``, keyed by (protocol, model)."""
+    """All runs under ``results_dir/<protocol>/<model>/``, keyed by (protocol, model), each with
+    its reason from ``invalid.json`` when its evaluation is marked wrong there."""
     root = Path(results_dir)
     if not root.is_dir():
         raise DataError(f"results folder not found: {root}")
+    invalid = load_invalid(root)
     runs: dict[tuple[str, str], Run] = {}
     for protocol in PROTOCOLS:
         pdir = root / protocol
@@ -186,5 +207,6 @@ def load_runs(results_dir: str | Path) -> dict[tuple[str, str], Run]:
         for mdir in sorted(p for p in pdir.iterdir() if p.is_dir()):
             run = load_run(mdir, protocol, mdir.name)
             if run is not None:
+                run.invalid = invalid.get(f"{protocol}/{mdir.name}")
                 runs[(protocol, mdir.name)] = run
     return runs

@@ -87,6 +87,8 @@ def fig2_dice_params(rows: list[Row]) -> Figure:
                            facecolors="none", edgecolors=[c], linewidths=1.4, zorder=2)
                 ys.append(r.paper.dice)
             run = r.paper_run if protocol == "paper" else r.patient_run
+            if run is not None and run.invalid:  # a wrong evaluation, to be redone: not drawn
+                run = None
             m = None if run is None else run.metric("dice_paper" if protocol == "paper" else "dice_patient")
             params = r.parameters or (r.paper.parameters if r.paper else None)
             if m is None or not params:
@@ -105,7 +107,7 @@ def fig2_dice_params(rows: list[Row]) -> Figure:
             ax.annotate(r.model, (params, y), xytext=(6, 4), textcoords="offset points", fontsize=7)
         for r in rows:  # name the paper markers of models we have no result for
             run = r.paper_run if protocol == "paper" else r.patient_run
-            if (run is None or run.summary is None) and r.paper and r.paper.parameters and r.paper.dice is not None:
+            if (run is None or run.summary is None or run.invalid) and r.paper and r.paper.parameters and r.paper.dice is not None:
                 ax.annotate(r.model, (r.paper.parameters, r.paper.dice), xytext=(6, -9),
                             textcoords="offset points", fontsize=7, color="0.45")
         ax.set_xscale("log")

@@ -111,7 +111,8 @@ def render(results_dir: Path, out_dir: Path, rows: list[Row], runs: dict[tuple[s
         "paper-protocol run, from `metrics.jsonl`; the machine is from its `config.json`. "
         "The paper's times are on 4× NVIDIA T4 (ulvm_unet_v4: 1× RTX 3060).",
         "- `not run`: no saved run; `—`: the run has no such value; `≠`: our parameter count differs "
-        "from the paper's.",
+        "from the paper's; `✗`: the run's evaluation is known to be wrong (`invalid.json` says why, "
+        "the notes give the evidence); it is left out of Figs. 2 and 3 until it is redone.",
         "",
         differences_section(rows, notes),
         "",

@@ -8,6 +8,8 @@ from mambaseg.report.paper import PAPER_MODELS, PaperEntry, PaperTable
 
 NOT_RUN = "not run"
 MISSING = "—"
+#: appended to the numbers of a run whose evaluation is marked wrong in invalid.json
+INVALID_MARK = " ✗"
 #: a row is listed under "Differences from the paper" when |ours - paper| exceeds this
 TOLERANCE = 0.01
 
@@ -114,15 +116,17 @@ class Row:
             params += " ≠"
         slice_dice = qr.metric("dice_slice") if qr else None
         patient_dice = qr.metric("dice_patient") if qr else None
+        pmark = INVALID_MARK if pr and pr.invalid else ""
+        qmark = INVALID_MARK if qr and qr.invalid else ""
         return [
             f"`{self.model}`",
             params,
             fmt_int(pub_params) if self.paper else "n/a",
-            (fmt_dice(self.dice_paper) if pr else NOT_RUN),
+            (fmt_dice(self.dice_paper) + pmark if pr else NOT_RUN),
             (fmt_dice(self.published_dice) if self.paper and self.published_dice is not None else "n/a"),
-            fmt_delta(self.delta),
-            (fmt_dice(None if slice_dice is None else float(slice_dice["mean"])) if qr else NOT_RUN),
-            (fmt_ci(patient_dice) if qr else NOT_RUN),
+            fmt_delta(self.delta) + (pmark if self.delta is not None else ""),
+            (fmt_dice(None if slice_dice is None else float(slice_dice["mean"])) + qmark if qr else NOT_RUN),
+            (fmt_ci(patient_dice) + qmark if qr else NOT_RUN),
             (fmt_duration(pr.epoch_time_s) if pr else NOT_RUN),
             (fmt_duration(pr.train_time_s) if pr else NOT_RUN)
             + (f" (paper {fmt_duration(self.paper.train_time_s)})" if self.paper and self.paper.train_time_s else ""),
@@ -179,7 +183,8 @@ def runs_rows(runs: dict[tuple[str, str], Run], order: list[str] | None = None) 
             protocol, f"`{model}`", run.device or MISSING, fmt_epochs(run),
             fmt_duration(run.epoch_time_s), fmt_duration(run.train_time_s),
             MISSING if ips is None else f"{ips:.0f}", fmt_dice(run.best_val_dice),
-            (run.evaluated_checkpoint or "yes") if run.summary else "no",
+            ((run.evaluated_checkpoint or "yes") + (INVALID_MARK if run.invalid else ""))
+            if run.summary else "no",
             "yes" if run.has_predictions else "no",
         ])
     return out
