@@ -15,7 +15,10 @@
 #   bash scripts/gpu_phases.sh predict # GPU 0: predict's throughput for all 13 models (batch 1, 16)
 #   bash scripts/gpu_phases.sh reproduce MODELS PROTOCOLS [N]
 #                                      # in the background: scripts/reproduce.py over N GPUs
-#                                      #   (default: all), e.g. reproduce all paper 4; then `wait S`
+#                                      #   (default: all), e.g. reproduce all paper 4; then `wait S`;
+#                                      #   FORCE=1 redoes runs already in results/ (e.g. segformer
+#                                      #   after results/invalid.json: FORCE=1 ... reproduce segformer
+#                                      #   paper,patient 2)
 #   bash scripts/gpu_phases.sh table1  # round 4, 4 GPUs, in the background, then `wait S`:
 #                                      # GPUs 0-2: the rest of Table I at the paper preset
 #                                      #   (paper protocol: segformer, umamba_bot, umamba_bot_pp,
@@ -115,7 +118,7 @@ reproduce)
   ngpu=${4:-$(nvidia-smi --list-gpus | wc -l)}
   setsid nohup python3 scripts/reproduce.py --data "$DATA" --runs-dir "$RUNS" \
     --results-dir "$RES" --no-report --models "${2:?models}" --protocols "${3:?protocols}" \
-    --gpus "$ngpu" > "/root/logs/reproduce-$(date +%H%M%S).log" 2>&1 < /dev/null &
+    --gpus "$ngpu" ${FORCE:+--force} > "/root/logs/reproduce-$(date +%H%M%S).log" 2>&1 < /dev/null &
   sleep 45
   tail -n 20 /root/logs/reproduce-*.log
   ;;
