@@ -4,6 +4,8 @@
     python benchmarks/scan.py --device cpu --reps 5
     python benchmarks/scan.py --shapes 8x12x1024,8x16x4096 --backends torch,reference
     python benchmarks/scan.py --sweep               # also a few Triton launch configurations
+    python benchmarks/scan.py --backends triton --configs "KERNEL=2;KERNEL=2,BC=1"
+                                                    # Triton next to the given configurations
 
 Inputs: N = 16 (--dstate), with z, D, delta_bias and softplus, Mamba-like statistics. Times are
 medians over --reps runs after warm-up (CUDA events on GPU, time.perf_counter on CPU). On CPU the
@@ -133,6 +135,10 @@ def main(argv=None):
     p.add_argument("--backends", default=None, help="comma list; default: all available")
     p.add_argument("--dstate", type=int, default=16)
     p.add_argument("--sweep", action="store_true", help="also time a few Triton configurations")
+    p.add_argument("--configs", default=None,
+                   help="Triton launch configurations timed after the Triton default, "
+                        "';'-separated, keys as MAMBASEG_TRITON_CONFIG "
+                        "(e.g. 'KERNEL=2;KERNEL=2,T=64')")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     args = p.parse_args(argv)
@@ -189,6 +195,20 @@ def main(argv=None):
             except Exception as exc:  # report a failing backend, keep going
                 print(f"{str(shape):18s} {b}: failed: {type(exc).__name__}: {str(exc)[:500]}")
                 continue
+            if b == "triton" and args.configs:
+                from mambaseg.ops.scan_triton import _parse_env_config, make_config
+
+                for spec in (x.strip() for x in args.configs.split(";")):
+                    if not spec:
+                        continue
+                    label = f"triton {spec}"
+                    try:
+                        cfg = _parse_env_config(spec)
+                        c = make_config(shape[0], shape[1], shape[2], args.dstate, device, cfg)
+                        label += f" (P={c['P']})"
+                        rows.append((label, bench_one(b, shape, args, device, run, config=cfg)))
+                    except Exception as exc:  # report a failing configuration, keep going
+                        print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:500]}")
             if b == "triton" and args.sweep:
                 from mambaseg.ops.scan_triton import make_config
 

@@ -110,3 +110,13 @@ INTERP_CASES = [
     ("default_config", (1, 3, 21, 2), dict(), None),
     ("reverse_scan_variant", (1, 2, 27, 4), dict(), {"T": 8, "BD": 2, "REV": 1}),
 ]
+
+# Every case again with the lean kernel layout (opt-in launch-config key KERNEL=2,
+# mambaseg.ops.scan_triton_lean); its chunk length is at least N.
+INTERP_CASES += [("k2_" + cid, shape, flags, dict(config or {}, KERNEL=2))
+                 for cid, shape, flags, config in list(INTERP_CASES)]
+# ... and with dB/dC reduced over the channel block in the program (BC=1; then atomically added
+# with several channel blocks, stored in the input dtype with one)
+INTERP_CASES += [("k2_bc1_" + cid, shape, flags, dict(config, KERNEL=2, BC=1))
+                 for cid, shape, flags, config in list(INTERP_CASES)
+                 if cid in ("split_partial_parts", "z_only", "bf16")]

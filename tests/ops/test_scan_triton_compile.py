@@ -30,8 +30,14 @@ def test_triton_kernels_compile_for_sm90(tmp_path):
         pytest.skip(result["status"])
     assert result["status"] == "ok", result["status"]
     names = {k["kernel"] for k in result["kernels"]}
-    assert names == {"_fwd_kernel", "_fwd_fix_kernel", "_bwd_carry_kernel", "_bwd_kernel"}
-    splits = {k["constexprs"].get("SPLIT") for k in result["kernels"] if k["kernel"] == "_bwd_kernel"}
-    assert splits == {True, False}
+    assert names == {"_fwd_kernel", "_fwd_fix_kernel", "_bwd_carry_kernel", "_bwd_kernel",
+                     "_lean_fwd_kernel", "_lean_fwd_fix_kernel", "_lean_bwd_carry_kernel",
+                     "_lean_bwd_kernel"}
+    for bwd in ("_bwd_kernel", "_lean_bwd_kernel"):
+        splits = {k["constexprs"].get("SPLIT") for k in result["kernels"] if k["kernel"] == bwd}
+        assert splits == {True, False}, bwd
+    modes = {k["constexprs"].get("ATOMIC_BC") for k in result["kernels"]
+             if k["kernel"] == "_lean_bwd_kernel"}
+    assert modes == {0, 1, 2}, modes
     for k in result["kernels"]:
         print(k)

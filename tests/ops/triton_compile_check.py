@@ -6,6 +6,7 @@ accepts things the compiler rejects; this catches those (and reports registers a
 Usage: python triton_compile_check.py OUT.json [ARCH]     (ARCH: 90 = H100/H200 by default)
 Writes {"status": "ok" | "skip: ..." | error text, "kernels": [...]}.
 """
+import dataclasses
 import json
 import os
 import re
@@ -46,6 +47,7 @@ def main():
         from scan_helpers import make_inputs
 
         from mambaseg.ops import scan_triton as st
+        from mambaseg.ops import scan_triton_lean as ln
 
         compiled = []
 
@@ -59,8 +61,12 @@ def main():
                     compiled.append((self.kernel.fn.__name__, kwargs, ck))
                 return launch
 
-        for name in ("_fwd_kernel", "_fwd_fix_kernel", "_bwd_carry_kernel", "_bwd_kernel"):
-            setattr(st, name, Warm(getattr(st, name)))
+        def warm(kernels):  # the same kernel set, compiled instead of launched
+            return dataclasses.replace(kernels, **{k: Warm(getattr(kernels, k))
+                                                   for k in ("fwd", "fix", "carry", "bwd")})
+
+        st.DEFAULT_KERNELS = warm(st.DEFAULT_KERNELS)
+        ln.LEAN_KERNELS = warm(ln.LEAN_KERNELS)  # the opt-in lean layout (config KERNEL=2)
         st._sm_count = lambda device: 132
         cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                                  "cuobjdump")
@@ -69,6 +75,14 @@ def main():
             ((2, 12, 1024, 16), dict(), None),
             ((2, 16, 300, 16), dict(dtype=torch.bfloat16, has_D=False, has_bias=False), None),
             ((2, 32, 200, 16), dict(has_z=False, softplus=False), {"REV": 1}),
+            # lean layout (KERNEL=2): one pass and split; per-channel dB/dC atomics (BC=2, its
+            # default), reduced then atomic and reduced then stored (BC=1); L % 16 == 0 (the
+            # vectorised layout) and not
+            ((64, 64, 256, 16), dict(), {"KERNEL": 2}),
+            ((2, 12, 1024, 16), dict(), {"KERNEL": 2}),
+            ((2, 16, 300, 16), dict(dtype=torch.bfloat16, has_D=False, has_bias=False),
+             {"KERNEL": 2, "BC": 1}),
+            ((2, 4, 256, 16), dict(has_z=False, softplus=False), {"KERNEL": 2, "BC": 1, "P": 1}),
         ]
         for shape, flags, config in cases:
             flags = dict(flags)

@@ -73,16 +73,48 @@ def _interpreter_compat():
             "int(data.squeeze()) as in triton 3.8")
 
 
+def _count_lean_calls():
+    """Count the forward and backward launches with the lean kernels (config KERNEL=2), so
+    that a case can check that its variant really ran."""
+    from mambaseg.ops import scan_triton
+    from mambaseg.ops.scan_triton_lean import LEAN_KERNELS
+
+    calls = {"_forward": 0, "_backward": 0}
+    for name in calls:
+        fn = getattr(scan_triton, name)
+
+        def wrapped(kernels, *args, _fn=fn, _name=name, **kwargs):
+            calls[_name] += kernels is LEAN_KERNELS
+            return _fn(kernels, *args, **kwargs)
+
+        setattr(scan_triton, name, wrapped)
+    return calls
+
+
+LEAN_CALLS = _count_lean_calls()
+
+
 def run_case(shape, flags, config):
     flags = dict(flags)
     dtype = flags.pop("dtype", torch.float32)
     softplus = flags.get("softplus", True)
     inputs = make_inputs(*shape, dtype=dtype, seed=sum(shape), **flags)
     y_ref, g_ref, gy = run(selective_scan_reference, detached_copy(inputs, torch.float64), softplus)
+    before = dict(LEAN_CALLS)
     y, g, _ = run(selective_scan_triton, inputs, softplus, gy.to(dtype), config=config)
+    lean = (config or {}).get("KERNEL") == 2
+    ran = {k: LEAN_CALLS[k] - before[k] for k in LEAN_CALLS}
+    assert ran == {k: int(lean) for k in ran}, f"lean kernel launches {ran}, KERNEL=2: {lean}"
     for k, v in g.items():
         assert v.dtype == inputs[k].dtype, f"grad {k} dtype {v.dtype} != {inputs[k].dtype}"
     compare(y, g, y_ref, g_ref, dtype, f"triton {shape} {flags} {config}")
+    if lean:  # its forward without autograd (no saved states) gives the same output
+        with torch.no_grad():
+            y2 = selective_scan_triton(*(inputs[k] for k in ("u", "delta", "A", "B", "C")),
+                                       D=inputs["D"], z=inputs["z"],
+                                       delta_bias=inputs["delta_bias"], delta_softplus=softplus,
+                                       config=config)
+        torch.testing.assert_close(y2, y, rtol=0, atol=0)
 
 
 def main():

@@ -30,11 +30,22 @@ program, then atomically over blocks), dA, dD, ddelta_bias (accumulated in regis
 chunks, then atomically over batch and parts). With ``P > 1`` a first pass computes each part's
 local adjoint at its first step (zero carry) and the decay across the part, so that every part
 starts from its exact carry.
+
+Lean variant (opt-in, launch-config key ``KERNEL=2``; module scan_triton_lean)
+---------------------------------------------------------------------------------
+Same semantics and autograd wrapper, other kernels: tiles of (BD channels x T steps) with time
+over the lanes (4 steps per lane, one channel per warp at its default T = 128) and a run-time
+loop over the N states inside each chunk, so that only (BD, T) tiles of one state are live (the
+backward needs 125 registers per thread on sm_90 instead of 231); the adjoint is a forward scan
+over time-reversed tiles; the chunk-entry states are saved with its own chunk length and layout.
+The default kernels above stay the default; see scan_triton_lean's docstring for the details.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+from collections.abc import Callable
 
 import torch
 import triton
@@ -431,7 +442,8 @@ def _parse_env_config(spec):
     for item in spec.split(","):
         key, _, val = item.partition("=")
         key = key.strip().upper()
-        if key not in ("BD", "BD_BWD", "T", "P", "WARPS", "WARPS_BWD", "REV"):
+        if key not in ("BD", "BD_BWD", "T", "P", "WARPS", "WARPS_BWD", "REV", "KERNEL", "BC",
+                       "MAXNREG"):
             raise ValueError(f"MAMBASEG_TRITON_CONFIG: unknown key {key!r} in {spec!r}")
         out[key] = int(val)
     return out
@@ -449,22 +461,43 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     """Block sizes and split factor for one problem; ``config`` / MAMBASEG_TRITON_CONFIG override.
 
     Keys: T (chunk length), BD (channels per program, forward), BD_BWD (backward), P (parts
-    along L), WARPS, WARPS_BWD, REV (1: the backward uses tl.associative_scan(reverse=True)).
+    along L), WARPS, WARPS_BWD, REV (1: the backward uses tl.associative_scan(reverse=True);
+    default kernels only),
+    KERNEL (1: these kernels, the default; 2: the lean layout of scan_triton_lean, opt-in),
+    BC (KERNEL=2 only; 2, its default: dB/dC atomics per channel; 1: dB/dC reduced over the
+    channel block first), MAXNREG (KERNEL=2 only: ptxas register cap of its main backward kernel).
     Defaults: T = 16; N spread over min(N, 32) lanes and channels over the remaining lanes times
     the warps, so that every lane owns one (channel, state) pair and holds the T steps of its
     chunk in registers; P > 1 only when batch x channel blocks cannot fill about four programs
-    per SM.
+    per SM. KERNEL=2: T = 128 (32 when L % 16 != 0) and at least N (its carries keep state n in
+    column n of a (BD, T) tile), BD = BD_BWD = WARPS (one channel per warp: time over the 32
+    lanes, 4 steps per lane, or 1 when L % 16 != 0), MAXNREG = 128 for its backward kernel
+    (L % 16 == 0 and at most 4 tile elements per thread, else none).
     """
     cfg = dict(_parse_env_config(env))
     cfg.update(dict(config))
     device = torch.device(dev_type, dev_index) if dev_index is not None else torch.device(dev_type)
+    kernel = int(cfg.get("KERNEL") or 1)
+    if kernel not in (1, 2):
+        raise ValueError(f"selective_scan_triton: KERNEL must be 1 or 2, got {kernel}")
     NP = _pow2(max(dstate, 1))
-    T = _pow2(cfg.get("T") or 16)
-    lanes_bd = max(1, 32 // min(NP, 32))
     warps = cfg.get("WARPS") or 4
     warps_bwd = cfg.get("WARPS_BWD") or warps
-    BD = _pow2(cfg.get("BD") or lanes_bd * warps)
-    BD_BWD = _pow2(cfg.get("BD_BWD") or lanes_bd * warps_bwd)
+    if kernel == 2:
+        # Its tiles take the layout of their loads along time: with L % 16 == 0 these are
+        # vectorised (runs of 4 fp32 steps per lane, T / 4 lanes per channel), otherwise one
+        # step per lane (T lanes per channel). Defaults: the T that puts a channel on the 32
+        # lanes of a warp, and a channel block that covers the warps.
+        aligned = length % 16 == 0
+        T = max(_pow2(cfg.get("T") or (128 if aligned else 32)), NP)
+        lanes_t = min(32, T // 4 if aligned else T)
+        BD = _pow2(cfg.get("BD") or warps * (32 // lanes_t))
+        BD_BWD = _pow2(cfg.get("BD_BWD") or warps_bwd * (32 // lanes_t))
+    else:
+        T = _pow2(cfg.get("T") or 16)
+        lanes_bd = max(1, 32 // min(NP, 32))
+        BD = _pow2(cfg.get("BD") or lanes_bd * warps)
+        BD_BWD = _pow2(cfg.get("BD_BWD") or lanes_bd * warps_bwd)
     n_chunks = _cdiv(length, T)
     if cfg.get("P"):
         P = max(1, min(int(cfg["P"]), n_chunks))
@@ -474,13 +507,163 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
         P = 1 if 2 * progs >= target else min(n_chunks, _cdiv(target, progs))
     cpp = _cdiv(n_chunks, P)
     P = _cdiv(n_chunks, cpp)
-    return {"BD": BD, "BD_BWD": BD_BWD, "NP": NP, "T": T, "P": P, "cpp": cpp,
-            "n_chunks": n_chunks, "WARPS": warps, "WARPS_BWD": warps_bwd,
-            "REV": 1 if cfg.get("REV") else 0}
+    out = {"BD": BD, "BD_BWD": BD_BWD, "NP": NP, "T": T, "P": P, "cpp": cpp,
+           "n_chunks": n_chunks, "WARPS": warps, "WARPS_BWD": warps_bwd,
+           "REV": 1 if cfg.get("REV") else 0}
+    if kernel == 2:  # (no key for the default kernels: their config dict is unchanged)
+        out["KERNEL"] = 2
+        out["BC"] = 1 if cfg.get("BC") == 1 else 2
+        # ptxas cap for the backward: 128 (4 blocks of 4 warps per SM; no spills on sm_90 at
+        # 4 tile elements per thread) unless set (MAXNREG=0: none) or the tiles are larger
+        mx = cfg.get("MAXNREG")
+        mx = (128 if aligned and BD_BWD * T <= 128 * warps_bwd else 0) if mx is None else int(mx)
+        if mx:
+            out["MAXNREG"] = mx
+    return out
 
 
 def _strides3(t):
     return t.stride(0), t.stride(1), t.stride(2)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSet:
+    """The four kernels of one layout (forward, split fix, split backward carry, backward) and
+    what their launches differ in; the launch code below serves every set."""
+
+    fwd: object
+    fix: object
+    carry: object
+    bwd: object
+    #: saved chunk states (B, n_chunks, NP, D) and part summaries (B, P, NP, D); else
+    #: (B, D, n_chunks, NP) and (B, P, D, NP)
+    dim_last: bool
+    #: the backward kernels take the REV key
+    rev: bool
+    #: the backward's ATOMIC_BC (how dB/dC are reduced) from the config and the channel blocks
+    bc_mode: Callable[[dict, int], int]
+    #: extra launch options of the backward kernel
+    bwd_options: Callable[[dict], dict]
+
+
+DEFAULT_KERNELS = KernelSet(_fwd_kernel, _fwd_fix_kernel, _bwd_carry_kernel, _bwd_kernel,
+                            dim_last=False, rev=True, bc_mode=lambda cfg, n_dblk: n_dblk > 1,
+                            bwd_options=lambda cfg: {})
+
+
+def _kernels(cfg) -> KernelSet:
+    if cfg.get("KERNEL") == 2:
+        from mambaseg.ops.scan_triton_lean import LEAN_KERNELS
+
+        return LEAN_KERNELS
+    return DEFAULT_KERNELS
+
+
+def _forward(K, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, cfg, save):
+    """Forward launches of kernel set ``K``: (out, chunk states, pre-gate output); the last two
+    are None when not ``save`` (and the pre-gate output when there is no z)."""
+    batch, dim, length = u.shape
+    dstate = A.shape[1]
+    BD, NP, T, P, cpp, n_chunks = (cfg[k] for k in ("BD", "NP", "T", "P", "cpp", "n_chunks"))
+    dev = u.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    out = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
+    states = out
+    if save:
+        shape = (batch, n_chunks, NP, dim) if K.dim_last else (batch, dim, n_chunks, NP)
+        states = torch.empty(*shape, **f32)
+    split = P > 1
+    if split:
+        ybuf = torch.empty(batch, dim, length, **f32)  # partial y, then pre-gate y
+        pst = torch.empty(*((batch, P, NP, dim) if K.dim_last else (batch, P, dim, NP)), **f32)
+        pds = torch.empty(batch, P, dim, **f32)
+        ysave = ybuf
+    else:
+        ybuf = out
+        pst = pds = out
+        ysave = torch.empty_like(out) if (save and z is not None) else out
+    zz = z if z is not None else u
+    n_dblk = _cdiv(dim, BD)
+    grid = (batch * n_dblk, P)
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=bool(delta_softplus), SAVE=save)
+    d_arg = D if D is not None else A
+    bias_arg = delta_bias if delta_bias is not None else A
+    K.fwd[grid](
+        u, delta, A, Bm, Cm, d_arg, zz, bias_arg,
+        ybuf, ysave, states, pst, pds,
+        dim, length, dstate, n_dblk, n_chunks, cpp, P,
+        *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm),
+        BD=BD, NP=NP, T=T, SPLIT=split, num_warps=cfg["WARPS"], **flags)
+    if split:
+        K.fix[grid](
+            u, delta, A, Cm, d_arg, zz, bias_arg,
+            ybuf, out, states, pst, pds,
+            dim, length, dstate, n_dblk, n_chunks, cpp, P,
+            *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Cm),
+            BD=BD, NP=NP, T=T, num_warps=cfg["WARPS"], **flags)
+    if not save:
+        return out, None, None
+    return out, states, (ysave if z is not None else None)
+
+
+def _backward(K, dout, u, delta, A, Bm, Cm, D, z, delta_bias, states, ysave, delta_softplus,
+              cfg):
+    """Backward launches of kernel set ``K``: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)."""
+    batch, dim, length = u.shape
+    dstate = A.shape[1]
+    NP, T, P, cpp, n_chunks = (cfg[k] for k in ("NP", "T", "P", "cpp", "n_chunks"))
+    BD = cfg["BD_BWD"]
+    n_dblk = _cdiv(dim, BD)
+    dev = u.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    atomic_bc = K.bc_mode(cfg, n_dblk)
+    n_acc = dim * dstate + 2 * dim
+    n_bc = batch * dstate * length
+    if atomic_bc:
+        acc = torch.zeros(n_acc + 2 * n_bc, **f32)
+        dB = acc[n_acc:n_acc + n_bc].view(batch, dstate, length)
+        dC = acc[n_acc + n_bc:].view(batch, dstate, length)
+    else:
+        acc = torch.zeros(n_acc, **f32)
+        dB = torch.empty(batch, dstate, length, device=dev, dtype=Bm.dtype)
+        dC = torch.empty(batch, dstate, length, device=dev, dtype=Cm.dtype)
+    du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
+    ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
+    dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else du
+    zz = z if z is not None else u
+    split = P > 1
+    if split:
+        phl = torch.empty(*((batch, P, NP, dim) if K.dim_last else (batch, P, dim, NP)), **f32)
+        pes = torch.empty(batch, P, dim, **f32)
+    else:
+        phl = pes = acc
+    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=bool(delta_softplus))
+    if K.rev:
+        flags["REV"] = cfg["REV"]
+    bias_arg = delta_bias if delta_bias is not None else A
+    if split:
+        K.carry[(batch * n_dblk, P - 1)](
+            delta, A, Cm, zz, bias_arg, dout, phl, pes,
+            dim, length, dstate, n_dblk, n_chunks, cpp, P,
+            *_strides3(delta), *_strides3(zz), *_strides3(Cm), *_strides3(dout),
+            BD=BD, NP=NP, T=T, num_warps=cfg["WARPS_BWD"], **flags)
+    K.bwd[(batch * n_dblk, P)](
+        u, delta, A, Bm, Cm, D if D is not None else A, zz, bias_arg, dout,
+        ysave if ysave is not None else u, states, phl, pes,
+        du, ddelta, dz, dB, dC, acc,
+        dim, length, dstate, n_dblk, n_chunks, cpp, P,
+        *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm),
+        *_strides3(dout),
+        BD=BD, NP=NP, T=T, HAS_D=D is not None, SPLIT=split, ATOMIC_BC=atomic_bc,
+        num_warps=cfg["WARPS_BWD"], **K.bwd_options(cfg), **flags)
+    dA = acc[:dim * dstate].view(dim, dstate).to(A.dtype)
+    dD = acc[dim * dstate:dim * dstate + dim].to(D.dtype) if D is not None else None
+    dbias = acc[dim * dstate + dim:n_acc].to(delta_bias.dtype) if delta_bias is not None else None
+    if atomic_bc:
+        dB, dC = dB.to(Bm.dtype), dC.to(Cm.dtype)
+    return du, ddelta, dA, dB, dC, dD, (dz if z is not None else None), dbias
 
 
 class _TritonScan(torch.autograd.Function):
@@ -488,50 +671,15 @@ class _TritonScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, config):
         batch, dim, length = u.shape
-        dstate = A.shape[1]
         A = A.contiguous()
         D = D.contiguous() if D is not None else None
         delta_bias = delta_bias.contiguous() if delta_bias is not None else None
-        cfg = make_config(batch, dim, length, dstate, u.device, config)
-        BD, NP, T, P, cpp, n_chunks = (cfg[k] for k in ("BD", "NP", "T", "P", "cpp", "n_chunks"))
-        dev = u.device
-        f32 = dict(device=dev, dtype=torch.float32)
+        cfg = make_config(batch, dim, length, A.shape[1], u.device, config)
         save = any(ctx.needs_input_grad[:8])
-        out = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
-        states = torch.empty(batch, dim, n_chunks, NP, **f32) if save else out
-        split = P > 1
-        if split:
-            ybuf = torch.empty(batch, dim, length, **f32)  # partial y, then pre-gate y
-            pst = torch.empty(batch, P, dim, NP, **f32)
-            pds = torch.empty(batch, P, dim, **f32)
-            ysave = ybuf
-        else:
-            ybuf = out
-            pst = pds = out
-            ysave = torch.empty_like(out) if (save and z is not None) else out
-        zz = z if z is not None else u
-        n_dblk = _cdiv(dim, BD)
-        grid = (batch * n_dblk, P)
-        flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=bool(delta_softplus), SAVE=save)
-        d_arg = D if D is not None else A
-        bias_arg = delta_bias if delta_bias is not None else A
-        _fwd_kernel[grid](
-            u, delta, A, Bm, Cm, d_arg, zz, bias_arg,
-            ybuf, ysave, states, pst, pds,
-            dim, length, dstate, n_dblk, n_chunks, cpp, P,
-            *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm),
-            BD=BD, NP=NP, T=T, SPLIT=split, num_warps=cfg["WARPS"], **flags)
-        if split:
-            _fwd_fix_kernel[grid](
-                u, delta, A, Cm, d_arg, zz, bias_arg,
-                ybuf, out, states, pst, pds,
-                dim, length, dstate, n_dblk, n_chunks, cpp, P,
-                *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Cm),
-                BD=BD, NP=NP, T=T, num_warps=cfg["WARPS"], **flags)
+        out, states, ysave = _forward(_kernels(cfg), u, delta, A, Bm, Cm, D, z, delta_bias,
+                                      delta_softplus, cfg, save)
         if save:
-            ctx.save_for_backward(u, delta, A, Bm, Cm, D, z, delta_bias, states,
-                                  ysave if z is not None else None)
+            ctx.save_for_backward(u, delta, A, Bm, Cm, D, z, delta_bias, states, ysave)
             ctx.cfg = cfg
             ctx.delta_softplus = bool(delta_softplus)
         return out
@@ -539,59 +687,9 @@ class _TritonScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         u, delta, A, Bm, Cm, D, z, delta_bias, states, ysave = ctx.saved_tensors
-        cfg = ctx.cfg
-        batch, dim, length = u.shape
-        dstate = A.shape[1]
-        NP, T, P, cpp, n_chunks = (cfg[k] for k in ("NP", "T", "P", "cpp", "n_chunks"))
-        BD = cfg["BD_BWD"]
-        n_dblk = _cdiv(dim, BD)
-        dev = u.device
-        f32 = dict(device=dev, dtype=torch.float32)
-        atomic_bc = n_dblk > 1
-        n_acc = dim * dstate + 2 * dim
-        n_bc = batch * dstate * length
-        if atomic_bc:
-            acc = torch.zeros(n_acc + 2 * n_bc, **f32)
-            dB = acc[n_acc:n_acc + n_bc].view(batch, dstate, length)
-            dC = acc[n_acc + n_bc:].view(batch, dstate, length)
-        else:
-            acc = torch.zeros(n_acc, **f32)
-            dB = torch.empty(batch, dstate, length, device=dev, dtype=Bm.dtype)
-            dC = torch.empty(batch, dstate, length, device=dev, dtype=Cm.dtype)
-        du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
-        ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
-        dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else du
-        zz = z if z is not None else u
-        split = P > 1
-        if split:
-            phl = torch.empty(batch, P, dim, NP, **f32)
-            pes = torch.empty(batch, P, dim, **f32)
-        else:
-            phl = pes = acc
-        flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=ctx.delta_softplus, REV=cfg["REV"])
-        bias_arg = delta_bias if delta_bias is not None else A
-        if split:
-            _bwd_carry_kernel[(batch * n_dblk, P - 1)](
-                delta, A, Cm, zz, bias_arg, dout, phl, pes,
-                dim, length, dstate, n_dblk, n_chunks, cpp, P,
-                *_strides3(delta), *_strides3(zz), *_strides3(Cm), *_strides3(dout),
-                BD=BD, NP=NP, T=T, num_warps=cfg["WARPS_BWD"], **flags)
-        _bwd_kernel[(batch * n_dblk, P)](
-            u, delta, A, Bm, Cm, D if D is not None else A, zz, bias_arg, dout,
-            ysave if ysave is not None else u, states, phl, pes,
-            du, ddelta, dz, dB, dC, acc,
-            dim, length, dstate, n_dblk, n_chunks, cpp, P,
-            *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm),
-            *_strides3(dout),
-            BD=BD, NP=NP, T=T, HAS_D=D is not None, SPLIT=split, ATOMIC_BC=atomic_bc,
-            num_warps=cfg["WARPS_BWD"], **flags)
-        dA = acc[:dim * dstate].view(dim, dstate).to(A.dtype)
-        dD = acc[dim * dstate:dim * dstate + dim].to(D.dtype) if D is not None else None
-        dbias = acc[dim * dstate + dim:n_acc].to(delta_bias.dtype) if delta_bias is not None else None
-        if atomic_bc:
-            dB, dC = dB.to(Bm.dtype), dC.to(Cm.dtype)
-        return (du, ddelta, dA, dB, dC, dD, dz if z is not None else None, dbias, None, None)
+        grads = _backward(_kernels(ctx.cfg), dout, u, delta, A, Bm, Cm, D, z, delta_bias, states,
+                          ysave, ctx.delta_softplus, ctx.cfg)
+        return grads + (None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

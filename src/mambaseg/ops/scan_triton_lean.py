@@ -1,0 +1,466 @@
+"""Selective scan in Triton, "lean" kernel layout (opt-in: launch-config key ``KERNEL=2``).
+
+Same semantics, dtypes and autograd wrapper as the default kernels of
+:mod:`mambaseg.ops.scan_triton` (which dispatches here when ``KERNEL=2``); only the work layout
+of the kernels and the layout of the saved chunk states differ.
+
+Layout of the work
+------------------
+The default kernels hold (T, BD, N) tiles of states: every lane owns one (channel, state) pair
+and keeps the T steps of its chunk in registers, so at N = 16 the backward keeps a dozen such
+tiles live per lane (about 230 registers per thread on sm_90). Here, as in mamba_ssm's CUDA
+kernels, time is spread over the lanes and the states are walked one at a time:
+
+* tiles are (BD, T): BD channels x T time steps, time the fast (contiguous) axis. When
+  L % 16 == 0 the loads along time are vectorised and the tiles take their layout: 4 consecutive
+  steps per thread (fp32), T / 4 lanes along time, warps along channels. Defaults (make_config):
+  T = 128 and BD = WARPS = 4, i.e. one channel per warp, its 128 steps over the 32 lanes. When
+  L % 16 != 0 the loads cannot be vectorised; the default is then T = 32 (one step per lane,
+  still warps along channels). T is at least N (see the carries below);
+* per chunk the kernel loads the (BD, T) tiles of delta/u/z/dout once, then loops over the N
+  states with a *run-time* loop (``range(0, dstate)``: a ``tl.static_range`` loop let the
+  compiler interleave the unrolled states and raised the register count to 255 with spills).
+  For state n it loads A[:, n] (BD,), the rows B[n], C[n] (loaded as (BD, T) broadcast tiles so
+  that they get the tiles' layout; a 1-D load gets its own layout and a conversion through shared
+  memory) and the chunk-entry state (BD,), builds ``a = exp(delta A_n)``, ``b = delta u B_n``
+  and solves the chunk with ``tl.associative_scan`` along time (the combine of the default
+  kernels; in-thread steps, then warp shuffles). Only (BD, T) tiles of one state are live;
+  the per-state results are reduced at once: y += C_n x in the forward; in the backward du and
+  ddelta accumulate over n in (BD, T) tiles, dA[:, n] is summed over time, dB_n / dC_n are added
+  atomically (config BC=2, the default: per channel, vectorised relaxed atomics; BC=1: summed
+  over the channel block first, which costs a pass through shared memory per state);
+* the backward needs the states x (a forward scan) and the adjoint h_t = dy_t C_t + a_{t+1}
+  h_{t+1} (a suffix scan). Triton's ``reverse=True`` scan, and tl.flip, cost many shuffles when
+  time is over the lanes (92 and 20 per (4, 128) tile on sm_90, against 12 for the forward
+  scan), so the adjoint is a forward scan over time-reversed tiles (dy, delta at t + 1 and C_n
+  loaded in reverse order) and h is brought back to time order with one ``tl.gather`` (16
+  shuffles);
+* the carries across chunks (forward state, backward adjoint) and the dA accumulator are (BD, T)
+  tiles whose column n holds the value for state n (hence T >= N): taken out with a masked sum
+  along time and put back with ``tl.where``, both in the tiles' layout. A carry enters the chunk
+  scan through its first input (b_0 += a_0 s; for the adjoint g_0 += a_{t+1} h_{t+1} in reversed
+  order);
+* the forward saves the state entering every chunk as (B, n_chunks, NP, D) fp32 (contiguous over
+  channels), with this variant's chunk length; the backward recomputes the chunk's states from it.
+
+ptxas (sm_90, default configuration, fp32, D = 1024, N = 16): forward 77 registers, backward
+125 (capped at 128 by the default MAXNREG, no spills) against 85 and 231 for the default
+kernels. Config keys: BD, BD_BWD, T, P, WARPS, WARPS_BWD as for the default kernels, BC (above),
+MAXNREG (register cap of the main backward kernel; 0: none); REV has no effect here.
+
+Parallelism along L (P > 1 parts, small batch x channels) follows the default kernels: forward
+pass 1 scans every part from a zero state and writes partial y, the part's final states and its
+sum of delta; the fix pass gives every part its incoming state, completes y, corrects the saved
+chunk states and applies D and the gate. In the backward a first pass computes every part's
+local adjoint at its first step (zero carry) so that every part starts from its exact carry.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mambaseg.ops.scan_triton import KernelSet, _combine, _dsoftplus, _softplus
+
+# Unlike the default kernels, L and the batch/channel strides keep Triton's divisibility-by-16
+# specialisation: when L % 16 == 0 the (BD, T) loads along time are vectorised, and their
+# coalesced layout (4 fp32 steps per thread, lanes along time, warps along channels) is the one
+# the scans want; other L compile a second variant (one step per thread: make_config then picks
+# T = 32 so that the warps still lie along channels).
+_NO_SPEC_LEAN = ["dim", "dstate", "n_dblk", "n_chunks", "cpp", "P"]
+
+
+@triton.jit
+def _flip(x, offs_t, BD: tl.constexpr, T: tl.constexpr):
+    """x[:, T - 1 - j]: time order reversed within the chunk. A tl.gather along the lanes
+    (about 4 shuffles per element per thread on sm_90, tl.flip takes 5)."""
+    return tl.gather(x, tl.broadcast_to((T - 1 - offs_t)[None, :], (BD, T)), axis=1)
+
+
+@triton.jit
+def _add2(a1, b1, a2, b2):
+    return a1 + a2, b1 + b2
+
+
+@triton.jit
+def _col(tile, cols, n):
+    """Column n of a (BD, T) tile, as (BD,). ``cols``: (1, T) column indices."""
+    return tl.sum(tl.where(cols == n, tile, 0.0), axis=1)
+
+
+@triton.jit
+def _row(ptr, BD: tl.constexpr, mask):
+    """A (T,) row (``ptr``: (T,) pointers) broadcast to a (BD, T) tile, fp32. Loaded as a 2-D
+    tile so that it gets the layout of the data tiles (a 1-D load gets a layout of its own and a
+    conversion through shared memory)."""
+    T: tl.constexpr = ptr.shape[0]
+    return tl.load(tl.broadcast_to(ptr[None, :], (BD, T)), mask=mask[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_dl(dt_ptr, off, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta' = softplus(delta + bias) (as configured), 0 where masked; also delta + bias.
+    ``off``/``mask``: (BD, T); ``bias``: (BD,)."""
+    raw = tl.load(dt_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    dl = raw
+    if SOFTPLUS:
+        dl = _softplus(raw)
+    dl = tl.where(mask, dl, 0.0)
+    return dl, raw
+
+
+@triton.jit
+def _block(bias_ptr, D_ptr, dim, n_dblk, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
+           HAS_D: tl.constexpr):
+    pid = tl.program_id(0)
+    b = (pid // n_dblk).to(tl.int64)
+    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
+    d_mask = offs_d < dim
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    return b, offs_d, d_mask, bias, Dv
+
+
+@triton.jit(do_not_specialize=_NO_SPEC_LEAN)
+def _lean_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, ysave_ptr, st_ptr, pst_ptr, pds_ptr,
+    dim, L, dstate, n_dblk, n_chunks, cpp, P,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SAVE: tl.constexpr, SPLIT: tl.constexpr,
+):
+    part = tl.program_id(1)
+    b, offs_d, d_mask, bias, Dv = _block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS, HAS_D)
+    offs_t = tl.arange(0, T)
+    cols = offs_t[None, :]  # (1, T) column indices
+    Sc = tl.zeros((BD, T), tl.float32)  # column n: state n entering the chunk
+    dsum = tl.zeros((BD,), tl.float32)
+    row = b * dim + offs_d
+    c0 = part * cpp
+    c1 = tl.minimum(c0 + cpp, n_chunks)
+    for c in range(c0, c1):
+        t = c * T + offs_t
+        t_mask = t < L
+        m2 = d_mask[:, None] & t_mask[None, :]
+        dl, raw = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
+                           bias, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
+                    other=0.0).to(tl.float32)
+        dlu = dl * u
+        y = tl.zeros((BD, T), tl.float32)
+        for n in range(0, dstate):
+            A2 = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask, other=0.0).to(tl.float32)
+            A2 = A2 * 1.4426950408889634  # exp(x A) = exp2(x A2)
+            Bn = _row(B_ptr + b * s_Bb + n * s_Bn + t * s_Bl, BD,
+                      t_mask)
+            Cn = _row(C_ptr + b * s_Cb + n * s_Cn + t * s_Cl, BD,
+                      t_mask)
+            s = _col(Sc, cols, n)
+            if SAVE:
+                tl.store(st_ptr + ((b * n_chunks + c) * NP + n) * dim + offs_d, s, mask=d_mask)
+            a = tl.exp2(dl * A2[:, None])
+            bx = dlu * Bn
+            bx = tl.where(cols == 0, bx + a * s[:, None], bx)
+            _, x = tl.associative_scan((a, bx), axis=1, combine_fn=_combine)
+            y += x * Cn
+            Sc = tl.where(cols == n, _col(x, cols, T - 1)[:, None], Sc)
+        o_off = row[:, None] * L + t[None, :]
+        if SPLIT:
+            dsum += tl.sum(dl, axis=1)
+            tl.store(out_ptr + o_off, y, mask=m2)  # fp32 partial y, finished by the fix kernel
+        else:
+            if HAS_D:
+                y += Dv[:, None] * u
+            if HAS_Z:
+                if SAVE:
+                    tl.store(ysave_ptr + o_off, y.to(ysave_ptr.dtype.element_ty), mask=m2)
+                zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+                             mask=m2, other=0.0).to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=m2)
+    if SPLIT:
+        prow = b * P + part
+        tl.store(pst_ptr + (prow * NP + offs_t[None, :]) * dim + offs_d[:, None], Sc,
+                 mask=d_mask[:, None] & (offs_t[None, :] < NP))
+        tl.store(pds_ptr + prow * dim + offs_d, dsum, mask=d_mask)
+
+
+@triton.jit(do_not_specialize=_NO_SPEC_LEAN)
+def _lean_fwd_fix_kernel(
+    u_ptr, dt_ptr, A_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    ybuf_ptr, out_ptr, st_ptr, pst_ptr, pds_ptr,
+    dim, L, dstate, n_dblk, n_chunks, cpp, P,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_Cb, s_Cn, s_Cl,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SAVE: tl.constexpr,
+):
+    part = tl.program_id(1)
+    b, offs_d, d_mask, bias, Dv = _block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS, HAS_D)
+    offs_t = tl.arange(0, T)
+    cols = offs_t[None, :]  # (1, T) column indices
+    dn_mask = d_mask[:, None] & (offs_t[None, :] < dstate)
+    # column n: A[:, n] (log2 units); the true state entering this part, from the summaries of
+    # the parts before it
+    A2t = tl.load(A_ptr + offs_d[:, None] * dstate + offs_t[None, :], mask=dn_mask,
+                  other=0.0).to(tl.float32) * 1.4426950408889634
+    Sc = tl.zeros((BD, T), tl.float32)
+    for q in range(0, part):
+        prow = b * P + q
+        ds = tl.load(pds_ptr + prow * dim + offs_d, mask=d_mask, other=0.0)
+        sq = tl.load(pst_ptr + (prow * NP + offs_t[None, :]) * dim + offs_d[:, None],
+                     mask=d_mask[:, None] & (offs_t[None, :] < NP), other=0.0)
+        Sc = tl.exp2(A2t * ds[:, None]) * Sc + sq
+    row = b * dim + offs_d
+    run = tl.zeros((BD,), tl.float32)  # sum of delta from the part start to the chunk start
+    c0 = part * cpp
+    c1 = tl.minimum(c0 + cpp, n_chunks)
+    for c in range(c0, c1):
+        t = c * T + offs_t
+        t_mask = t < L
+        m2 = d_mask[:, None] & t_mask[None, :]
+        o_off = row[:, None] * L + t[None, :]
+        y = tl.load(ybuf_ptr + o_off, mask=m2, other=0.0)
+        if part > 0:
+            dl, raw = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
+                               bias, HAS_BIAS, SOFTPLUS)
+            cs = tl.cumsum(dl, axis=1) + run[:, None]
+            for n in range(0, dstate):
+                A2 = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask,
+                             other=0.0).to(tl.float32) * 1.4426950408889634
+                Cn = _row(C_ptr + b * s_Cb + n * s_Cn + t * s_Cl, BD,
+                      t_mask)
+                s = _col(Sc, cols, n)
+                y += tl.exp2(A2[:, None] * cs) * (s[:, None] * Cn)
+                if SAVE:
+                    s_off = ((b * n_chunks + c) * NP + n) * dim + offs_d
+                    st = tl.load(st_ptr + s_off, mask=d_mask, other=0.0)
+                    tl.store(st_ptr + s_off, st + tl.exp2(A2 * run) * s, mask=d_mask)
+            run += tl.sum(dl, axis=1)
+        u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
+                    other=0.0).to(tl.float32)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            if SAVE:
+                tl.store(ybuf_ptr + o_off, y, mask=m2)  # pre-gate output, for dz
+            zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+                         mask=m2, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=_NO_SPEC_LEAN)
+def _lean_bwd_carry_kernel(
+    dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, g_ptr, phl_ptr, pes_ptr,
+    dim, L, dstate, n_dblk, n_chunks, cpp, P,
+    s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_Cb, s_Cn, s_Cl, s_gb, s_gd, s_gl,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """Split backward, pass 1: each part's adjoint at its first step from a zero carry."""
+    part = tl.program_id(1) + 1  # part 0's summary is never needed
+    b, offs_d, d_mask, bias, Dv = _block(bias_ptr, bias_ptr, dim, n_dblk, BD, HAS_BIAS, False)
+    offs_t = tl.arange(0, T)
+    cols = offs_t[None, :]  # (1, T) column indices
+    Hc = tl.zeros((BD, T), tl.float32)  # column n: adjoint of state n at the next chunk's start
+    esum = tl.zeros((BD,), tl.float32)
+    c0 = part * cpp
+    c1 = tl.minimum(c0 + cpp, n_chunks)
+    for i in range(0, c1 - c0):
+        c = c1 - 1 - i
+        # time-reversed tiles (column j: step c T + T - 1 - j): the adjoint recurrence runs
+        # forward along the columns
+        tr = c * T + (T - 1) - offs_t
+        t = c * T + offs_t
+        tr_mask = tr < L
+        m2 = d_mask[:, None] & (t < L)[None, :]
+        dln, rawn = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + (tr + 1)[None, :] * s_dl,
+                             d_mask[:, None] & (tr + 1 < L)[None, :], bias, HAS_BIAS, SOFTPLUS)
+        # dy in time order, then reversed: the aligned loads in time order give the tiles their
+        # layout (time over the lanes, vectorised), which the reversed loads then take over
+        dy = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=m2,
+                     other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+                         mask=m2, other=0.0).to(tl.float32)
+            dy = dy * zz * tl.sigmoid(zz)
+        dy = _flip(dy, offs_t, BD, T)
+        for n in range(0, dstate):
+            A2 = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask,
+                         other=0.0).to(tl.float32) * 1.4426950408889634
+            Cn = _row(C_ptr + b * s_Cb + n * s_Cn + tr * s_Cl, BD, tr_mask)
+            an = tl.exp2(dln * A2[:, None])  # a_{t+1}
+            g = dy * Cn
+            g = tl.where(cols == 0, g + an * _col(Hc, cols, n)[:, None], g)
+            _, h = tl.associative_scan((an, g), axis=1, combine_fn=_combine)
+            Hc = tl.where(cols == n, _col(h, cols, T - 1)[:, None], Hc)
+        esum += tl.sum(dln, axis=1)
+    prow = b * P + part
+    tl.store(phl_ptr + (prow * NP + offs_t[None, :]) * dim + offs_d[:, None], Hc,
+             mask=d_mask[:, None] & (offs_t[None, :] < NP))
+    tl.store(pes_ptr + prow * dim + offs_d, esum, mask=d_mask)
+
+
+@triton.jit(do_not_specialize=_NO_SPEC_LEAN)
+def _lean_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g_ptr, ysave_ptr, st_ptr,
+    phl_ptr, pes_ptr, du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, acc_ptr,
+    dim, L, dstate, n_dblk, n_chunks, cpp, P,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_gb, s_gd, s_gl,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SPLIT: tl.constexpr, ATOMIC_BC: tl.constexpr,
+):
+    part = tl.program_id(1)
+    b, offs_d, d_mask, bias, Dv = _block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS, HAS_D)
+    offs_t = tl.arange(0, T)
+    cols = offs_t[None, :]  # (1, T) column indices
+    dn_mask = d_mask[:, None] & (offs_t[None, :] < dstate)
+    # column n: adjoint of state n at the first step of the next chunk (of the next part first)
+    Hc = tl.zeros((BD, T), tl.float32)
+    if SPLIT:
+        A2t = tl.load(A_ptr + offs_d[:, None] * dstate + offs_t[None, :], mask=dn_mask,
+                      other=0.0).to(tl.float32) * 1.4426950408889634
+        for i in range(0, P - 1 - part):
+            prow = b * P + P - 1 - i
+            es = tl.load(pes_ptr + prow * dim + offs_d, mask=d_mask, other=0.0)
+            hq = tl.load(phl_ptr + (prow * NP + offs_t[None, :]) * dim + offs_d[:, None],
+                         mask=d_mask[:, None] & (offs_t[None, :] < NP), other=0.0)
+            Hc = hq + tl.exp2(A2t * es[:, None]) * Hc
+    dAc = tl.zeros((BD, T), tl.float32)  # column n: dA[:, n]
+    dD_acc = tl.zeros((BD,), tl.float32)
+    db_acc = tl.zeros((BD,), tl.float32)
+    row = b * dim + offs_d
+    c0 = part * cpp
+    c1 = tl.minimum(c0 + cpp, n_chunks)
+    for i in range(0, c1 - c0):
+        c = c1 - 1 - i
+        t = c * T + offs_t
+        tr = c * T + (T - 1) - offs_t  # time-reversed tiles, for the adjoint recurrence
+        t_mask = t < L
+        tr_mask = tr < L
+        m2 = d_mask[:, None] & t_mask[None, :]
+        m2r = d_mask[:, None] & tr_mask[None, :]
+        dl, raw = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
+                           bias, HAS_BIAS, SOFTPLUS)
+        dlnr, rawn = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + (tr + 1)[None, :] * s_dl,
+                              d_mask[:, None] & (tr + 1 < L)[None, :], bias, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
+                    other=0.0).to(tl.float32)
+        gout = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=m2,
+                       other=0.0).to(tl.float32)
+        dyr = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + tr[None, :] * s_gl, mask=m2r,
+                      other=0.0).to(tl.float32)
+        o_off = row[:, None] * L + t[None, :]
+        dy = gout
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+                         mask=m2, other=0.0).to(tl.float32)
+            yp = tl.load(ysave_ptr + o_off, mask=m2, other=0.0).to(tl.float32)  # pre-gate output
+            sz = tl.sigmoid(zz)
+            dy = gout * zz * sz
+            dz = gout * yp * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_ptr + o_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
+            zr = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + tr[None, :] * s_zl,
+                         mask=m2r, other=0.0).to(tl.float32)
+            dyr = dyr * zr * tl.sigmoid(zr)
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=1)
+        dlu = dl * u
+        hB = tl.zeros((BD, T), tl.float32)  # sum_n h B_n
+        qA = tl.zeros((BD, T), tl.float32)  # sum_n h a x_{t-1} A_n
+        for n in range(0, dstate):
+            An = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask, other=0.0).to(tl.float32)
+            A2 = An * 1.4426950408889634
+            Bn = _row(B_ptr + b * s_Bb + n * s_Bn + t * s_Bl, BD, t_mask)
+            Cnr = _row(C_ptr + b * s_Cb + n * s_Cn + tr * s_Cl, BD, tr_mask)
+            s = tl.load(st_ptr + ((b * n_chunks + c) * NP + n) * dim + offs_d, mask=d_mask,
+                        other=0.0)
+            # states of the chunk
+            a = tl.exp2(dl * A2[:, None])
+            bx = dlu * Bn
+            _, x = tl.associative_scan((a, tl.where(cols == 0, bx + a * s[:, None], bx)), axis=1,
+                                       combine_fn=_combine)
+            # adjoint h_t = dy_t C_n,t + a_{t+1} h_{t+1}: a forward scan over the reversed
+            # tiles, its carry (the adjoint at the next chunk's first step) enters at column 0
+            anr = tl.exp2(dlnr * A2[:, None])
+            g = dyr * Cnr
+            g = tl.where(cols == 0, g + anr * _col(Hc, cols, n)[:, None], g)
+            _, hr = tl.associative_scan((anr, g), axis=1, combine_fn=_combine)
+            Hc = tl.where(cols == n, _col(hr, cols, T - 1)[:, None], Hc)
+            h = _flip(hr, offs_t, BD, T)  # back to time order
+            hB += h * Bn
+            qq = h * (x - bx)  # h_t a_t x_{t-1}
+            qA += qq * An[:, None]
+            dAc = tl.where(cols == n, dAc + tl.sum(qq * dl, axis=1)[:, None], dAc)
+            # dB_n, dC_n: (T,) rows, summed over the channels. Written as (BD, T) tiles (the
+            # row broadcast over the channels, masked to the block's first channel unless
+            # ATOMIC_BC == 2) so that they keep the tiles' layout: a 1-D store or atomic gets
+            # a layout of its own and a conversion through shared memory.
+            bc_ptr = tl.broadcast_to(((b * dstate + n) * L + t)[None, :], (BD, T))
+            if ATOMIC_BC == 2:  # one (vector) atomic per channel, no reduction in the program
+                tl.atomic_add(dB_ptr + bc_ptr, h * dlu, mask=m2, sem="relaxed")
+                tl.atomic_add(dC_ptr + bc_ptr, x * dy, mask=m2, sem="relaxed")
+            else:
+                m_bc = (tl.arange(0, BD) == 0)[:, None] & t_mask[None, :]
+                dBn, dCn = tl.reduce((h * dlu, x * dy), axis=0, combine_fn=_add2,
+                                     keep_dims=True)  # one pass through shared memory
+                dBn = tl.broadcast_to(dBn, (BD, T))
+                dCn = tl.broadcast_to(dCn, (BD, T))
+                if ATOMIC_BC == 1:
+                    tl.atomic_add(dB_ptr + bc_ptr, dBn, mask=m_bc, sem="relaxed")
+                    tl.atomic_add(dC_ptr + bc_ptr, dCn, mask=m_bc, sem="relaxed")
+                else:
+                    tl.store(dB_ptr + bc_ptr, dBn.to(dB_ptr.dtype.element_ty), mask=m_bc)
+                    tl.store(dC_ptr + bc_ptr, dCn.to(dC_ptr.dtype.element_ty), mask=m_bc)
+        du = dl * hB + Dv[:, None] * dy
+        tl.store(du_ptr + o_off, du.to(du_ptr.dtype.element_ty), mask=m2)
+        # u and delta again (cache hits) rather than kept live through the state loop
+        u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
+                    other=0.0).to(tl.float32)
+        ddl = qA + u * hB
+        if SOFTPLUS:
+            dl, raw = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
+                               bias, HAS_BIAS, SOFTPLUS)
+            ddl = ddl * _dsoftplus(raw)
+        ddl = tl.where(m2, ddl, 0.0)
+        tl.store(ddt_ptr + o_off, ddl.to(ddt_ptr.dtype.element_ty), mask=m2)
+        db_acc += tl.sum(ddl, axis=1)
+    # acc = [dA (dim, dstate) | dD (dim) | ddelta_bias (dim)], fp32, reduced over batch and parts
+    tl.atomic_add(acc_ptr + offs_d[:, None] * dstate + offs_t[None, :], dAc, mask=dn_mask,
+                  sem="relaxed")
+    if HAS_D:
+        tl.atomic_add(acc_ptr + dim * dstate + offs_d, dD_acc, mask=d_mask, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(acc_ptr + dim * dstate + dim + offs_d, db_acc, mask=d_mask, sem="relaxed")
+
+
+# ----------------------------------------------------------------------------------------------
+# launches (called by scan_triton._TritonScan when cfg["KERNEL"] == 2)
+
+
+def _maxnreg(cfg):
+    """ptxas register cap for the backward kernel (config key MAXNREG; none by default)."""
+    return {"maxnreg": cfg["MAXNREG"]} if cfg.get("MAXNREG") else {}
+
+
+#: the lean kernels for scan_triton's launch code
+LEAN_KERNELS = KernelSet(
+    _lean_fwd_kernel, _lean_fwd_fix_kernel, _lean_bwd_carry_kernel, _lean_bwd_kernel,
+    dim_last=True, rev=False,
+    # dB/dC: 2 = atomically added per channel (config key BC=2, the default); 1 = reduced over
+    # the channel block then atomically added (BC=1); 0 = so and stored (BC=1, one block)
+    bc_mode=lambda cfg, n_dblk: 2 if cfg.get("BC", 2) == 2 else (1 if n_dblk > 1 else 0),
+    bwd_options=_maxnreg)
