@@ -19,7 +19,12 @@
 #                                      #   FORCE=1 redoes runs already in results/ (e.g. segformer
 #                                      #   after results/invalid.json: FORCE=1 ... reproduce segformer
 #                                      #   paper,patient 2)
-#   bash scripts/gpu_phases.sh table1  # round 4, 4 GPUs, in the background, then `wait S`:
+#   bash scripts/gpu_phases.sh rest [N] # in the background over N GPUs (default all), then
+#                                      #   `wait S`: the runs still to do after round 3
+#                                      #   (results/notes.md): segformer (both protocols) and the
+#                                      #   paper preset of ulvm_unet_v1..v4, v6 (paper protocol),
+#                                      #   longest first; about 75 GPU-minutes on H200s
+#   bash scripts/gpu_phases.sh table1  # round 3, 4 GPUs, in the background, then `wait S`:
 #                                      # GPUs 0-2: the rest of Table I at the paper preset
 #                                      #   (paper protocol: segformer, umamba_bot, umamba_bot_pp,
 #                                      #   resnet50; leak-free: the six baselines);
@@ -30,7 +35,7 @@
 #
 # Run from the repository root with the data at $DATA; everything lands in $OUT.
 set -u
-PHASE=${1:?phase: tests|bench|ddp|ul|wait|predict|reproduce|table1}
+PHASE=${1:?phase: tests|bench|ddp|ul|wait|predict|reproduce|table1|rest}
 DATA=${DATA:-/root/lgg/kaggle_3m}
 RUNS=${RUNS:-/root/runs}
 RES=${RES:-/root/res}          # results folder of the background runs (outside the checkout)
@@ -121,6 +126,16 @@ reproduce)
     --gpus "$ngpu" ${FORCE:+--force} > "/root/logs/reproduce-$(date +%H%M%S).log" 2>&1 < /dev/null &
   sleep 45
   tail -n 20 /root/logs/reproduce-*.log
+  ;;
+rest)
+  [ -d "$RES" ] || cp -r results "$RES"
+  ngpu=${2:-$(nvidia-smi --list-gpus | wc -l)}
+  setsid nohup python3 scripts/reproduce.py --data "$DATA" --runs-dir "$RUNS" --results-dir "$RES" \
+    --no-report --force --gpus "$ngpu" --only paper/ulvm_unet_v4,paper/ulvm_unet_v3,\
+paper/ulvm_unet_v1,paper/ulvm_unet_v6,paper/ulvm_unet_v2,paper/segformer,patient/segformer \
+    > /root/logs/rest.log 2>&1 < /dev/null &
+  sleep 45
+  tail -n 12 /root/logs/rest.log
   ;;
 table1)
   rm -rf "$RES" && mkdir -p "$RES"

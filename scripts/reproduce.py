@@ -76,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default="all",
                    help="comma-separated registry names, or 'all' (default: the 13 models of Table I)")
     p.add_argument("--protocols", default="paper,patient", help="comma-separated: paper, patient (default both)")
+    p.add_argument("--only", default="", metavar="RUNS",
+                   help="exactly these runs, in this order: comma-separated PROTOCOL/MODEL "
+                        "(e.g. paper/ulvm_unet_v4,patient/segformer); replaces --models and "
+                        "--protocols")
     p.add_argument("--epochs", type=int, default=None,
                    help="override the preset's epochs (recorded in commands.json and the README)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
@@ -107,6 +111,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [x for x in args.protocol_list if x not in PROTOCOLS]
     if bad:
         p.error(f"--protocols: unknown {', '.join(bad)} (choose from {', '.join(PROTOCOLS)})")
+    args.only_list = []
+    for item in (x.strip() for x in args.only.split(",") if x.strip()):
+        protocol, _, model = item.partition("/")
+        if protocol not in PROTOCOLS or not model:
+            p.error(f"--only: {item!r} is not PROTOCOL/MODEL with PROTOCOL one of {', '.join(PROTOCOLS)}")
+        args.only_list.append((protocol, model))
+    if args.only_list:  # the splits and reports need the protocols of these runs
+        args.protocol_list = list(dict.fromkeys(pr for pr, _ in args.only_list))
+        args.model_list = list(dict.fromkeys(m for _, m in args.only_list))
     if args.parallel < 1:
         p.error("--parallel must be at least 1")
     try:
@@ -288,8 +301,9 @@ class Reproduce:
                 and rec.get("epochs_option") == self.args.epochs)
 
     def jobs(self) -> list[Job]:
-        return [Job(p, m, self.args.runs / p / m, self.args.results / p / m)
-                for p in self.args.protocol_list for m in self.args.model_list]
+        pairs = self.args.only_list or [(p, m) for p in self.args.protocol_list
+                                         for m in self.args.model_list]
+        return [Job(p, m, self.args.runs / p / m, self.args.results / p / m) for p, m in pairs]
 
     # -- running --------------------------------------------------------------------------
     def over_budget(self) -> bool:

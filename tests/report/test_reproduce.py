@@ -172,3 +172,16 @@ def test_runs_use_their_assigned_gpu(tmp_path, monkeypatch, capsys):
         seen[model] = cfg["cuda_visible_devices"]
         assert f"paper/{model}: start on GPU {seen[model]}" in out
     assert set(seen.values()) == {"3", "5"}
+
+
+def test_only_runs_exactly_the_named_runs_in_order(tmp_path):
+    lines = dry_run(tmp_path, "--only", "paper/ulvm_unet_v4,patient/segformer,paper/segformer")
+    train = commands(lines, "train")
+    runs = tmp_path / "runs"
+    assert [(c[c.index("--model") + 1], c[c.index("--out") + 1]) for c in train] == [
+        ("ulvm_unet_v4", f"{runs}/paper/ulvm_unet_v4"), ("segformer", f"{runs}/patient/segformer"),
+        ("segformer", f"{runs}/paper/segformer")]
+    assert [c[0] for c in commands(lines, "evaluate")] == ["--checkpoint"] * 3
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--only", "paper/unet,unet"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--only: 'unet' is not PROTOCOL/MODEL" in proc.stderr
