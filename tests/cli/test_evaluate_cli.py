@@ -74,6 +74,7 @@ def test_evaluate_writes_summary_table_and_predictions(dataset, ckpt, capsys):
                 "threshold", "device"):
         assert key in s
     assert (s["part"], s["n_slices"], s["n_patients"], s["device"]) == ("test", 10, 2, "cpu")
+    assert s["model_input_size"] == 256  # the scale the slices are resized to (and back)
     assert [r["rel"] for r in s["per_slice"]] == json.loads(split.read_text())["test"]
     assert set(s["per_slice"][0]) >= {"rel", "patient", "tp", "fp", "fn", "dice"}
     assert set(s["per_patient"][0]) >= {"patient", "tp", "fp", "fn", "dice", "slices"}

@@ -252,6 +252,8 @@ def run_evaluation(data: str | Path | None, checkpoint: str | Path | None = None
         "data": str(data), "split": str(split), "seed": seed, "fold": fold, "part": part,
         "n_slices": len(slices), "n_patients": len({s.patient for s in slices}),
         "threshold": threshold, "device": str(dev), "amp": amp,
+        # inference resizes slices to this size (the training scale) and back; see inference.py
+        "model_input_size": getattr(net, "input_size", None),
         "seconds": round(time.perf_counter() - t0, 3), "mambaseg_version": __version__,
     }
     summary = {**head, **ev.summary}
