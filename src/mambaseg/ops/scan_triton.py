@@ -89,13 +89,18 @@ def _dsoftplus(x):
 
 
 @triton.jit
-def _load_delta(dt_ptr, off, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+def _load_delta(dt_ptr, off, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                CHANNEL_AXIS: tl.constexpr = 1):
     """delta' = softplus(delta + bias) (as configured), 0 where masked; also delta + bias.
 
-    ``off``/``mask``: (T, BD) offsets and mask; ``bias``: (BD,)."""
+    ``off``/``mask``: 2-D offsets and mask with channels along ``CHANNEL_AXIS`` ((T, BD) tiles
+    of these kernels: 1; (BD, T) tiles of the lean kernels: 0); ``bias``: (BD,)."""
     raw = tl.load(dt_ptr + off, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        raw = raw + bias[None, :]
+        if CHANNEL_AXIS == 1:
+            raw = raw + bias[None, :]
+        else:
+            raw = raw + bias[:, None]
     dl = raw
     if SOFTPLUS:
         dl = _softplus(raw)
@@ -109,21 +114,59 @@ def _channel_block(A_ptr, bias_ptr, D_ptr, dim, dstate, n_dblk, BD: tl.constexpr
     """What every kernel starts with: this program's batch element ``b`` (int64), channel and
     state offsets and masks, and its rows of A (fp32, (BD, NP)), delta_bias and D (zeros when
     absent)."""
-    pid = tl.program_id(0)
-    b = (pid // n_dblk).to(tl.int64)
-    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
+    b, offs_d, d_mask = _program_channels(dim, n_dblk, BD)
     offs_n = tl.arange(0, NP)
-    d_mask = offs_d < dim
     n_mask = offs_n < dstate
     A = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :],
                 mask=d_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+    bias, Dv = _bias_and_D(bias_ptr, D_ptr, offs_d, d_mask, BD, HAS_BIAS, HAS_D)
+    return b, offs_d, offs_n, d_mask, n_mask, A, bias, Dv
+
+
+@triton.jit
+def _program_channels(dim, n_dblk, BD: tl.constexpr):
+    """This program's batch element ``b`` (int64) and its block of channels (offsets, mask)."""
+    pid = tl.program_id(0)
+    b = (pid // n_dblk).to(tl.int64)
+    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
+    return b, offs_d, offs_d < dim
+
+
+@triton.jit
+def _bias_and_D(bias_ptr, D_ptr, offs_d, d_mask, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
+                HAS_D: tl.constexpr):
+    """The block's rows of delta_bias and D, fp32, zeros when absent."""
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
     Dv = tl.zeros((BD,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-    return b, offs_d, offs_n, d_mask, n_mask, A, bias, Dv
+    return bias, Dv
+
+
+@triton.jit
+def _program_block(bias_ptr, D_ptr, dim, n_dblk, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   HAS_D: tl.constexpr):
+    """``_channel_block`` without A (the lean kernels load A one state at a time)."""
+    b, offs_d, d_mask = _program_channels(dim, n_dblk, BD)
+    bias, Dv = _bias_and_D(bias_ptr, D_ptr, offs_d, d_mask, BD, HAS_BIAS, HAS_D)
+    return b, offs_d, d_mask, bias, Dv
+
+
+@triton.jit
+def _finish_output(y, u, Dv, z_ptrs, ysave_ptrs, out_ptrs, mask, HAS_D: tl.constexpr,
+                   HAS_Z: tl.constexpr, SAVE: tl.constexpr):
+    """The end of the forward for one tile: y + D u; the pre-gate y saved for dz (SAVE and
+    HAS_Z); times silu(z); stored. ``Dv``: D broadcast to y's tile; ``*_ptrs``: pointer tiles."""
+    if HAS_D:
+        y += Dv * u
+    if HAS_Z:
+        if SAVE:
+            tl.store(ysave_ptrs, y.to(ysave_ptrs.dtype.element_ty), mask=mask)
+        zz = tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    tl.store(out_ptrs, y.to(out_ptrs.dtype.element_ty), mask=mask)
 
 
 # Sizes and batch/channel strides vary from call to call: no value specialisation for them (one
@@ -188,15 +231,9 @@ def _fwd_kernel(
             dsum += tl.sum(dl, axis=0)
             tl.store(out_ptr + o_off, y, mask=m2)  # fp32 partial y, finished by the fix kernel
         else:
-            if HAS_D:
-                y += Dv[None, :] * u
-            if HAS_Z:
-                if SAVE:
-                    tl.store(ysave_ptr + o_off, y.to(ysave_ptr.dtype.element_ty), mask=m2)
-                zz = tl.load(z_ptr + b * s_zb + t[:, None] * s_zl + offs_d[None, :] * s_zd,
-                             mask=m2, other=0.0).to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=m2)
+            _finish_output(y, u, Dv[None, :],
+                           z_ptr + b * s_zb + t[:, None] * s_zl + offs_d[None, :] * s_zd,
+                           ysave_ptr + o_off, out_ptr + o_off, m2, HAS_D, HAS_Z, SAVE)
     if SPLIT:
         prow = (b * P + part) * dim + offs_d
         tl.store(pst_ptr + prow[:, None] * NP + offs_n[None, :], state, mask=d_mask[:, None])
@@ -250,15 +287,9 @@ def _fwd_fix_kernel(
             run += tl.sum(dl, axis=0)
         u = tl.load(u_ptr + b * s_ub + t[:, None] * s_ul + offs_d[None, :] * s_ud, mask=m2,
                     other=0.0).to(tl.float32)
-        if HAS_D:
-            y += Dv[None, :] * u
-        if HAS_Z:
-            if SAVE:
-                tl.store(ybuf_ptr + o_off, y, mask=m2)  # pre-gate output, for dz
-            zz = tl.load(z_ptr + b * s_zb + t[:, None] * s_zl + offs_d[None, :] * s_zd,
-                         mask=m2, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=m2)
+        _finish_output(y, u, Dv[None, :],  # the pre-gate output, for dz, into ybuf
+                       z_ptr + b * s_zb + t[:, None] * s_zl + offs_d[None, :] * s_zd,
+                       ybuf_ptr + o_off, out_ptr + o_off, m2, HAS_D, HAS_Z, SAVE)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)

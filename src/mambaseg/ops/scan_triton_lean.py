@@ -60,7 +60,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mambaseg.ops.scan_triton import KernelSet, _combine, _dsoftplus, _softplus
+from mambaseg.ops.scan_triton import (KernelSet, _combine, _dsoftplus, _finish_output,
+                                      _load_delta, _program_block)
 
 # Unlike the default kernels, L and the batch/channel strides keep Triton's divisibility-by-16
 # specialisation: when L % 16 == 0 the (BD, T) loads along time are vectorised, and their
@@ -98,36 +99,6 @@ def _row(ptr, BD: tl.constexpr, mask):
                    other=0.0).to(tl.float32)
 
 
-@triton.jit
-def _load_dl(dt_ptr, off, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """delta' = softplus(delta + bias) (as configured), 0 where masked; also delta + bias.
-    ``off``/``mask``: (BD, T); ``bias``: (BD,)."""
-    raw = tl.load(dt_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        raw = raw + bias[:, None]
-    dl = raw
-    if SOFTPLUS:
-        dl = _softplus(raw)
-    dl = tl.where(mask, dl, 0.0)
-    return dl, raw
-
-
-@triton.jit
-def _block(bias_ptr, D_ptr, dim, n_dblk, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
-           HAS_D: tl.constexpr):
-    pid = tl.program_id(0)
-    b = (pid // n_dblk).to(tl.int64)
-    offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
-    d_mask = offs_d < dim
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-    return b, offs_d, d_mask, bias, Dv
-
-
 @triton.jit(do_not_specialize=_NO_SPEC_LEAN)
 def _lean_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
@@ -140,7 +111,8 @@ def _lean_fwd_kernel(
     SAVE: tl.constexpr, SPLIT: tl.constexpr,
 ):
     part = tl.program_id(1)
-    b, offs_d, d_mask, bias, Dv = _block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS, HAS_D)
+    b, offs_d, d_mask, bias, Dv = _program_block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS,
+                                                 HAS_D)
     offs_t = tl.arange(0, T)
     cols = offs_t[None, :]  # (1, T) column indices
     Sc = tl.zeros((BD, T), tl.float32)  # column n: state n entering the chunk
@@ -152,8 +124,8 @@ def _lean_fwd_kernel(
         t = c * T + offs_t
         t_mask = t < L
         m2 = d_mask[:, None] & t_mask[None, :]
-        dl, raw = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
-                           bias, HAS_BIAS, SOFTPLUS)
+        dl, raw = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
+                              bias, HAS_BIAS, SOFTPLUS, 0)
         u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
                     other=0.0).to(tl.float32)
         dlu = dl * u
@@ -179,15 +151,9 @@ def _lean_fwd_kernel(
             dsum += tl.sum(dl, axis=1)
             tl.store(out_ptr + o_off, y, mask=m2)  # fp32 partial y, finished by the fix kernel
         else:
-            if HAS_D:
-                y += Dv[:, None] * u
-            if HAS_Z:
-                if SAVE:
-                    tl.store(ysave_ptr + o_off, y.to(ysave_ptr.dtype.element_ty), mask=m2)
-                zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
-                             mask=m2, other=0.0).to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=m2)
+            _finish_output(y, u, Dv[:, None],
+                           z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+                           ysave_ptr + o_off, out_ptr + o_off, m2, HAS_D, HAS_Z, SAVE)
     if SPLIT:
         prow = b * P + part
         tl.store(pst_ptr + (prow * NP + offs_t[None, :]) * dim + offs_d[:, None], Sc,
@@ -206,7 +172,8 @@ def _lean_fwd_fix_kernel(
     SAVE: tl.constexpr,
 ):
     part = tl.program_id(1)
-    b, offs_d, d_mask, bias, Dv = _block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS, HAS_D)
+    b, offs_d, d_mask, bias, Dv = _program_block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS,
+                                                 HAS_D)
     offs_t = tl.arange(0, T)
     cols = offs_t[None, :]  # (1, T) column indices
     dn_mask = d_mask[:, None] & (offs_t[None, :] < dstate)
@@ -232,8 +199,8 @@ def _lean_fwd_fix_kernel(
         o_off = row[:, None] * L + t[None, :]
         y = tl.load(ybuf_ptr + o_off, mask=m2, other=0.0)
         if part > 0:
-            dl, raw = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
-                               bias, HAS_BIAS, SOFTPLUS)
+            dl, raw = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl,
+                                  m2, bias, HAS_BIAS, SOFTPLUS, 0)
             cs = tl.cumsum(dl, axis=1) + run[:, None]
             for n in range(0, dstate):
                 A2 = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask,
@@ -249,15 +216,9 @@ def _lean_fwd_fix_kernel(
             run += tl.sum(dl, axis=1)
         u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
                     other=0.0).to(tl.float32)
-        if HAS_D:
-            y += Dv[:, None] * u
-        if HAS_Z:
-            if SAVE:
-                tl.store(ybuf_ptr + o_off, y, mask=m2)  # pre-gate output, for dz
-            zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
-                         mask=m2, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(out_ptr + o_off, y.to(out_ptr.dtype.element_ty), mask=m2)
+        _finish_output(y, u, Dv[:, None],  # the pre-gate output, for dz, into ybuf
+                       z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
+                       ybuf_ptr + o_off, out_ptr + o_off, m2, HAS_D, HAS_Z, SAVE)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC_LEAN)
@@ -270,7 +231,8 @@ def _lean_bwd_carry_kernel(
 ):
     """Split backward, pass 1: each part's adjoint at its first step from a zero carry."""
     part = tl.program_id(1) + 1  # part 0's summary is never needed
-    b, offs_d, d_mask, bias, Dv = _block(bias_ptr, bias_ptr, dim, n_dblk, BD, HAS_BIAS, False)
+    b, offs_d, d_mask, bias, Dv = _program_block(bias_ptr, bias_ptr, dim, n_dblk, BD, HAS_BIAS,
+                                                 False)
     offs_t = tl.arange(0, T)
     cols = offs_t[None, :]  # (1, T) column indices
     Hc = tl.zeros((BD, T), tl.float32)  # column n: adjoint of state n at the next chunk's start
@@ -285,8 +247,10 @@ def _lean_bwd_carry_kernel(
         t = c * T + offs_t
         tr_mask = tr < L
         m2 = d_mask[:, None] & (t < L)[None, :]
-        dln, rawn = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + (tr + 1)[None, :] * s_dl,
-                             d_mask[:, None] & (tr + 1 < L)[None, :], bias, HAS_BIAS, SOFTPLUS)
+        dln, rawn = _load_delta(dt_ptr + b * s_db,
+                                offs_d[:, None] * s_dd + (tr + 1)[None, :] * s_dl,
+                                d_mask[:, None] & (tr + 1 < L)[None, :], bias, HAS_BIAS,
+                                SOFTPLUS, 0)
         # dy in time order, then reversed: the aligned loads in time order give the tiles their
         # layout (time over the lanes, vectorised), which the reversed loads then take over
         dy = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=m2,
@@ -324,7 +288,8 @@ def _lean_bwd_kernel(
     SPLIT: tl.constexpr, ATOMIC_BC: tl.constexpr,
 ):
     part = tl.program_id(1)
-    b, offs_d, d_mask, bias, Dv = _block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS, HAS_D)
+    b, offs_d, d_mask, bias, Dv = _program_block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS,
+                                                 HAS_D)
     offs_t = tl.arange(0, T)
     cols = offs_t[None, :]  # (1, T) column indices
     dn_mask = d_mask[:, None] & (offs_t[None, :] < dstate)
@@ -353,10 +318,12 @@ def _lean_bwd_kernel(
         tr_mask = tr < L
         m2 = d_mask[:, None] & t_mask[None, :]
         m2r = d_mask[:, None] & tr_mask[None, :]
-        dl, raw = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
-                           bias, HAS_BIAS, SOFTPLUS)
-        dlnr, rawn = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + (tr + 1)[None, :] * s_dl,
-                              d_mask[:, None] & (tr + 1 < L)[None, :], bias, HAS_BIAS, SOFTPLUS)
+        dl, raw = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
+                              bias, HAS_BIAS, SOFTPLUS, 0)
+        dlnr, rawn = _load_delta(dt_ptr + b * s_db,
+                                 offs_d[:, None] * s_dd + (tr + 1)[None, :] * s_dl,
+                                 d_mask[:, None] & (tr + 1 < L)[None, :], bias, HAS_BIAS,
+                                 SOFTPLUS, 0)
         u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
                     other=0.0).to(tl.float32)
         gout = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=m2,
@@ -432,8 +399,8 @@ def _lean_bwd_kernel(
                     other=0.0).to(tl.float32)
         ddl = qA + u * hB
         if SOFTPLUS:
-            dl, raw = _load_dl(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
-                               bias, HAS_BIAS, SOFTPLUS)
+            dl, raw = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl,
+                                  m2, bias, HAS_BIAS, SOFTPLUS, 0)
             ddl = ddl * _dsoftplus(raw)
         ddl = tl.where(m2, ddl, 0.0)
         tl.store(ddt_ptr + o_off, ddl.to(ddt_ptr.dtype.element_ty), mask=m2)
