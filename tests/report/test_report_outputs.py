@@ -211,8 +211,12 @@ def test_invalid_runs_are_marked_and_left_out_of_the_figures(results, monkeypatc
     (results / "invalid.json").write_text(json.dumps({"paper/unet": "fed at the wrong scale"}))
     drawn = {}
     real_fig3 = build.fig3_samples
-    monkeypatch.setattr(build, "fig3_samples",
-                        lambda inputs, preds: drawn.setdefault("fig3", sorted(preds)) and real_fig3(inputs, preds))
+
+    def recording_fig3(inputs, preds):
+        drawn["fig3"] = sorted(preds)
+        return real_fig3(inputs, preds)
+
+    monkeypatch.setattr(build, "fig3_samples", recording_fig3)
     make_report(results)
     readme = (results / "README.md").read_text()
     unet = table_row(readme, "unet")
