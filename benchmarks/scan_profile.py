@@ -3,7 +3,12 @@ the host time to issue it, the same work replayed as a CUDA graph (GPU time only
 kernels' own times (torch.profiler), at the five benchmark shapes.
 
     python benchmarks/scan_profile.py     # run from the repository root on a CUDA machine
+    python benchmarks/scan_profile.py --configs "default;KERNEL=2" --shapes 8x12x1024
+
+Ends with one summary table (config x shape: eager fwd+bwd, host time, CUDA-graph replay, the
+backward and forward kernels' times) next to mamba_ssm's H100/H200 times from the issue.
 """
+import argparse
 import statistics
 import sys
 import time
@@ -13,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, "src")
 sys.path.insert(0, "benchmarks")
-from scan import SHAPES, make_inputs, timer  # noqa: E402
+from scan import SHAPES, make_inputs, parse_shapes, timer  # noqa: E402
 
 from mambaseg.ops.scan_triton import make_config, selective_scan_triton  # noqa: E402
 
@@ -35,14 +40,31 @@ def host_time(fn, reps=30):
     return statistics.median(times)
 
 
-def scan_calls(shape):
+MAMBA_SSM_MS = {  # fwd+bwd, fp32, from the issue: (H100, H200)
+    (32, 1024, 256): (1.105, 1.046), (8, 12, 1024): (0.107, 0.135), (8, 16, 4096): (0.147, 0.152),
+    (128, 12, 1024): (0.276, 0.295), (8, 1024, 4096): (4.12, 3.96)}
+
+
+def parse_configs(spec):
+    """"default;KERNEL=2,T=64" -> [None, {"KERNEL": 2, "T": 64}]."""
+    out = []
+    for item in (x.strip() for x in spec.split(";")):
+        if item in ("", "default"):
+            out.append(None)
+            continue
+        out.append({k.strip().upper(): int(v) for k, v in (kv.split("=") for kv in item.split(","))})
+    return out
+
+
+def scan_calls(shape, config=None):
     """``fwd()`` and ``fwd_bwd()`` of the Triton scan on Mamba-like inputs of ``shape``."""
     x = make_inputs(shape, 16, torch.float32, torch.device("cuda"), True)
     gy = torch.randn(shape, device="cuda")
 
     def fwd():
         return selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"],
-                                     z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True)
+                                     z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True,
+                                     config=config)
 
     def fwd_bwd():
         return torch.autograd.grad(fwd(), list(x.values()), gy)
@@ -50,16 +72,18 @@ def scan_calls(shape):
     return fwd, fwd_bwd
 
 
-def profile_shape(shape):
-    call, fwd_bwd = scan_calls(shape)
+def profile_shape(shape, config=None):
+    """Print the details for one (shape, config); return the summary row's numbers."""
+    call, fwd_bwd = scan_calls(shape, config)
 
     def fwd():
         with torch.no_grad():
             call()
 
-    print(shape, make_config(*shape, 16, torch.device("cuda")))
-    print(f"  eager fwd {event_time(fwd):.3f}  fwd+bwd {event_time(fwd_bwd):.3f} ms | host issue "
-          f"fwd {host_time(fwd):.3f} fwd+bwd {host_time(fwd_bwd):.3f} ms")
+    print(shape, config or "default", make_config(*shape, 16, torch.device("cuda"), config))
+    row = {"eager": event_time(fwd_bwd), "host": host_time(fwd_bwd), "graph": float("nan")}
+    print(f"  eager fwd {event_time(fwd):.3f}  fwd+bwd {row['eager']:.3f} ms | host issue "
+          f"fwd {host_time(fwd):.3f} fwd+bwd {row['host']:.3f} ms")
     try:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -70,7 +94,8 @@ def profile_shape(shape):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             fwd_bwd()
-        print(f"  graph fwd+bwd {event_time(graph.replay):.3f} ms")
+        row["graph"] = event_time(graph.replay)
+        print(f"  graph fwd+bwd {row['graph']:.3f} ms")
     except Exception as exc:  # noqa: BLE001 - report and go on
         print("  graph failed", type(exc).__name__, str(exc)[:200])
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -84,8 +109,37 @@ def profile_shape(shape):
             totals[ev.name] = (t + ev.device_time, n + 1)
     for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:8]:
         print(f"    {t / 10 / 1000:8.4f} ms/iter  x{n / 10:.0f}  {name[:90]}")
+    per_iter = {name: t / 10 / 1000 for name, (t, _) in totals.items()}
+    row["bwd_k"] = sum(t for name, t in per_iter.items() if "_bwd_kernel" in name)
+    row["fwd_k"] = sum(t for name, t in per_iter.items() if "_fwd_kernel" in name)
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="default",
+                   help='";"-separated launch configurations, e.g. "default;KERNEL=2,T=64"')
+    p.add_argument("--shapes", default=None, help="e.g. 8x12x1024,8x16x4096 (default: the five)")
+    args = p.parse_args(argv)
+    shapes = parse_shapes(args.shapes) if args.shapes else SHAPES
+    card = 1 if "H200" in torch.cuda.get_device_name() else 0
+    rows = []
+    for spec, config in zip(args.configs.split(";"), parse_configs(args.configs)):
+        for shape in shapes:
+            try:
+                rows.append((spec.strip() or "default", shape, profile_shape(shape, config)))
+            except Exception as exc:  # noqa: BLE001 - one failing config must not end the run
+                print("  FAILED", spec, shape, type(exc).__name__, str(exc)[:300])
+    print(f"\nsummary, ms ({torch.cuda.get_device_name()}; mamba_ssm column: the issue's "
+          f"{'H200' if card else 'H100'} times)")
+    print(f"{'config':<24} {'(B, D, L)':<17} {'eager':>7} {'host':>7} {'graph':>7} {'bwd k':>7} "
+          f"{'fwd k':>7} {'mamba_ssm':>9} {'ratio':>6}")
+    for spec, shape, r in rows:
+        ref = MAMBA_SSM_MS.get(shape, (float("nan"),) * 2)[card]
+        print(f"{spec:<24} {str(shape):<17} {r['eager']:7.3f} {r['host']:7.3f} {r['graph']:7.3f} "
+              f"{r['bwd_k']:7.3f} {r['fwd_k']:7.3f} {ref:9.3f} {r['eager'] / ref:6.2f}")
 
 
 if __name__ == "__main__":
-    for s in SHAPES:
-        profile_shape(s)
+    main()

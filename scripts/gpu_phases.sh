@@ -24,6 +24,8 @@
 #                                      #   (results/notes.md): segformer (both protocols) and the
 #                                      #   paper preset of ulvm_unet_v1..v4, v6 (paper protocol),
 #                                      #   longest first; about 75 GPU-minutes on H200s
+#   bash scripts/gpu_phases.sh segformer # round 4, in the background on GPU 0, then `wait S`: both
+#                                      #   SegFormer runs again, side by side (results/invalid.json)
 #   bash scripts/gpu_phases.sh table1  # round 3, 4 GPUs, in the background, then `wait S`:
 #                                      # GPUs 0-2: the rest of Table I at the paper preset
 #                                      #   (paper protocol: segformer, umamba_bot, umamba_bot_pp,
@@ -35,7 +37,7 @@
 #
 # Run from the repository root with the data at $DATA; everything lands in $OUT.
 set -u
-PHASE=${1:?phase: tests|bench|ddp|ul|wait|predict|reproduce|table1|rest}
+PHASE=${1:?phase: tests|bench|ddp|ul|wait|predict|reproduce|table1|rest|segformer}
 DATA=${DATA:-/root/lgg/kaggle_3m}
 RUNS=${RUNS:-/root/runs}
 RES=${RES:-/root/res}          # results folder of the background runs (outside the checkout)
@@ -136,6 +138,14 @@ paper/ulvm_unet_v1,paper/ulvm_unet_v6,paper/ulvm_unet_v2,paper/segformer,patient
     > /root/logs/rest.log 2>&1 < /dev/null &
   sleep 45
   tail -n 12 /root/logs/rest.log
+  ;;
+segformer)
+  [ -d "$RES" ] || cp -r results "$RES"
+  setsid nohup python3 scripts/reproduce.py --data "$DATA" --runs-dir "$RUNS" --results-dir "$RES" \
+    --no-report --force --gpus 1 --parallel 2 --only paper/segformer,patient/segformer \
+    > /root/logs/segformer.log 2>&1 < /dev/null &
+  sleep 20
+  tail -n 6 /root/logs/segformer.log
   ;;
 table1)
   rm -rf "$RES" && mkdir -p "$RES"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU check of the selective scan: CUDA tests, then the benchmark (with a short Triton sweep).
 # Run from the repository root on the GPU machine:  bash scripts/gpu_scan.sh
+#   bash scripts/gpu_scan.sh profile [CONFIGS]   # instead: the CUDA tests of both kernel sets,
+#       then benchmarks/scan_profile.py over CONFIGS (";"-separated, default below) -> profile.txt
 # Needs python3 with torch (+ triton); the package need not be installed (PYTHONPATH=src).
 # Output goes to stdout and to $OUT (default ./gpu_scan_out): env.txt, tests.txt, bench.txt,
 # lean.txt (the opt-in lean Triton kernels, config KERNEL=2: CUDA tests and timings).
@@ -12,6 +14,21 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 unset MAMBASEG_SCAN_BACKEND MAMBASEG_TRITON_CONFIG TRITON_INTERPRET
 start=$(date +%s)
+
+if [ "${1:-}" = profile ]; then
+  CONFIGS=${2:-"default;KERNEL=2;KERNEL=2,BC=1;KERNEL=2,T=64;KERNEL=2,WARPS=8;KERNEL=2,MAXNREG=0"}
+  { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+    timeout 150 python3 -m pytest tests/ops/test_scan_cuda.py -q -p no:cacheprovider 2>&1 | tail -4
+    echo "-- lean kernels (KERNEL=2)"
+    MAMBASEG_TRITON_CONFIG=KERNEL=2 timeout 150 python3 -m pytest tests/ops/test_scan_cuda.py -q \
+      -p no:cacheprovider -k "triton and not default_backend" 2>&1 | tail -6
+  } 2>&1 | tee "$OUT/tests.txt"
+  timeout 330 python3 benchmarks/scan_profile.py --configs "$CONFIGS" > "$OUT/profile.txt" 2>&1
+  sed -n '/^summary/,$p' "$OUT/profile.txt"
+  echo "elapsed $(( $(date +%s) - start )) s"
+  exit 0
+fi
 
 {
   echo "== environment"
