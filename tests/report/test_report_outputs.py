@@ -208,6 +208,8 @@ def test_invalid_runs_are_marked_and_left_out_of_the_figures(results, monkeypatc
     from mambaseg.report.paper import load_paper_table
     from mambaseg.report.tables import build_rows
 
+    make_report(results)  # nothing marked: no mark and no legend for it
+    assert "✗" not in (results / "README.md").read_text()
     (results / "invalid.json").write_text(json.dumps({"paper/unet": "fed at the wrong scale"}))
     drawn = {}
     real_fig3 = build.fig3_samples

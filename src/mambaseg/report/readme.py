@@ -18,6 +18,11 @@ FIGURE_CAPTIONS = {
 }
 
 
+#: the legend of the ✗ mark, shown when some run is marked in invalid.json
+INVALID_LEGEND = ("; `✗`: the run's evaluation is known to be wrong (`invalid.json` says why, the "
+                  "notes give the evidence); it is left out of Figs. 2 and 3 until it is redone.")
+
+
 def differences_section(rows: list[Row], notes: dict[str, str]) -> str:
     """Every row whose dice_paper differs from the paper's by more than TOLERANCE, with its notes."""
     out = [f"## Differences from the paper (|Δ dice_paper| > {TOLERANCE})", ""]
@@ -86,6 +91,7 @@ def render(results_dir: Path, out_dir: Path, rows: list[Row], runs: dict[tuple[s
     from mambaseg import __version__
 
     ran = sum(1 for r in rows if r.any_run)
+    any_invalid = any(run.invalid for run in runs.values())
     paper_epochs = f"{paper.epochs} epochs" if paper.epochs else "the paper's schedule"
     parts = [
         "# Results: reproduction of Table I",
@@ -111,8 +117,7 @@ def render(results_dir: Path, out_dir: Path, rows: list[Row], runs: dict[tuple[s
         "paper-protocol run, from `metrics.jsonl`; the machine is from its `config.json`. "
         "The paper's times are on 4× NVIDIA T4 (ulvm_unet_v4: 1× RTX 3060).",
         "- `not run`: no saved run; `—`: the run has no such value; `≠`: our parameter count differs "
-        "from the paper's; `✗`: the run's evaluation is known to be wrong (`invalid.json` says why, "
-        "the notes give the evidence); it is left out of Figs. 2 and 3 until it is redone.",
+        "from the paper's" + (INVALID_LEGEND if any_invalid else "."),
         "",
         differences_section(rows, notes),
         "",
