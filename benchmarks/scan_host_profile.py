@@ -1,9 +1,16 @@
-"""Host-side cost of one Triton forward+backward of the scan at (8, 12, 1024) (not a test):
-the time to issue it, and a cProfile of 100 calls with autograd on the calling thread.
+"""Host-side cost of the Triton scan (not a test): the time the host needs to issue each part
+of a forward+backward, with the direct launches of mambaseg.ops.triton_launch on and off, next
+to plain PyTorch baselines; then a cProfile of 100 forward+backward calls.
 
-    python benchmarks/scan_host_profile.py     # repository root, CUDA machine
+    python benchmarks/scan_host_profile.py                 # repository root, CUDA machine
+    python benchmarks/scan_host_profile.py --shape 8x16x4096 --configs "default;KERNEL=2"
+
+Every number is the median over 50 calls of the host time of one call, the GPU idle at its
+start (microseconds).
 """
+import argparse
 import cProfile
+import os
 import pstats
 import sys
 
@@ -11,25 +18,81 @@ import torch
 
 sys.path.insert(0, "src")
 sys.path.insert(0, "benchmarks")
-from scan_profile import host_time, scan_calls  # noqa: E402
+from scan import make_inputs  # noqa: E402
+from scan_profile import host_time, parse_configs  # noqa: E402
 
-SHAPE = (8, 12, 1024)
+from mambaseg.ops import selective_scan  # noqa: E402
+from mambaseg.ops.scan_triton import selective_scan_triton  # noqa: E402
+
+
+def calls(shape, config):
+    x = make_inputs(shape, 16, torch.float32, torch.device("cuda"), True)
+    gy = torch.randn(shape, device="cuda")
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"])
+    kw = dict(D=x["D"], z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True)
+    inputs = list(x.values())
+
+    def fwd():
+        return selective_scan_triton(*args, **kw, config=config)
+
+    def fwd_nograd():
+        with torch.no_grad():
+            return fwd()
+
+    def dispatch_nograd():
+        with torch.no_grad():
+            return selective_scan(*args, **kw, backend="triton")
+
+    def fwd_bwd():
+        return torch.autograd.grad(fwd(), inputs, gy)
+
+    def torch_baseline():  # one elementwise op and its backward through the autograd engine
+        return torch.autograd.grad(x["u"] * 1.5, [x["u"]], gy)
+
+    return {"fwd, no grad": fwd_nograd, "fwd via selective_scan, no grad": dispatch_nograd,
+            "fwd, grad enabled": fwd, "fwd+bwd": fwd_bwd,
+            "torch baseline: u*1.5 fwd+bwd": torch_baseline}
+
+
+def us(fn):
+    for _ in range(5):
+        fn()
+    return 1000 * host_time(fn, 50)
 
 
 def main():
-    fwd, fwd_bwd = scan_calls(SHAPE)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="8x12x1024")
+    p.add_argument("--configs", default="default")
+    args = p.parse_args()
+    shape = tuple(int(v) for v in args.shape.split("x"))
+    print(f"host time to issue, us, {shape}, {torch.cuda.get_device_name()}")
+    for spec, config in zip(args.configs.split(";"), parse_configs(args.configs)):
+        fns = calls(shape, config)
+        rows = {}
+        for fast in ("1", "0"):
+            os.environ["MAMBASEG_TRITON_FAST_LAUNCH"] = fast
+            for name, fn in fns.items():
+                rows.setdefault(name, []).append(us(fn))
+            with torch.autograd.set_multithreading_enabled(False):
+                rows.setdefault("fwd+bwd, autograd on the calling thread", []).append(
+                    us(fns["fwd+bwd"]))
+        print(f"\nconfig {spec}: {'direct launch':>14} {'Triton launch':>14}")
+        for name, (on, off) in rows.items():
+            print(f"  {name:<42} {on:8.1f} {off:14.1f}")
+    os.environ["MAMBASEG_TRITON_FAST_LAUNCH"] = "1"
+    fn = calls(shape, None)["fwd+bwd"]
     for _ in range(5):
-        fwd_bwd()
-    print(f"host fwd(grad-enabled) {host_time(fwd, 50):.3f} ms, fwd+bwd {host_time(fwd_bwd, 50):.3f} ms")
+        fn()
     with torch.autograd.set_multithreading_enabled(False):
-        print(f"single-thread autograd: fwd+bwd {host_time(fwd_bwd, 50):.3f} ms")
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(100):
-            fwd_bwd()
+            fn()
         prof.disable()
-        torch.cuda.synchronize()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(20)
 
 
 if __name__ == "__main__":

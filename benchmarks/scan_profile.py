@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, "src")
 sys.path.insert(0, "benchmarks")
-from scan import SHAPES, make_inputs, parse_shapes, timer  # noqa: E402
+from scan import SHAPES, make_inputs, mamba_ssm_targets, parse_shapes, timer  # noqa: E402
 
 from mambaseg.ops.scan_triton import make_config, selective_scan_triton  # noqa: E402
 
@@ -38,11 +38,6 @@ def host_time(fn, reps=30):
         times.append((time.perf_counter() - t0) * 1e3)
     torch.cuda.synchronize()
     return statistics.median(times)
-
-
-MAMBA_SSM_MS = {  # fwd+bwd, fp32, from the issue: (H100, H200)
-    (32, 1024, 256): (1.105, 1.046), (8, 12, 1024): (0.107, 0.135), (8, 16, 4096): (0.147, 0.152),
-    (128, 12, 1024): (0.276, 0.295), (8, 1024, 4096): (4.12, 3.96)}
 
 
 def parse_configs(spec):
@@ -123,7 +118,7 @@ def main(argv=None):
     p.add_argument("--shapes", default=None, help="e.g. 8x12x1024,8x16x4096 (default: the five)")
     args = p.parse_args(argv)
     shapes = parse_shapes(args.shapes) if args.shapes else SHAPES
-    card = 1 if "H200" in torch.cuda.get_device_name() else 0
+    targets = mamba_ssm_targets(torch.cuda.get_device_name())
     rows = []
     for spec, config in zip(args.configs.split(";"), parse_configs(args.configs)):
         for shape in shapes:
@@ -131,12 +126,12 @@ def main(argv=None):
                 rows.append((spec.strip() or "default", shape, profile_shape(shape, config)))
             except Exception as exc:  # noqa: BLE001 - one failing config must not end the run
                 print("  FAILED", spec, shape, type(exc).__name__, str(exc)[:300])
-    print(f"\nsummary, ms ({torch.cuda.get_device_name()}; mamba_ssm column: the issue's "
-          f"{'H200' if card else 'H100'} times)")
+    print(f"\nsummary, ms ({torch.cuda.get_device_name()}; mamba_ssm column: the issue's times "
+          "on this card)")
     print(f"{'config':<24} {'(B, D, L)':<17} {'eager':>7} {'host':>7} {'graph':>7} {'bwd k':>7} "
           f"{'fwd k':>7} {'mamba_ssm':>9} {'ratio':>6}")
     for spec, shape, r in rows:
-        ref = MAMBA_SSM_MS.get(shape, (float("nan"),) * 2)[card]
+        ref = targets.get(shape, float("nan"))
         print(f"{spec:<24} {str(shape):<17} {r['eager']:7.3f} {r['host']:7.3f} {r['graph']:7.3f} "
               f"{r['bwd_k']:7.3f} {r['fwd_k']:7.3f} {ref:9.3f} {r['eager'] / ref:6.2f}")
 

@@ -16,16 +16,26 @@ unset MAMBASEG_SCAN_BACKEND MAMBASEG_TRITON_CONFIG TRITON_INTERPRET
 start=$(date +%s)
 
 if [ "${1:-}" = profile ]; then
-  CONFIGS=${2:-"default;KERNEL=2;KERNEL=2,BC=1;KERNEL=2,T=64;KERNEL=2,WARPS=8;KERNEL=2,MAXNREG=0"}
+  CONFIGS=${2:-"default;KERNEL=1;KERNEL=2,CARRY=0;KERNEL=2,WARPS=8;KERNEL=2,T=64;KERNEL=2,P=1"}
   { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-    timeout 150 python3 -m pytest tests/ops/test_scan_cuda.py -q -p no:cacheprovider 2>&1 | tail -4
-    echo "-- lean kernels (KERNEL=2)"
-    MAMBASEG_TRITON_CONFIG=KERNEL=2 timeout 150 python3 -m pytest tests/ops/test_scan_cuda.py -q \
-      -p no:cacheprovider -k "triton and not default_backend" 2>&1 | tail -6
+    echo "-- scan (default: lean kernels, carries through memory) and CUDA-graph steps"
+    timeout 240 python3 -m pytest tests/ops/test_scan_cuda.py tests/engine/test_graphs.py -q \
+      -p no:cacheprovider 2>&1 | tail -4
+    for cfg in KERNEL=1 KERNEL=2,CARRY=0; do
+      echo "-- triton backend with MAMBASEG_TRITON_CONFIG=$cfg"
+      MAMBASEG_TRITON_CONFIG=$cfg timeout 120 python3 -m pytest tests/ops/test_scan_cuda.py -q \
+        -p no:cacheprovider -k "triton and not default_backend" 2>&1 | tail -3
+    done
   } 2>&1 | tee "$OUT/tests.txt"
-  timeout 330 python3 benchmarks/scan_profile.py --configs "$CONFIGS" > "$OUT/profile.txt" 2>&1
+  timeout 200 python3 benchmarks/scan_profile.py --configs "$CONFIGS" > "$OUT/profile.txt" 2>&1
   sed -n '/^summary/,$p' "$OUT/profile.txt"
+  for shape in 8x12x1024 8x16x4096; do
+    timeout 60 python3 benchmarks/scan_host_profile.py --shape $shape > "$OUT/host_$shape.txt" 2>&1
+    head -14 "$OUT/host_$shape.txt"
+  done
+  timeout 120 python3 benchmarks/scan.py --reps 50 --no-reference > "$OUT/bench.txt" 2>&1
+  tail -22 "$OUT/bench.txt"
   echo "elapsed $(( $(date +%s) - start )) s"
   exit 0
 fi

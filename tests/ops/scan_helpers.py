@@ -95,7 +95,7 @@ def compare(y, grads, y_ref, grads_ref, dtype, what=""):
 
 # Cases for the Triton interpreter (tiny shapes: the interpreter runs the scan element by element).
 # (id, (batch, dim, L, N), flags, config)
-INTERP_CASES = [
+INTERP_CASES = [  # the tile layout (KERNEL=1); the lean layout, the default, below
     ("L1", (2, 3, 1, 4), dict(), {"T": 8, "BD": 4}),
     ("odd_L_split", (2, 3, 29, 4), dict(), {"T": 8, "BD": 4}),
     ("odd_L_nosplit_dblocks", (1, 3, 37, 3), dict(), {"T": 8, "BD": 2, "P": 1}),
@@ -107,16 +107,22 @@ INTERP_CASES = [
     ("strong_decay", (1, 2, 40, 4), dict(strong=True), {"T": 8, "BD": 2}),
     ("moderate_decay_split", (1, 2, 45, 4), dict(moderate=True, has_bias=False), {"T": 8, "BD": 2}),
     ("bf16", (2, 3, 24, 4), dict(dtype=torch.bfloat16), {"T": 8, "BD": 4}),
-    ("default_config", (1, 3, 21, 2), dict(), None),
     ("reverse_scan_variant", (1, 2, 27, 4), dict(), {"T": 8, "BD": 2, "REV": 1}),
 ]
+INTERP_CASES = [(cid, shape, flags, dict(config, KERNEL=1))
+                for cid, shape, flags, config in INTERP_CASES]
 
-# Every case again with the lean kernel layout (opt-in launch-config key KERNEL=2,
+# Every case again with the lean kernel layout (launch-config key KERNEL=2, the default;
 # mambaseg.ops.scan_triton_lean); its chunk length is at least N.
-INTERP_CASES += [("k2_" + cid, shape, flags, dict(config or {}, KERNEL=2))
+INTERP_CASES += [("k2_" + cid, shape, flags, dict(config, KERNEL=2))
                  for cid, shape, flags, config in list(INTERP_CASES)]
-# ... and with dB/dC reduced over the channel block in the program (BC=1; then atomically added
-# with several channel blocks, stored in the input dtype with one)
+# ... with dB/dC reduced over the channel block in the program (BC=1; then atomically added
+# with several channel blocks, stored in the input dtype with one), and with the carries
+# between chunks kept in registers (CARRY=0) instead of memory
 INTERP_CASES += [("k2_bc1_" + cid, shape, flags, dict(config, KERNEL=2, BC=1))
                  for cid, shape, flags, config in list(INTERP_CASES)
                  if cid in ("split_partial_parts", "z_only", "bf16")]
+INTERP_CASES += [("k2_carry0_" + cid, shape, flags, dict(config, KERNEL=2, CARRY=0))
+                 for cid, shape, flags, config in list(INTERP_CASES)
+                 if cid in ("odd_L_split", "split_partial_parts", "odd_L_nosplit_dblocks", "bf16")]
+INTERP_CASES.append(("default_config", (1, 3, 21, 2), dict(), None))

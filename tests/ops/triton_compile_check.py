@@ -66,20 +66,25 @@ def main():
                                                    for k in ("fwd", "fix", "carry", "bwd")})
 
         st.DEFAULT_KERNELS = warm(st.DEFAULT_KERNELS)
-        ln.LEAN_KERNELS = warm(ln.LEAN_KERNELS)  # the opt-in lean layout (config KERNEL=2)
+        ln.LEAN_KERNELS = warm(ln.LEAN_KERNELS)  # the lean layout (config KERNEL=2, the default)
         st._sm_count = lambda device: 132
         cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                                  "cuobjdump")
         cases = [  # (batch, dim, L, N), flags, config: split and single-pass, fp32 and bf16
-            ((64, 64, 48, 16), dict(), None),  # one pass (P = 1)
-            ((2, 12, 1024, 16), dict(), None),
-            ((2, 16, 300, 16), dict(dtype=torch.bfloat16, has_D=False, has_bias=False), None),
-            ((2, 32, 200, 16), dict(has_z=False, softplus=False), {"REV": 1}),
-            # lean layout (KERNEL=2): one pass and split; per-channel dB/dC atomics (BC=2, its
-            # default), reduced then atomic and reduced then stored (BC=1); L % 16 == 0 (the
-            # vectorised layout) and not
-            ((64, 64, 256, 16), dict(), {"KERNEL": 2}),
+            # tile layout (KERNEL=1)
+            ((64, 64, 48, 16), dict(), {"KERNEL": 1}),  # one pass (P = 1)
+            ((2, 12, 1024, 16), dict(), {"KERNEL": 1}),
+            ((2, 16, 300, 16), dict(dtype=torch.bfloat16, has_D=False, has_bias=False),
+             {"KERNEL": 1}),
+            ((2, 32, 200, 16), dict(has_z=False, softplus=False), {"KERNEL": 1, "REV": 1}),
+            # lean layout (KERNEL=2, the default): one pass and split; per-channel dB/dC atomics
+            # (BC=2, its default), reduced then atomic and reduced then stored (BC=1); L % 16 == 0
+            # (the vectorised layout) and not; carries through memory (CARRY=1, its default)
+            # and in registers (CARRY=0)
+            ((64, 64, 256, 16), dict(), None),
             ((2, 12, 1024, 16), dict(), {"KERNEL": 2}),
+            ((64, 64, 256, 16), dict(), {"KERNEL": 2, "CARRY": 0}),
+            ((2, 12, 1024, 16), dict(), {"KERNEL": 2, "CARRY": 0}),
             ((2, 16, 300, 16), dict(dtype=torch.bfloat16, has_D=False, has_bias=False),
              {"KERNEL": 2, "BC": 1}),
             ((2, 4, 256, 16), dict(has_z=False, softplus=False), {"KERNEL": 2, "BC": 1, "P": 1}),

@@ -74,8 +74,8 @@ def _interpreter_compat():
 
 
 def _count_lean_calls():
-    """Count the forward and backward launches with the lean kernels (config KERNEL=2), so
-    that a case can check that its variant really ran."""
+    """Count the forward and backward launches with the lean kernels (config KERNEL=2, the
+    default), so that a case can check that its variant really ran."""
     from mambaseg.ops import scan_triton
     from mambaseg.ops.scan_triton_lean import LEAN_KERNELS
 
@@ -102,9 +102,9 @@ def run_case(shape, flags, config):
     y_ref, g_ref, gy = run(selective_scan_reference, detached_copy(inputs, torch.float64), softplus)
     before = dict(LEAN_CALLS)
     y, g, _ = run(selective_scan_triton, inputs, softplus, gy.to(dtype), config=config)
-    lean = (config or {}).get("KERNEL") == 2
+    lean = (config or {}).get("KERNEL", 2) == 2  # the lean layout is the default
     ran = {k: LEAN_CALLS[k] - before[k] for k in LEAN_CALLS}
-    assert ran == {k: int(lean) for k in ran}, f"lean kernel launches {ran}, KERNEL=2: {lean}"
+    assert ran == {k: int(lean) for k in ran}, f"lean kernel launches {ran}, lean: {lean}"
     for k, v in g.items():
         assert v.dtype == inputs[k].dtype, f"grad {k} dtype {v.dtype} != {inputs[k].dtype}"
     compare(y, g, y_ref, g_ref, dtype, f"triton {shape} {flags} {config}")

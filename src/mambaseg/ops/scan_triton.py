@@ -52,6 +52,7 @@ import triton
 import triton.language as tl
 
 from mambaseg.ops._common import no_autocast
+from mambaseg.ops.triton_launch import launch
 
 @triton.jit
 def _combine(a1, b1, a2, b2):
@@ -474,7 +475,7 @@ def _parse_env_config(spec):
         key, _, val = item.partition("=")
         key = key.strip().upper()
         if key not in ("BD", "BD_BWD", "T", "P", "WARPS", "WARPS_BWD", "REV", "KERNEL", "BC",
-                       "MAXNREG"):
+                       "MAXNREG", "CARRY"):
             raise ValueError(f"MAMBASEG_TRITON_CONFIG: unknown key {key!r} in {spec!r}")
         out[key] = int(val)
     return out
@@ -491,24 +492,26 @@ def make_config(batch, dim, length, dstate, device, config=None):
 def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     """Block sizes and split factor for one problem; ``config`` / MAMBASEG_TRITON_CONFIG override.
 
-    Keys: T (chunk length), BD (channels per program, forward), BD_BWD (backward), P (parts
-    along L), WARPS, WARPS_BWD, REV (1: the backward uses tl.associative_scan(reverse=True);
-    default kernels only),
-    KERNEL (1: these kernels, the default; 2: the lean layout of scan_triton_lean, opt-in),
-    BC (KERNEL=2 only; 2, its default: dB/dC atomics per channel; 1: dB/dC reduced over the
-    channel block first), MAXNREG (KERNEL=2 only: ptxas register cap of its main backward kernel).
-    Defaults: T = 16; N spread over min(N, 32) lanes and channels over the remaining lanes times
-    the warps, so that every lane owns one (channel, state) pair and holds the T steps of its
-    chunk in registers; P > 1 only when batch x channel blocks cannot fill about four programs
-    per SM. KERNEL=2: T = 128 (32 when L % 16 != 0) and at least N (its carries keep state n in
-    column n of a (BD, T) tile), BD = BD_BWD = WARPS (one channel per warp: time over the 32
-    lanes, 4 steps per lane, or 1 when L % 16 != 0), MAXNREG = 128 for its backward kernel
-    (L % 16 == 0 and at most 4 tile elements per thread, else none).
+    Keys: KERNEL (2, the default: the lean layout of scan_triton_lean; 1: the tile layout of
+    this module), T (chunk length), BD (channels per program, forward), BD_BWD (backward), P
+    (parts along L), WARPS, WARPS_BWD; KERNEL=1 only: REV (1: the backward uses
+    tl.associative_scan(reverse=True)); KERNEL=2 only: BC (2, its default: dB/dC atomics per
+    channel; 1: dB/dC reduced over the channel block first), MAXNREG (ptxas register cap of its
+    main backward kernel), CARRY (1, its default: the carries between chunks go through memory,
+    a store by the lane that holds them and a broadcast load after a barrier; 0: they stay in
+    registers as columns of a (BD, T) tile, taken out with a reduction along time).
+    Defaults, KERNEL=2: T = 128 (32 when L % 16 != 0) and at least N, BD = BD_BWD = WARPS = 4
+    (one channel per warp: time over the 32 lanes, 4 steps per lane, or 1 when L % 16 != 0),
+    MAXNREG = 128 for its backward kernel (L % 16 == 0 and at most 4 tile elements per thread,
+    else none). KERNEL=1: T = 16; N spread over min(N, 32) lanes and channels over the
+    remaining lanes times the warps, so that every lane owns one (channel, state) pair and holds
+    the T steps of its chunk in registers. Both: P > 1 only when batch x channel blocks cannot
+    fill about four programs per SM.
     """
     cfg = dict(_parse_env_config(env))
     cfg.update(dict(config))
     device = torch.device(dev_type, dev_index) if dev_index is not None else torch.device(dev_type)
-    kernel = int(cfg.get("KERNEL") or 1)
+    kernel = int(cfg.get("KERNEL") or 2)
     if kernel not in (1, 2):
         raise ValueError(f"selective_scan_triton: KERNEL must be 1 or 2, got {kernel}")
     NP = _pow2(max(dstate, 1))
@@ -544,6 +547,7 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     if kernel == 2:  # (no key for the default kernels: their config dict is unchanged)
         out["KERNEL"] = 2
         out["BC"] = 1 if cfg.get("BC") == 1 else 2
+        out["CARRY"] = 0 if cfg.get("CARRY") == 0 else 1
         # ptxas cap for the backward: 128 (4 blocks of 4 warps per SM; no spills on sm_90 at
         # 4 tile elements per thread) unless set (MAXNREG=0: none) or the tiles are larger
         mx = cfg.get("MAXNREG")
@@ -575,6 +579,11 @@ class KernelSet:
     bc_mode: Callable[[dict, int], int]
     #: extra launch options of the backward kernel
     bwd_options: Callable[[dict], dict]
+    #: ... and of the forward kernel
+    fwd_options: Callable[[dict], dict] = lambda cfg: {}
+    #: the carries cross chunks through memory: the forward always writes the chunk states,
+    #: the backward gets (B, P, 2, NP, D) fp32 of scratch after dA | dD | ddelta_bias in acc
+    carry_scratch: Callable[[dict], bool] = lambda cfg: False
 
 
 DEFAULT_KERNELS = KernelSet(_fwd_kernel, _fwd_fix_kernel, _bwd_carry_kernel, _bwd_kernel,
@@ -600,7 +609,7 @@ def _forward(K, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, cfg, save
     f32 = dict(device=dev, dtype=torch.float32)
     out = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     states = out
-    if save:
+    if save or K.carry_scratch(cfg):
         shape = (batch, n_chunks, NP, dim) if K.dim_last else (batch, dim, n_chunks, NP)
         states = torch.empty(*shape, **f32)
     split = P > 1
@@ -620,19 +629,20 @@ def _forward(K, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, cfg, save
                  SOFTPLUS=bool(delta_softplus), SAVE=save)
     d_arg = D if D is not None else A
     bias_arg = delta_bias if delta_bias is not None else A
-    K.fwd[grid](
+    launch(K.fwd, grid, (
         u, delta, A, Bm, Cm, d_arg, zz, bias_arg,
         ybuf, ysave, states, pst, pds,
         dim, length, dstate, n_dblk, n_chunks, cpp, P,
-        *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm),
-        BD=BD, NP=NP, T=T, SPLIT=split, num_warps=cfg["WARPS"], **flags)
+        *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm)),
+        dict(BD=BD, NP=NP, T=T, **flags, SPLIT=split, **K.fwd_options(cfg),
+             num_warps=cfg["WARPS"]), dev.index)
     if split:
-        K.fix[grid](
+        launch(K.fix, grid, (
             u, delta, A, Cm, d_arg, zz, bias_arg,
             ybuf, out, states, pst, pds,
             dim, length, dstate, n_dblk, n_chunks, cpp, P,
-            *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Cm),
-            BD=BD, NP=NP, T=T, num_warps=cfg["WARPS"], **flags)
+            *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Cm)),
+            dict(BD=BD, NP=NP, T=T, **flags, num_warps=cfg["WARPS"]), dev.index)
     if not save:
         return out, None, None
     return out, states, (ysave if z is not None else None)
@@ -650,13 +660,14 @@ def _backward(K, dout, u, delta, A, Bm, Cm, D, z, delta_bias, states, ysave, del
     f32 = dict(device=dev, dtype=torch.float32)
     atomic_bc = K.bc_mode(cfg, n_dblk)
     n_acc = dim * dstate + 2 * dim
+    n_hs = batch * P * 2 * NP * dim if K.carry_scratch(cfg) else 0
     n_bc = batch * dstate * length
     if atomic_bc:
-        acc = torch.zeros(n_acc + 2 * n_bc, **f32)
-        dB = acc[n_acc:n_acc + n_bc].view(batch, dstate, length)
-        dC = acc[n_acc + n_bc:].view(batch, dstate, length)
+        acc = torch.zeros(n_acc + n_hs + 2 * n_bc, **f32)
+        dB = acc[n_acc + n_hs:n_acc + n_hs + n_bc].view(batch, dstate, length)
+        dC = acc[n_acc + n_hs + n_bc:].view(batch, dstate, length)
     else:
-        acc = torch.zeros(n_acc, **f32)
+        acc = torch.zeros(n_acc + n_hs, **f32)
         dB = torch.empty(batch, dstate, length, device=dev, dtype=Bm.dtype)
         dC = torch.empty(batch, dstate, length, device=dev, dtype=Cm.dtype)
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
@@ -675,20 +686,20 @@ def _backward(K, dout, u, delta, A, Bm, Cm, D, z, delta_bias, states, ysave, del
         flags["REV"] = cfg["REV"]
     bias_arg = delta_bias if delta_bias is not None else A
     if split:
-        K.carry[(batch * n_dblk, P - 1)](
+        launch(K.carry, (batch * n_dblk, P - 1), (
             delta, A, Cm, zz, bias_arg, dout, phl, pes,
             dim, length, dstate, n_dblk, n_chunks, cpp, P,
-            *_strides3(delta), *_strides3(zz), *_strides3(Cm), *_strides3(dout),
-            BD=BD, NP=NP, T=T, num_warps=cfg["WARPS_BWD"], **flags)
-    K.bwd[(batch * n_dblk, P)](
+            *_strides3(delta), *_strides3(zz), *_strides3(Cm), *_strides3(dout)),
+            dict(BD=BD, NP=NP, T=T, **flags, num_warps=cfg["WARPS_BWD"]), dev.index)
+    launch(K.bwd, (batch * n_dblk, P), (
         u, delta, A, Bm, Cm, D if D is not None else A, zz, bias_arg, dout,
         ysave if ysave is not None else u, states, phl, pes,
         du, ddelta, dz, dB, dC, acc,
         dim, length, dstate, n_dblk, n_chunks, cpp, P,
         *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm),
-        *_strides3(dout),
-        BD=BD, NP=NP, T=T, HAS_D=D is not None, SPLIT=split, ATOMIC_BC=atomic_bc,
-        num_warps=cfg["WARPS_BWD"], **K.bwd_options(cfg), **flags)
+        *_strides3(dout)),
+        dict(BD=BD, NP=NP, T=T, HAS_D=D is not None, **flags, SPLIT=split, ATOMIC_BC=atomic_bc,
+             num_warps=cfg["WARPS_BWD"], **K.bwd_options(cfg)), dev.index)
     dA = acc[:dim * dstate].view(dim, dstate).to(A.dtype)
     dD = acc[dim * dstate:dim * dstate + dim].to(D.dtype) if D is not None else None
     dbias = acc[dim * dstate + dim:n_acc].to(delta_bias.dtype) if delta_bias is not None else None
