@@ -16,13 +16,13 @@ unset MAMBASEG_SCAN_BACKEND MAMBASEG_TRITON_CONFIG TRITON_INTERPRET
 start=$(date +%s)
 
 if [ "${1:-}" = profile ]; then
-  CONFIGS=${2:-"default;KERNEL=1;KERNEL=2,CARRY=0;KERNEL=2,WARPS=8;KERNEL=2,T=64;KERNEL=2,P=1"}
+  CONFIGS=${2:-"default;KERNEL=1;KERNEL=2,T=32;KERNEL=2,T=32,BC=1;KERNEL=2,WARPS=2"}
   { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-    echo "-- scan (default: lean kernels, carries through memory) and CUDA-graph steps"
+    echo "-- scan (default: lean kernels) and CUDA-graph steps"
     timeout 240 python3 -m pytest tests/ops/test_scan_cuda.py tests/engine/test_graphs.py -q \
       -p no:cacheprovider 2>&1 | tail -4
-    for cfg in KERNEL=1 KERNEL=2,CARRY=0; do
+    for cfg in KERNEL=1; do
       echo "-- triton backend with MAMBASEG_TRITON_CONFIG=$cfg"
       MAMBASEG_TRITON_CONFIG=$cfg timeout 120 python3 -m pytest tests/ops/test_scan_cuda.py -q \
         -p no:cacheprovider -k "triton and not default_backend" 2>&1 | tail -3

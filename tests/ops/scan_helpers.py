@@ -117,12 +117,8 @@ INTERP_CASES = [(cid, shape, flags, dict(config, KERNEL=1))
 INTERP_CASES += [("k2_" + cid, shape, flags, dict(config, KERNEL=2))
                  for cid, shape, flags, config in list(INTERP_CASES)]
 # ... with dB/dC reduced over the channel block in the program (BC=1; then atomically added
-# with several channel blocks, stored in the input dtype with one), and with the carries
-# between chunks kept in registers (CARRY=0) instead of memory
+# with several channel blocks, stored in the input dtype with one)
 INTERP_CASES += [("k2_bc1_" + cid, shape, flags, dict(config, KERNEL=2, BC=1))
                  for cid, shape, flags, config in list(INTERP_CASES)
                  if cid in ("split_partial_parts", "z_only", "bf16")]
-INTERP_CASES += [("k2_carry0_" + cid, shape, flags, dict(config, KERNEL=2, CARRY=0))
-                 for cid, shape, flags, config in list(INTERP_CASES)
-                 if cid in ("odd_L_split", "split_partial_parts", "odd_L_nosplit_dblocks", "bf16")]
 INTERP_CASES.append(("default_config", (1, 3, 21, 2), dict(), None))

@@ -39,8 +39,5 @@ def test_triton_kernels_compile_for_sm90(tmp_path):
     modes = {k["constexprs"].get("ATOMIC_BC") for k in result["kernels"]
              if k["kernel"] == "_lean_bwd_kernel"}
     assert modes == {0, 1, 2}, modes
-    for lean in ("_lean_fwd_kernel", "_lean_bwd_kernel"):
-        carries = {k["constexprs"].get("CARRY") for k in result["kernels"] if k["kernel"] == lean}
-        assert carries == {0, 1}, (lean, carries)
     for k in result["kernels"]:
         print(k)

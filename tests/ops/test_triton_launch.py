@@ -30,6 +30,7 @@ class FakeKernel:
 @pytest.fixture
 def kernel(monkeypatch):
     monkeypatch.setattr(triton_launch, "_CACHE", {})
+    monkeypatch.setattr(triton_launch, "_N_PTR", {})
     monkeypatch.setattr(triton_launch, "current_stream", lambda dev: 1000 + dev)
     monkeypatch.setattr(triton_launch, "_hooks_active", lambda: False)
     monkeypatch.delenv("MAMBASEG_TRITON_FAST_LAUNCH", raising=False)
@@ -41,16 +42,16 @@ def test_first_call_through_triton_then_direct_with_triton_argument_order(kernel
     meta = dict(BLOCK=32, FLAG=True, num_warps=4)
     triton_launch.launch(kernel, (3, 2), (x, 100, 1), meta, 0)
     assert kernel.log == [("triton", (3, 2), (x, 100, 1), meta)]
-    triton_launch.launch(kernel, (5, 1), (x, 200, 1), meta, 0)
+    triton_launch.launch(kernel, (5, 1), (x, 100, 1), meta, 0)  # same specialisation, other grid
     kind, call = kernel.log[1]
     # grid x, y, z, stream, function, packed metadata, launch metadata, enter/exit hooks, then
     # every parameter in order with the constexprs' values (the launcher skips them)
     assert kind == "direct"
-    assert call == (5, 1, 1, 1000, "fn-handle", "packed", None, None, None, x, 200, 1, 32, True)
+    assert call == (5, 1, 1, 1000, "fn-handle", "packed", None, None, None, x, 100, 1, 32, True)
 
 
 @pytest.mark.parametrize("change", ["misaligned", "dtype", "int_one", "int_div16", "int64",
-                                    "constexpr", "options", "device"])
+                                    "int_value", "constexpr", "options", "device"])
 def test_another_specialisation_goes_through_triton(kernel, change):
     x = torch.zeros(64)
     args, meta, dev = (x, 100, 3), dict(BLOCK=32, FLAG=True, num_warps=4), 0
@@ -66,6 +67,8 @@ def test_another_specialisation_goes_through_triton(kernel, change):
         args2[1] = 96
     elif change == "int64":
         args2[1] = 1 << 33
+    elif change == "int_value":  # ints are keyed by value: a new problem size compiles nothing
+        args2[1] = 101           # new, but takes Triton's path once
     elif change == "constexpr":
         meta2["BLOCK"] = 64
     elif change == "options":
@@ -106,6 +109,13 @@ def test_kernels_without_launcher_attributes_stay_on_triton_path(kernel):
     for _ in range(3):
         triton_launch.launch(bare, (1, 1), (x, 7, 1), dict(BLOCK=32, FLAG=False), 0)
     assert [e[0] for e in bare.log] == ["triton"] * 3
+
+
+def test_arguments_not_pointers_then_ints_stay_on_triton_path(kernel):
+    x = torch.zeros(64)
+    for _ in range(3):  # a tensor after an int: such a kernel is never launched directly
+        triton_launch.launch(kernel, (1, 1), (x, 7, x), dict(BLOCK=32, FLAG=False), 0)
+    assert [e[0] for e in kernel.log] == ["triton"] * 3
 
 
 def test_hook_detection_follows_triton_knobs(monkeypatch):

@@ -79,12 +79,9 @@ def main():
             ((2, 32, 200, 16), dict(has_z=False, softplus=False), {"KERNEL": 1, "REV": 1}),
             # lean layout (KERNEL=2, the default): one pass and split; per-channel dB/dC atomics
             # (BC=2, its default), reduced then atomic and reduced then stored (BC=1); L % 16 == 0
-            # (the vectorised layout) and not; carries through memory (CARRY=1, its default)
-            # and in registers (CARRY=0)
+            # (the vectorised layout) and not
             ((64, 64, 256, 16), dict(), None),
             ((2, 12, 1024, 16), dict(), {"KERNEL": 2}),
-            ((64, 64, 256, 16), dict(), {"KERNEL": 2, "CARRY": 0}),
-            ((2, 12, 1024, 16), dict(), {"KERNEL": 2, "CARRY": 0}),
             ((2, 16, 300, 16), dict(dtype=torch.bfloat16, has_D=False, has_bias=False),
              {"KERNEL": 2, "BC": 1}),
             ((2, 4, 256, 16), dict(has_z=False, softplus=False), {"KERNEL": 2, "BC": 1, "P": 1}),

@@ -475,7 +475,7 @@ def _parse_env_config(spec):
         key, _, val = item.partition("=")
         key = key.strip().upper()
         if key not in ("BD", "BD_BWD", "T", "P", "WARPS", "WARPS_BWD", "REV", "KERNEL", "BC",
-                       "MAXNREG", "CARRY"):
+                       "MAXNREG"):
             raise ValueError(f"MAMBASEG_TRITON_CONFIG: unknown key {key!r} in {spec!r}")
         out[key] = int(val)
     return out
@@ -497,9 +497,7 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     (parts along L), WARPS, WARPS_BWD; KERNEL=1 only: REV (1: the backward uses
     tl.associative_scan(reverse=True)); KERNEL=2 only: BC (2, its default: dB/dC atomics per
     channel; 1: dB/dC reduced over the channel block first), MAXNREG (ptxas register cap of its
-    main backward kernel), CARRY (1, its default: the carries between chunks go through memory,
-    a store by the lane that holds them and a broadcast load after a barrier; 0: they stay in
-    registers as columns of a (BD, T) tile, taken out with a reduction along time).
+    main backward kernel).
     Defaults, KERNEL=2: T = 128 (32 when L % 16 != 0) and at least N, BD = BD_BWD = WARPS = 4
     (one channel per warp: time over the 32 lanes, 4 steps per lane, or 1 when L % 16 != 0),
     MAXNREG = 128 for its backward kernel (L % 16 == 0 and at most 4 tile elements per thread,
@@ -547,7 +545,6 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     if kernel == 2:  # (no key for the default kernels: their config dict is unchanged)
         out["KERNEL"] = 2
         out["BC"] = 1 if cfg.get("BC") == 1 else 2
-        out["CARRY"] = 0 if cfg.get("CARRY") == 0 else 1
         # ptxas cap for the backward: 128 (4 blocks of 4 warps per SM; no spills on sm_90 at
         # 4 tile elements per thread) unless set (MAXNREG=0: none) or the tiles are larger
         mx = cfg.get("MAXNREG")
@@ -555,10 +552,6 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
         if mx:
             out["MAXNREG"] = mx
     return out
-
-
-def _strides3(t):
-    return t.stride(0), t.stride(1), t.stride(2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -579,11 +572,6 @@ class KernelSet:
     bc_mode: Callable[[dict, int], int]
     #: extra launch options of the backward kernel
     bwd_options: Callable[[dict], dict]
-    #: ... and of the forward kernel
-    fwd_options: Callable[[dict], dict] = lambda cfg: {}
-    #: the carries cross chunks through memory: the forward always writes the chunk states,
-    #: the backward gets (B, P, 2, NP, D) fp32 of scratch after dA | dD | ddelta_bias in acc
-    carry_scratch: Callable[[dict], bool] = lambda cfg: False
 
 
 DEFAULT_KERNELS = KernelSet(_fwd_kernel, _fwd_fix_kernel, _bwd_carry_kernel, _bwd_kernel,
@@ -609,7 +597,7 @@ def _forward(K, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, cfg, save
     f32 = dict(device=dev, dtype=torch.float32)
     out = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     states = out
-    if save or K.carry_scratch(cfg):
+    if save:
         shape = (batch, n_chunks, NP, dim) if K.dim_last else (batch, dim, n_chunks, NP)
         states = torch.empty(*shape, **f32)
     split = P > 1
@@ -633,15 +621,14 @@ def _forward(K, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, cfg, save
         u, delta, A, Bm, Cm, d_arg, zz, bias_arg,
         ybuf, ysave, states, pst, pds,
         dim, length, dstate, n_dblk, n_chunks, cpp, P,
-        *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm)),
-        dict(BD=BD, NP=NP, T=T, **flags, SPLIT=split, **K.fwd_options(cfg),
-             num_warps=cfg["WARPS"]), dev.index)
+        *u.stride(), *delta.stride(), *zz.stride(), *Bm.stride(), *Cm.stride()),
+        dict(BD=BD, NP=NP, T=T, **flags, SPLIT=split, num_warps=cfg["WARPS"]), dev.index)
     if split:
         launch(K.fix, grid, (
             u, delta, A, Cm, d_arg, zz, bias_arg,
             ybuf, out, states, pst, pds,
             dim, length, dstate, n_dblk, n_chunks, cpp, P,
-            *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Cm)),
+            *u.stride(), *delta.stride(), *zz.stride(), *Cm.stride()),
             dict(BD=BD, NP=NP, T=T, **flags, num_warps=cfg["WARPS"]), dev.index)
     if not save:
         return out, None, None
@@ -660,14 +647,13 @@ def _backward(K, dout, u, delta, A, Bm, Cm, D, z, delta_bias, states, ysave, del
     f32 = dict(device=dev, dtype=torch.float32)
     atomic_bc = K.bc_mode(cfg, n_dblk)
     n_acc = dim * dstate + 2 * dim
-    n_hs = batch * P * 2 * NP * dim if K.carry_scratch(cfg) else 0
     n_bc = batch * dstate * length
     if atomic_bc:
-        acc = torch.zeros(n_acc + n_hs + 2 * n_bc, **f32)
-        dB = acc[n_acc + n_hs:n_acc + n_hs + n_bc].view(batch, dstate, length)
-        dC = acc[n_acc + n_hs + n_bc:].view(batch, dstate, length)
+        acc = torch.zeros(n_acc + 2 * n_bc, **f32)
+        dB = acc[n_acc:n_acc + n_bc].view(batch, dstate, length)
+        dC = acc[n_acc + n_bc:].view(batch, dstate, length)
     else:
-        acc = torch.zeros(n_acc + n_hs, **f32)
+        acc = torch.zeros(n_acc, **f32)
         dB = torch.empty(batch, dstate, length, device=dev, dtype=Bm.dtype)
         dC = torch.empty(batch, dstate, length, device=dev, dtype=Cm.dtype)
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
@@ -689,15 +675,15 @@ def _backward(K, dout, u, delta, A, Bm, Cm, D, z, delta_bias, states, ysave, del
         launch(K.carry, (batch * n_dblk, P - 1), (
             delta, A, Cm, zz, bias_arg, dout, phl, pes,
             dim, length, dstate, n_dblk, n_chunks, cpp, P,
-            *_strides3(delta), *_strides3(zz), *_strides3(Cm), *_strides3(dout)),
+            *delta.stride(), *zz.stride(), *Cm.stride(), *dout.stride()),
             dict(BD=BD, NP=NP, T=T, **flags, num_warps=cfg["WARPS_BWD"]), dev.index)
     launch(K.bwd, (batch * n_dblk, P), (
         u, delta, A, Bm, Cm, D if D is not None else A, zz, bias_arg, dout,
         ysave if ysave is not None else u, states, phl, pes,
         du, ddelta, dz, dB, dC, acc,
         dim, length, dstate, n_dblk, n_chunks, cpp, P,
-        *_strides3(u), *_strides3(delta), *_strides3(zz), *_strides3(Bm), *_strides3(Cm),
-        *_strides3(dout)),
+        *u.stride(), *delta.stride(), *zz.stride(), *Bm.stride(), *Cm.stride(),
+        *dout.stride()),
         dict(BD=BD, NP=NP, T=T, HAS_D=D is not None, **flags, SPLIT=split, ATOMIC_BC=atomic_bc,
              num_warps=cfg["WARPS_BWD"], **K.bwd_options(cfg)), dev.index)
     dA = acc[:dim * dstate].view(dim, dstate).to(A.dtype)

@@ -90,13 +90,6 @@ def _col(tile, cols, n):
 
 
 @triton.jit
-def _bcast(ptr, offs_d, cols, d_mask):
-    """(BD,) values ``ptr[offs_d]`` as a (BD, T) tile of their broadcast along time, in the
-    tiles' layout (all lanes of a channel read one address: one transaction)."""
-    return tl.load(ptr + offs_d[:, None] + 0 * cols, mask=d_mask[:, None], other=0.0)
-
-
-@triton.jit
 def _row(ptr, BD: tl.constexpr, mask):
     """A (T,) row (``ptr``: (T,) pointers) broadcast to a (BD, T) tile, fp32. Loaded as a 2-D
     tile so that it gets the layout of the data tiles (a 1-D load gets a layout of its own and a
@@ -115,23 +108,18 @@ def _lean_fwd_kernel(
     s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl,
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE: tl.constexpr, SPLIT: tl.constexpr, CARRY: tl.constexpr = 1,
+    SAVE: tl.constexpr, SPLIT: tl.constexpr,
 ):
     part = tl.program_id(1)
     b, offs_d, d_mask, bias, Dv = _program_block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS,
                                                  HAS_D)
     offs_t = tl.arange(0, T)
     cols = offs_t[None, :]  # (1, T) column indices
-    Sc = tl.zeros((BD, T), tl.float32)  # CARRY == 0: column n: state n entering the chunk
+    Sc = tl.zeros((BD, T), tl.float32)  # column n: state n entering the chunk
     dsum = tl.zeros((BD,), tl.float32)
     row = b * dim + offs_d
     c0 = part * cpp
     c1 = tl.minimum(c0 + cpp, n_chunks)
-    if CARRY == 1:  # the part starts from a zero state (the fix kernel adds the true one)
-        for n in range(0, dstate):
-            tl.store(st_ptr + ((b * n_chunks + c0) * NP + n) * dim + offs_d,
-                     tl.zeros((BD,), tl.float32), mask=d_mask)
-        tl.debug_barrier()
     for c in range(c0, c1):
         t = c * T + offs_t
         t_mask = t < L
@@ -149,34 +137,15 @@ def _lean_fwd_kernel(
                       t_mask)
             Cn = _row(C_ptr + b * s_Cb + n * s_Cn + t * s_Cl, BD,
                       t_mask)
+            s = _col(Sc, cols, n)
+            if SAVE:
+                tl.store(st_ptr + ((b * n_chunks + c) * NP + n) * dim + offs_d, s, mask=d_mask)
             a = tl.exp2(dl * A2[:, None])
             bx = dlu * Bn
-            if CARRY == 1:
-                # the state entering the chunk, stored by the previous chunk (or zero, above),
-                # as a (BD, T) tile of its broadcast (one address per channel)
-                s_ptr = st_ptr + ((b * n_chunks + c) * NP + n) * dim
-                s = _bcast(s_ptr, offs_d, cols, d_mask)
-                bx = tl.where(cols == 0, bx + a * s, bx)
-            else:
-                s = _col(Sc, cols, n)
-                if SAVE:
-                    tl.store(st_ptr + ((b * n_chunks + c) * NP + n) * dim + offs_d, s,
-                             mask=d_mask)
-                bx = tl.where(cols == 0, bx + a * s[:, None], bx)
+            bx = tl.where(cols == 0, bx + a * s[:, None], bx)
             _, x = tl.associative_scan((a, bx), axis=1, combine_fn=_combine)
             y += x * Cn
-            if CARRY == 1:
-                # the state leaving the chunk (its last column), written by the lane that holds
-                # it: the next chunk's entry state, or the part's final state
-                last = d_mask[:, None] & (cols == T - 1)
-                tl.store(s_ptr + NP * dim + offs_d[:, None] + 0 * cols, x, mask=last & (c + 1 < c1))
-                if SPLIT:
-                    tl.store(pst_ptr + ((b * P + part) * NP + n) * dim + offs_d[:, None] + 0 * cols,
-                             x, mask=last & (c + 1 == c1))
-            else:
-                Sc = tl.where(cols == n, _col(x, cols, T - 1)[:, None], Sc)
-        if CARRY == 1:
-            tl.debug_barrier()  # the stored states are visible to every warp of the next chunk
+            Sc = tl.where(cols == n, _col(x, cols, T - 1)[:, None], Sc)
         o_off = row[:, None] * L + t[None, :]
         if SPLIT:
             dsum += tl.sum(dl, axis=1)
@@ -187,9 +156,8 @@ def _lean_fwd_kernel(
                            ysave_ptr + o_off, out_ptr + o_off, m2, HAS_D, HAS_Z, SAVE)
     if SPLIT:
         prow = b * P + part
-        if CARRY == 0:
-            tl.store(pst_ptr + (prow * NP + offs_t[None, :]) * dim + offs_d[:, None], Sc,
-                     mask=d_mask[:, None] & (offs_t[None, :] < NP))
+        tl.store(pst_ptr + (prow * NP + offs_t[None, :]) * dim + offs_d[:, None], Sc,
+                 mask=d_mask[:, None] & (offs_t[None, :] < NP))
         tl.store(pds_ptr + prow * dim + offs_d, dsum, mask=d_mask)
 
 
@@ -317,7 +285,7 @@ def _lean_bwd_kernel(
     s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_gb, s_gd, s_gl,
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SPLIT: tl.constexpr, ATOMIC_BC: tl.constexpr, CARRY: tl.constexpr = 1,
+    SPLIT: tl.constexpr, ATOMIC_BC: tl.constexpr,
 ):
     part = tl.program_id(1)
     b, offs_d, d_mask, bias, Dv = _program_block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS,
@@ -336,12 +304,6 @@ def _lean_bwd_kernel(
             hq = tl.load(phl_ptr + (prow * NP + offs_t[None, :]) * dim + offs_d[:, None],
                          mask=d_mask[:, None] & (offs_t[None, :] < NP), other=0.0)
             Hc = hq + tl.exp2(A2t * es[:, None]) * Hc
-    if CARRY == 1:
-        # the adjoint carry in memory: (2, NP, dim) per (batch, part), double-buffered by chunk
-        # (read one, write the other), after dA | dD | ddelta_bias in acc
-        hs = acc_ptr + dim * dstate + 2 * dim + (b * P + part) * 2 * NP * dim
-        tl.store(hs + cols * dim + offs_d[:, None], Hc, mask=d_mask[:, None] & (cols < NP))
-        tl.debug_barrier()
     dAc = tl.zeros((BD, T), tl.float32)  # column n: dA[:, n]
     dD_acc = tl.zeros((BD,), tl.float32)
     db_acc = tl.zeros((BD,), tl.float32)
@@ -391,31 +353,20 @@ def _lean_bwd_kernel(
             A2 = An * 1.4426950408889634
             Bn = _row(B_ptr + b * s_Bb + n * s_Bn + t * s_Bl, BD, t_mask)
             Cnr = _row(C_ptr + b * s_Cb + n * s_Cn + tr * s_Cl, BD, tr_mask)
+            s = tl.load(st_ptr + ((b * n_chunks + c) * NP + n) * dim + offs_d, mask=d_mask,
+                        other=0.0)
             # states of the chunk
             a = tl.exp2(dl * A2[:, None])
             bx = dlu * Bn
-            if CARRY == 1:
-                s = _bcast(st_ptr + ((b * n_chunks + c) * NP + n) * dim, offs_d, cols, d_mask)
-            else:
-                s = tl.load(st_ptr + ((b * n_chunks + c) * NP + n) * dim + offs_d, mask=d_mask,
-                            other=0.0)[:, None]
-            _, x = tl.associative_scan((a, tl.where(cols == 0, bx + a * s, bx)), axis=1,
+            _, x = tl.associative_scan((a, tl.where(cols == 0, bx + a * s[:, None], bx)), axis=1,
                                        combine_fn=_combine)
             # adjoint h_t = dy_t C_n,t + a_{t+1} h_{t+1}: a forward scan over the reversed
             # tiles, its carry (the adjoint at the next chunk's first step) enters at column 0
             anr = tl.exp2(dlnr * A2[:, None])
             g = dyr * Cnr
-            if CARRY == 1:
-                h_in = _bcast(hs + ((i % 2) * NP + n) * dim, offs_d, cols, d_mask)
-                g = tl.where(cols == 0, g + anr * h_in, g)
-            else:
-                g = tl.where(cols == 0, g + anr * _col(Hc, cols, n)[:, None], g)
+            g = tl.where(cols == 0, g + anr * _col(Hc, cols, n)[:, None], g)
             _, hr = tl.associative_scan((anr, g), axis=1, combine_fn=_combine)
-            if CARRY == 1:  # the adjoint at the chunk's first step: the last reversed column
-                tl.store(hs + (((i + 1) % 2) * NP + n) * dim + offs_d[:, None] + 0 * cols, hr,
-                         mask=d_mask[:, None] & (cols == T - 1))
-            else:
-                Hc = tl.where(cols == n, _col(hr, cols, T - 1)[:, None], Hc)
+            Hc = tl.where(cols == n, _col(hr, cols, T - 1)[:, None], Hc)
             h = _flip(hr, offs_t, BD, T)  # back to time order
             hB += h * Bn
             qq = h * (x - bx)  # h_t a_t x_{t-1}
@@ -454,8 +405,6 @@ def _lean_bwd_kernel(
         ddl = tl.where(m2, ddl, 0.0)
         tl.store(ddt_ptr + o_off, ddl.to(ddt_ptr.dtype.element_ty), mask=m2)
         db_acc += tl.sum(ddl, axis=1)
-        if CARRY == 1:
-            tl.debug_barrier()  # the stored adjoints are visible to every warp of the next chunk
     # acc = [dA (dim, dstate) | dD (dim) | ddelta_bias (dim)], fp32, reduced over batch and parts
     tl.atomic_add(acc_ptr + offs_d[:, None] * dstate + offs_t[None, :], dAc, mask=dn_mask,
                   sem="relaxed")
@@ -469,12 +418,9 @@ def _lean_bwd_kernel(
 # launches (called by scan_triton._TritonScan when cfg["KERNEL"] == 2)
 
 
-def _bwd_options(cfg):
-    """The backward's CARRY and its ptxas register cap (config key MAXNREG; none when 0)."""
-    out = {"CARRY": cfg["CARRY"]}
-    if cfg.get("MAXNREG"):
-        out["maxnreg"] = cfg["MAXNREG"]
-    return out
+def _maxnreg(cfg):
+    """ptxas register cap for the backward kernel (config key MAXNREG; none by default)."""
+    return {"maxnreg": cfg["MAXNREG"]} if cfg.get("MAXNREG") else {}
 
 
 #: the lean kernels for scan_triton's launch code
@@ -484,5 +430,4 @@ LEAN_KERNELS = KernelSet(
     # dB/dC: 2 = atomically added per channel (config key BC=2, the default); 1 = reduced over
     # the channel block then atomically added (BC=1); 0 = so and stored (BC=1, one block)
     bc_mode=lambda cfg, n_dblk: 2 if cfg.get("BC", 2) == 2 else (1 if n_dblk > 1 else 0),
-    bwd_options=_bwd_options, fwd_options=lambda cfg: {"CARRY": cfg["CARRY"]},
-    carry_scratch=lambda cfg: cfg["CARRY"] == 1)
+    bwd_options=_maxnreg)

@@ -10,11 +10,12 @@ than that host work, so the host sets the speed.
 the kernel in its cache, and launches it) and keeps the compiled kernel. Later calls with the
 same specialisation call the compiled kernel's launcher directly, with the argument list that
 Triton itself passes it (every parameter in order, constexprs included, which the launcher
-skips). The specialisation key is built here the way Triton specialises arguments: a tensor by
-its dtype and whether its address is 16-byte aligned; an int by whether it equals 1, whether it
-is divisible by 16 and whether it fits in 32 bits; plus the device, the constexprs and the launch
-options. Arguments outside that (None, floats, bools as positional arguments) are not supported
-by the fast path; the scan kernels pass none.
+skips). The key of a specialisation is everything Triton specialises on, kept cheap to build:
+the kernel, the device, the constexprs and launch options, the dtype and 16-byte alignment of
+every pointer argument, and the run-time ints by value (Triton specialises ints on being 1, on
+divisibility by 16 and on their width; a key by value is finer than that, so every new problem
+shape takes Triton's path once). The kernels must take their pointer (tensor) arguments first,
+then ints; a kernel called otherwise always takes Triton's path.
 
 The direct path is skipped (Triton's own path runs) when Triton launch hooks are active
 (profilers such as proton), under the Triton interpreter (CPU tensors: no device index), when
@@ -60,10 +61,16 @@ def current_stream(device_index: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device_index)
 
 
-def _spec(arg):
-    if isinstance(arg, torch.Tensor):
-        return arg.dtype, arg.data_ptr() & 15 == 0
-    return arg == 1, arg & 15 == 0, -0x80000000 <= arg <= 0x7FFFFFFF
+#: kernel id -> number of leading tensor arguments (-1: arguments not of that form)
+_N_PTR: dict = {}
+_MAX_ENTRIES = 4096
+
+
+def _n_ptr(kernel, args):
+    n = next((i for i, a in enumerate(args) if not isinstance(a, torch.Tensor)), len(args))
+    ok = all(type(a) is int or type(a) is bool for a in args[n:])
+    _N_PTR[id(kernel)] = n if ok else -1
+    return _N_PTR[id(kernel)]
 
 
 def _entry(kernel, compiled, args, meta):
@@ -90,11 +97,20 @@ def launch(kernel, grid, args, meta, device_index):
     if device_index is None or not enabled():
         kernel[grid](*args, **meta)
         return
-    key = (id(kernel), device_index, tuple(meta.items()), tuple(map(_spec, args)))
+    n = _N_PTR.get(id(kernel))
+    if n is None:
+        n = _n_ptr(kernel, args)
+    if n < 0:
+        kernel[grid](*args, **meta)
+        return
+    key = (id(kernel), device_index, tuple(meta.items()), args[n:],
+           tuple([(a.dtype, a.data_ptr() & 15) for a in args[:n]]))
     entry = _CACHE.get(key, False)
     if entry is False or entry is None or _hooks_active():
         compiled = kernel[grid](*args, **meta)
         if entry is False:
+            if len(_CACHE) >= _MAX_ENTRIES:
+                _CACHE.clear()
             _CACHE[key] = _entry(kernel, compiled, args, meta)
         return
     run, function, packed, tail = entry
