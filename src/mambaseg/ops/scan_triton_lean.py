@@ -130,6 +130,8 @@ def _lean_fwd_kernel(
                     other=0.0).to(tl.float32)
         dlu = dl * u
         y = tl.zeros((BD, T), tl.float32)
+        Sn = tl.zeros((BD, T), tl.float32)  # column n: state n leaving the chunk
+        xp = tl.zeros((BD, T), tl.float32)  # the previous state's states
         for n in range(0, dstate):
             A2 = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask, other=0.0).to(tl.float32)
             A2 = A2 * 1.4426950408889634  # exp(x A) = exp2(x A2)
@@ -137,7 +139,7 @@ def _lean_fwd_kernel(
                       t_mask)
             Cn = _row(C_ptr + b * s_Cb + n * s_Cn + t * s_Cl, BD,
                       t_mask)
-            s = _col(Sc, cols, n)
+            s = _col(Sc, cols, n)  # (Sc does not change within the chunk: no chain over n)
             if SAVE:
                 tl.store(st_ptr + ((b * n_chunks + c) * NP + n) * dim + offs_d, s, mask=d_mask)
             a = tl.exp2(dl * A2[:, None])
@@ -145,7 +147,11 @@ def _lean_fwd_kernel(
             bx = tl.where(cols == 0, bx + a * s[:, None], bx)
             _, x = tl.associative_scan((a, bx), axis=1, combine_fn=_combine)
             y += x * Cn
-            Sc = tl.where(cols == n, _col(x, cols, T - 1)[:, None], Sc)
+            # the previous state's exit state (its last column): taken out one state late so
+            # that the reduction overlaps this state's scan instead of ending the iteration
+            Sn = tl.where(cols == n - 1, _col(xp, cols, T - 1)[:, None], Sn)
+            xp = x
+        Sc = tl.where(cols == dstate - 1, _col(xp, cols, T - 1)[:, None], Sn)
         o_off = row[:, None] * L + t[None, :]
         if SPLIT:
             dsum += tl.sum(dl, axis=1)
@@ -348,6 +354,8 @@ def _lean_bwd_kernel(
         dlu = dl * u
         hB = tl.zeros((BD, T), tl.float32)  # sum_n h B_n
         qA = tl.zeros((BD, T), tl.float32)  # sum_n h a x_{t-1} A_n
+        Hn = tl.zeros((BD, T), tl.float32)  # column n: adjoint of state n at the chunk's start
+        hp = tl.zeros((BD, T), tl.float32)  # the previous state's reversed adjoints
         for n in range(0, dstate):
             An = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask, other=0.0).to(tl.float32)
             A2 = An * 1.4426950408889634
@@ -366,7 +374,10 @@ def _lean_bwd_kernel(
             g = dyr * Cnr
             g = tl.where(cols == 0, g + anr * _col(Hc, cols, n)[:, None], g)
             _, hr = tl.associative_scan((anr, g), axis=1, combine_fn=_combine)
-            Hc = tl.where(cols == n, _col(hr, cols, T - 1)[:, None], Hc)
+            # the previous state's adjoint at the chunk's first step, one state late (as the
+            # forward's exit states): Hc does not change within the chunk
+            Hn = tl.where(cols == n - 1, _col(hp, cols, T - 1)[:, None], Hn)
+            hp = hr
             h = _flip(hr, offs_t, BD, T)  # back to time order
             hB += h * Bn
             qq = h * (x - bx)  # h_t a_t x_{t-1}
@@ -392,6 +403,7 @@ def _lean_bwd_kernel(
                 else:
                     tl.store(dB_ptr + bc_ptr, dBn.to(dB_ptr.dtype.element_ty), mask=m_bc)
                     tl.store(dC_ptr + bc_ptr, dCn.to(dC_ptr.dtype.element_ty), mask=m_bc)
+        Hc = tl.where(cols == dstate - 1, _col(hp, cols, T - 1)[:, None], Hn)
         du = dl * hB + Dv[:, None] * dy
         tl.store(du_ptr + o_off, du.to(du_ptr.dtype.element_ty), mask=m2)
         # u and delta again (cache hits) rather than kept live through the state loop
