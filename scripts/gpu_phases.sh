@@ -20,9 +20,9 @@
 #                                      #   after results/invalid.json: FORCE=1 ... reproduce segformer
 #                                      #   paper,patient 2)
 #   bash scripts/gpu_phases.sh rest [N] # in the background over N GPUs (default all), then
-#                                      #   `wait S`: the runs still not done after round 4
-#                                      #   (results/notes.md): the paper preset of ulvm_unet_v1..v4,
-#                                      #   v6 (paper protocol), longest first; about 50 GPU-minutes
+#                                      #   `wait S`: the runs still not done after round 5
+#                                      #   (results/notes.md): the paper preset of ulvm_unet_v1..v4
+#                                      #   (paper protocol), longest first; about 40 GPU-minutes
 #                                      #   on H200s
 #   bash scripts/gpu_phases.sh segformer # round 4, in the background on GPU 0, then `wait S`: both
 #                                      #   SegFormer runs again, side by side (results/invalid.json)
@@ -134,7 +134,7 @@ rest)
   ngpu=${2:-$(nvidia-smi --list-gpus | wc -l)}
   setsid nohup python3 scripts/reproduce.py --data "$DATA" --runs-dir "$RUNS" --results-dir "$RES" \
     --no-report --force --gpus "$ngpu" --only paper/ulvm_unet_v4,paper/ulvm_unet_v3,\
-paper/ulvm_unet_v1,paper/ulvm_unet_v6,paper/ulvm_unet_v2 \
+paper/ulvm_unet_v1,paper/ulvm_unet_v2 \
     > /root/logs/rest.log 2>&1 < /dev/null &
   sleep 45
   tail -n 12 /root/logs/rest.log
