@@ -43,7 +43,7 @@ def mamba_ssm_targets(device_name):
 CPU_MAX_ELEMS = 1 << 21  # batch*dim*L above this is skipped on CPU unless --shapes names it
 REF_MAX_ELEMS = {"cpu": 1 << 17, "cuda": 1 << 17}
 SWEEP = [  # Triton configurations tried with --sweep (besides the default); compiled once each
-    {"T": 8}, {"WARPS": 2}, {"WARPS": 8}, {"T": 8, "WARPS": 8}, {"WARPS_BWD": 8}, {"REV": 1},
+    {"KERNEL": 1}, {"T": 64}, {"T": 32}, {"WARPS": 8}, {"MAXNREG": 0}, {"BC": 1},
 ]
 SWEEP_SPLIT = [{"P": 1}, {"P": 8}, {"P": 64}]  # extra ones where the default splits along L
 

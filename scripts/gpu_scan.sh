@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # GPU check of the selective scan: CUDA tests, then the benchmark (with a short Triton sweep).
 # Run from the repository root on the GPU machine:  bash scripts/gpu_scan.sh
-#   bash scripts/gpu_scan.sh profile [CONFIGS]   # instead: the CUDA tests of both kernel sets,
-#       then benchmarks/scan_profile.py over CONFIGS (";"-separated, default below) -> profile.txt
+#   bash scripts/gpu_scan.sh profile [CONFIGS]   # instead: the CUDA tests of both kernel layouts
+#       and of the graphed training steps, benchmarks/scan_profile.py over CONFIGS (";"-separated,
+#       default below) -> profile.txt, host-time profiles, and benchmarks/scan.py --reps 50
 # Needs python3 with torch (+ triton); the package need not be installed (PYTHONPATH=src).
 # Output goes to stdout and to $OUT (default ./gpu_scan_out): env.txt, tests.txt, bench.txt,
-# lean.txt (the opt-in lean Triton kernels, config KERNEL=2: CUDA tests and timings).
+# layouts.txt (the tile kernels, config KERNEL=1: CUDA tests; timings of other configurations).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./gpu_scan_out}"
@@ -82,24 +83,20 @@ echo "== benchmark bf16" | tee -a "$OUT/bench.txt"
 timeout 60 python3 benchmarks/scan.py --reps 20 --dtype bfloat16 --no-reference 2>&1 | tee -a "$OUT/bench.txt"
 echo "-- exit ${PIPESTATUS[0]}, elapsed $(( $(date +%s) - start )) s" | tee -a "$OUT/bench.txt"
 
-# Opt-in lean kernel layout of the Triton backend (launch-config key KERNEL=2,
-# src/mambaseg/ops/scan_triton_lean.py): the CUDA tests of the triton backend with it, then its
-# timings next to the Triton default at the five shapes (fp32: its default and a few of its
-# configurations; bf16: its default).
-LEAN_CONFIGS="KERNEL=2;KERNEL=2,BC=1;KERNEL=2,T=64;KERNEL=2,T=32;KERNEL=2,WARPS=8;KERNEL=2,MAXNREG=96;KERNEL=2,MAXNREG=0"
-echo "== CUDA tests, triton backend with the lean kernels (MAMBASEG_TRITON_CONFIG=KERNEL=2)" | tee "$OUT/lean.txt"
+# The other kernel layout of the Triton backend (launch-config key KERNEL=1, the tile layout of
+# src/mambaseg/ops/scan_triton.py; the default is the lean layout): the CUDA tests of the triton
+# backend with it, then its timings and a few lean configurations next to the default.
+OTHER_CONFIGS="KERNEL=1;KERNEL=2,BC=1;KERNEL=2,T=64;KERNEL=2,T=32;KERNEL=2,WARPS=8;KERNEL=2,MAXNREG=0"
+echo "== CUDA tests, triton backend with the tile kernels (MAMBASEG_TRITON_CONFIG=KERNEL=1)" | tee "$OUT/layouts.txt"
 if [ "$have_pytest" = 1 ]; then
-  MAMBASEG_TRITON_CONFIG=KERNEL=2 timeout 240 python3 -m pytest tests/ops/test_scan_cuda.py -q -rs -p no:cacheprovider -k "triton and not default_backend" 2>&1 | tail -15 | tee -a "$OUT/lean.txt"
+  MAMBASEG_TRITON_CONFIG=KERNEL=1 timeout 240 python3 -m pytest tests/ops/test_scan_cuda.py -q -rs -p no:cacheprovider -k "triton and not default_backend" 2>&1 | tail -15 | tee -a "$OUT/layouts.txt"
 else
-  MAMBASEG_TRITON_CONFIG=KERNEL=2 timeout 240 python3 tests/ops/test_scan_cuda.py 2>&1 | grep -i "triton\|failures" | tee -a "$OUT/lean.txt"
+  MAMBASEG_TRITON_CONFIG=KERNEL=1 timeout 240 python3 tests/ops/test_scan_cuda.py 2>&1 | grep -i "triton\|failures" | tee -a "$OUT/layouts.txt"
 fi
-echo "-- exit ${PIPESTATUS[0]}, elapsed $(( $(date +%s) - start )) s" | tee -a "$OUT/lean.txt"
-echo "== benchmark fp32, Triton default vs lean kernels (KERNEL=2)" | tee -a "$OUT/lean.txt"
-timeout 420 python3 benchmarks/scan.py --reps 20 --backends triton --no-reference --configs "$LEAN_CONFIGS" 2>&1 | tee -a "$OUT/lean.txt"
-echo "-- exit ${PIPESTATUS[0]}, elapsed $(( $(date +%s) - start )) s" | tee -a "$OUT/lean.txt"
-echo "== benchmark bf16, Triton default vs lean kernels (KERNEL=2)" | tee -a "$OUT/lean.txt"
-timeout 120 python3 benchmarks/scan.py --reps 20 --dtype bfloat16 --backends triton --no-reference --configs "KERNEL=2" 2>&1 | tee -a "$OUT/lean.txt"
-echo "-- exit ${PIPESTATUS[0]}, elapsed $(( $(date +%s) - start )) s" | tee -a "$OUT/lean.txt"
+echo "-- exit ${PIPESTATUS[0]}, elapsed $(( $(date +%s) - start )) s" | tee -a "$OUT/layouts.txt"
+echo "== benchmark fp32, Triton default next to other configurations" | tee -a "$OUT/layouts.txt"
+timeout 420 python3 benchmarks/scan.py --reps 20 --backends triton --no-reference --configs "$OTHER_CONFIGS" 2>&1 | tee -a "$OUT/layouts.txt"
+echo "-- exit ${PIPESTATUS[0]}, elapsed $(( $(date +%s) - start )) s" | tee -a "$OUT/layouts.txt"
 
 if [ "$have_pytest" = 1 ]; then
   echo "== rest of tests/ops (CPU backends, Triton interpreter, dispatcher)" | tee -a "$OUT/tests.txt"

@@ -1,7 +1,15 @@
 """Selective scan in Triton: fused forward and backward kernels (CUDA; CPU under TRITON_INTERPRET=1).
 
-Layout of the work
-------------------
+Two kernel layouts share the autograd wrapper and the launch code of this module: the "lean"
+layout of :mod:`mambaseg.ops.scan_triton_lean` (launch-config key ``KERNEL=2``), the default,
+and the "tile" layout below (``KERNEL=1``). On an H100 the lean kernels take 0.43-0.47x the
+tile kernels' GPU time at three of the five benchmark shapes, 0.77x at (8, 16, 4096) and the
+same at (8, 12, 1024) (benchmarks/results/README.md).
+Launches go through :mod:`mambaseg.ops.triton_launch` (the compiled launcher directly, after
+Triton's own path has run once per specialisation).
+
+Tile layout (KERNEL=1)
+----------------------
 A program owns one batch element, a block of ``BD`` channels and a contiguous range of time
 (a "part"), and walks that range in chunks of ``T`` steps. Per chunk it loads (T, BD) tiles of
 delta/u/z and (T, N) tiles of B/C, builds the (T, BD, N) decays ``a = exp(delta A)`` (in (0, 1])
@@ -31,14 +39,14 @@ chunks, then atomically over batch and parts). With ``P > 1`` a first pass compu
 local adjoint at its first step (zero carry) and the decay across the part, so that every part
 starts from its exact carry.
 
-Lean variant (opt-in, launch-config key ``KERNEL=2``; module scan_triton_lean)
----------------------------------------------------------------------------------
+Lean layout (KERNEL=2, the default; module scan_triton_lean)
+--------------------------------------------------------------
 Same semantics and autograd wrapper, other kernels: tiles of (BD channels x T steps) with time
 over the lanes (4 steps per lane, one channel per warp at its default T = 128) and a run-time
 loop over the N states inside each chunk, so that only (BD, T) tiles of one state are live (the
-backward needs 125 registers per thread on sm_90 instead of 231); the adjoint is a forward scan
-over time-reversed tiles; the chunk-entry states are saved with its own chunk length and layout.
-The default kernels above stay the default; see scan_triton_lean's docstring for the details.
+backward needs at most 128 registers per thread on sm_90 instead of 231); the adjoint is a
+forward scan over time-reversed tiles; the chunk-entry states are saved with its own chunk
+length and layout. See scan_triton_lean's docstring for the details.
 """
 from __future__ import annotations
 
@@ -542,7 +550,7 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     out = {"BD": BD, "BD_BWD": BD_BWD, "NP": NP, "T": T, "P": P, "cpp": cpp,
            "n_chunks": n_chunks, "WARPS": warps, "WARPS_BWD": warps_bwd,
            "REV": 1 if cfg.get("REV") else 0}
-    if kernel == 2:  # (no key for the default kernels: their config dict is unchanged)
+    if kernel == 2:  # (no keys of its own for KERNEL=1)
         out["KERNEL"] = 2
         out["BC"] = 1 if cfg.get("BC") == 1 else 2
         # ptxas cap for the backward: 128 (4 blocks of 4 warps per SM; no spills on sm_90 at
