@@ -20,7 +20,8 @@ sys.path.insert(0, "src")
 sys.path.insert(0, "benchmarks")
 from scan import SHAPES, make_inputs, mamba_ssm_targets, parse_shapes, timer  # noqa: E402
 
-from mambaseg.ops.scan_triton import make_config, selective_scan_triton  # noqa: E402
+from mambaseg.ops.scan_triton import (_parse_env_config, make_config,  # noqa: E402
+                                      selective_scan_triton)
 
 
 def event_time(fn, reps=30):
@@ -42,13 +43,8 @@ def host_time(fn, reps=30):
 
 def parse_configs(spec):
     """"default;KERNEL=2,T=64" -> [None, {"KERNEL": 2, "T": 64}]."""
-    out = []
-    for item in (x.strip() for x in spec.split(";")):
-        if item in ("", "default"):
-            out.append(None)
-            continue
-        out.append({k.strip().upper(): int(v) for k, v in (kv.split("=") for kv in item.split(","))})
-    return out
+    items = (x.strip() for x in spec.split(";"))
+    return [None if item == "default" else (_parse_env_config(item) or None) for item in items]
 
 
 def scan_calls(shape, config=None):
