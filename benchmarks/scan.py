@@ -10,6 +10,9 @@
 Inputs: N = 16 (--dstate), with z, D, delta_bias and softplus, Mamba-like statistics. Times are
 medians over --reps runs after warm-up (CUDA events on GPU, time.perf_counter on CPU). On CPU the
 speed-up over the float64 reference is printed where the reference was run (small shapes only).
+On CUDA the table ends with the host floor: the same timing of `NullScan`, a Python
+autograd.Function that takes the scan's inputs and launches no kernel (any scan behind such a
+function, mamba_ssm's included, takes at least that long per call on that machine).
 """
 from __future__ import annotations
 
@@ -67,6 +70,35 @@ def make_inputs(shape, dstate, dtype, device, requires_grad):
         v = v.to(device=device, dtype=torch.float32 if k in ("A", "D", "delta_bias") else dtype)
         out[k] = v.requires_grad_(requires_grad)
     return out
+
+
+class NullScan(torch.autograd.Function):
+    """The host floor of any scan behind a Python autograd.Function (mamba_ssm's included): the
+    scan's 8 inputs saved, one output and 8 gradients allocated, no kernel launched."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias):
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        return torch.empty_like(u)
+
+    @staticmethod
+    def backward(ctx, dout):
+        return tuple(torch.empty_like(t) for t in ctx.saved_tensors)
+
+
+def host_floor(shape, args, device, run):
+    """(fwd+bwd ms of NullScan, of ``u * 1.5``): what the timing loop costs without a scan."""
+    x = make_inputs(shape, args.dstate, args.dtype, device, requires_grad=True)
+    names = list(x)
+    gy = torch.randn(shape, device=device, dtype=args.dtype)
+
+    def null():
+        torch.autograd.grad(NullScan.apply(*(x[k] for k in names)), [x[k] for k in names], gy)
+
+    def mul():
+        torch.autograd.grad(x["u"] * 1.5, [x["u"]], gy)
+
+    return run(null, args.reps, 3), run(mul, args.reps, 3)
 
 
 def timer(device):
@@ -246,6 +278,11 @@ def main(argv=None):
 
             c = make_config(shape[0], shape[1], shape[2], args.dstate, device)
             print(f"{'':18s} triton default config: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    if device.type == "cuda":
+        null, mul = host_floor(shapes[0], args, device, run)
+        print(f"host floor, same timing at {shapes[0]}: a Python autograd.Function with the scan's "
+              f"8 inputs that launches no kernel (benchmarks/scan.py NullScan) {null:.3f} ms "
+              f"fwd+bwd; one multiply u * 1.5 {mul:.3f} ms fwd+bwd")
     print(f"benchmark time {time.perf_counter() - t_start:.0f} s")
     return 0
 

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, "src")
 sys.path.insert(0, "benchmarks")
-from scan import make_inputs  # noqa: E402
+from scan import NullScan, make_inputs  # noqa: E402
 from scan_profile import host_time, parse_configs  # noqa: E402
 
 from mambaseg.ops import selective_scan  # noqa: E402
@@ -49,9 +49,13 @@ def calls(shape, config):
     def torch_baseline():  # one elementwise op and its backward through the autograd engine
         return torch.autograd.grad(x["u"] * 1.5, [x["u"]], gy)
 
+    def null_scan():  # a Python autograd.Function with the scan's inputs, launching nothing
+        return torch.autograd.grad(NullScan.apply(*inputs), inputs, gy)
+
     return {"fwd, no grad": fwd_nograd, "fwd via selective_scan, no grad": dispatch_nograd,
             "fwd, grad enabled": fwd, "fwd+bwd": fwd_bwd,
-            "torch baseline: u*1.5 fwd+bwd": torch_baseline}
+            "torch baseline: u*1.5 fwd+bwd": torch_baseline,
+            "floor: NullScan fwd+bwd": null_scan}
 
 
 def us(fn):

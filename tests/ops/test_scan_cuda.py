@@ -168,5 +168,73 @@ def main():
     return 1 if failures else 0
 
 
+def _layout_inputs(shape, layout):
+    """fp32 CUDA inputs of ``shape`` (N = 16) in a given memory layout: "contiguous";
+    "misaligned" (u, delta, B start 4 bytes past a 16-byte boundary); "strided" (z and C
+    every other element along time, u with its batch stride not divisible by 16)."""
+    inp = {k: v.cuda() if v is not None else None
+           for k, v in make_inputs(*shape, DSTATE, seed=3).items()}
+    if layout == "misaligned":
+        for k in ("u", "delta", "B"):
+            buf = torch.empty(inp[k].numel() + 1, device="cuda")[1:]
+            inp[k] = buf.view(inp[k].shape).copy_(inp[k])
+    elif layout == "strided":
+        for k in ("z", "C"):
+            inp[k] = torch.repeat_interleave(inp[k], 2, dim=-1)[..., ::2]
+        b, d, l = inp["u"].shape
+        inp["u"] = torch.empty(b, d * l + 3, device="cuda")[:, :d * l].view(b, d, l) \
+            .copy_(inp["u"])
+    return {k: v.requires_grad_(True) if v is not None else None for k, v in inp.items()}
+
+
+def check_triton_layouts_and_repeats(shape, layout):
+    """Outputs and gradients against the reference, then the same call twice more (the direct
+    launches of mambaseg.ops.triton_launch: pointers as ints) giving the same results."""
+    from mambaseg.ops.scan_triton import selective_scan_triton
+
+    inp = _layout_inputs(shape, layout)
+    gy = torch.randn(shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    ref_in = {k: v.detach().double().requires_grad_(True) for k, v in inp.items()}
+    y_ref = selective_scan_reference(*(ref_in[k] for k in ("u", "delta", "A", "B", "C")),
+                                     D=ref_in["D"], z=ref_in["z"],
+                                     delta_bias=ref_in["delta_bias"], delta_softplus=True)
+    g_ref = torch.autograd.grad(y_ref, [ref_in[k] for k in NAMES], gy.double())
+    runs = []
+    for _ in range(3):
+        y = selective_scan_triton(*(inp[k] for k in ("u", "delta", "A", "B", "C")), D=inp["D"],
+                                  z=inp["z"], delta_bias=inp["delta_bias"], delta_softplus=True)
+        runs.append((y.detach(), torch.autograd.grad(y, [inp[k] for k in NAMES], gy)))
+    what = f"{shape} {layout}"
+    torch.testing.assert_close(runs[0][0].double(), y_ref, **TOL[torch.float32],
+                               msg=lambda m: f"{what} out: {m}")
+    for k, g, r in zip(NAMES, runs[0][1], g_ref):
+        atol = TOL[torch.float32]["atol"] * max(1.0, float(r.abs().max()) / 10.0)
+        torch.testing.assert_close(g.double(), r, rtol=TOL[torch.float32]["rtol"], atol=atol,
+                                   msg=lambda m, k=k: f"{what} grad {k}: {m}")
+    for y, grads in runs[1:]:  # outputs bit-equal; gradients up to the order of atomic adds
+        assert torch.equal(y, runs[0][0]), f"{what}: repeated call changed the output"
+        for k, g, g0 in zip(NAMES, grads, runs[0][1]):
+            torch.testing.assert_close(g, g0, rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, k=k: f"{what} repeat grad {k}: {m}")
+
+
+if pytest is not None:
+    @pytest.mark.parametrize("layout", ["contiguous", "misaligned", "strided"])
+    @pytest.mark.parametrize("shape", [(2, 64, 256), (2, 12, 1024), (1, 8, 200)],
+                             ids=lambda s: "x".join(map(str, s)))
+    def test_triton_layouts_and_repeated_calls(shape, layout):
+        if "triton" not in _backends():
+            pytest.skip("triton not available")
+        check_triton_layouts_and_repeats(shape, layout)
+
+    def test_triton_tensors_on_two_devices_error():
+        if "triton" not in _backends():
+            pytest.skip("triton not available")
+        inp = _layout_inputs((1, 4, 32), "contiguous")
+        with pytest.raises(ValueError, match="B is on cpu"):
+            selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"].detach().cpu(), inp["C"],
+                           backend="triton")
+
+
 if __name__ == "__main__":
     sys.exit(main())

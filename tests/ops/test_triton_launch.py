@@ -1,9 +1,10 @@
-"""The direct-launch cache of mambaseg.ops.triton_launch, with stand-ins for Triton's objects
-(the real launches run in tests/ops/test_scan_cuda.py on a GPU)."""
+"""The direct launches of mambaseg.ops.triton_launch.Launcher, with stand-ins for Triton's
+objects (the real launches run in tests/ops/test_scan_cuda.py on a GPU)."""
 import pytest
 import torch
 
 from mambaseg.ops import triton_launch
+from mambaseg.ops.triton_launch import Launcher, alignment_key
 
 
 class FakeCompiled:
@@ -13,9 +14,10 @@ class FakeCompiled:
 
 
 class FakeKernel:
-    """Parameters x_ptr, n, s, then the constexprs BLOCK and FLAG, like a @triton.jit kernel."""
+    """Parameters x_ptr, y_ptr, n, s, then the constexprs BLOCK and FLAG, like a @triton.jit
+    kernel."""
 
-    arg_names = ["x_ptr", "n", "s", "BLOCK", "FLAG"]
+    arg_names = ["x_ptr", "y_ptr", "n", "s", "BLOCK", "FLAG"]
 
     def __init__(self):
         self.log = []
@@ -29,71 +31,62 @@ class FakeKernel:
 
 @pytest.fixture
 def kernel(monkeypatch):
-    monkeypatch.setattr(triton_launch, "_CACHE", {})
-    monkeypatch.setattr(triton_launch, "_N_PTR", {})
     monkeypatch.setattr(triton_launch, "current_stream", lambda dev: 1000 + dev)
     monkeypatch.setattr(triton_launch, "_hooks_active", lambda: False)
     monkeypatch.delenv("MAMBASEG_TRITON_FAST_LAUNCH", raising=False)
     return FakeKernel()
 
 
-def test_first_call_through_triton_then_direct_with_triton_argument_order(kernel):
-    x = torch.zeros(64)
+def call(launcher, tensors):
+    launcher([t.data_ptr() for t in tensors], lambda: tensors)
+
+
+def test_first_call_through_triton_then_direct_with_int_pointers(kernel):
+    x, y = torch.zeros(64), torch.zeros(32)
     meta = dict(BLOCK=32, FLAG=True, num_warps=4)
-    triton_launch.launch(kernel, (3, 2), (x, 100, 1), meta, 0)
-    assert kernel.log == [("triton", (3, 2), (x, 100, 1), meta)]
-    triton_launch.launch(kernel, (5, 1), (x, 100, 1), meta, 0)  # same specialisation, other grid
-    kind, call = kernel.log[1]
+    lau = Launcher(kernel, (3, 2), (100, 1), meta, 0)
+    call(lau, [x, y])
+    assert kernel.log == [("triton", (3, 2), (x, y, 100, 1), meta)]
+    call(lau, [x, y])
+    kind, args = kernel.log[1]
     # grid x, y, z, stream, function, packed metadata, launch metadata, enter/exit hooks, then
-    # every parameter in order with the constexprs' values (the launcher skips them)
+    # every parameter in order (pointers as ints) with the constexprs' values (the launcher
+    # skips them)
     assert kind == "direct"
-    assert call == (5, 1, 1, 1000, "fn-handle", "packed", None, None, None, x, 100, 1, 32, True)
+    assert args == (3, 2, 1, 1000, "fn-handle", "packed", None, None, None,
+                    x.data_ptr(), y.data_ptr(), 100, 1, 32, True)
+    z = torch.zeros(64)  # other (aligned) tensors: same specialisation, still direct
+    call(lau, [z, y])
+    assert kernel.log[2][0] == "direct" and kernel.log[2][1][9] == z.data_ptr()
 
 
-@pytest.mark.parametrize("change", ["misaligned", "dtype", "int_one", "int_div16", "int64",
-                                    "int_value", "constexpr", "options", "device"])
-def test_another_specialisation_goes_through_triton(kernel, change):
+def test_misaligned_pointers_take_triton_path_once_per_alignment(kernel):
     x = torch.zeros(64)
-    args, meta, dev = (x, 100, 3), dict(BLOCK=32, FLAG=True, num_warps=4), 0
-    triton_launch.launch(kernel, (1, 1), args, meta, dev)
-    args2, meta2, dev2 = list(args), dict(meta), dev
-    if change == "misaligned":
-        args2[0] = x[1:]  # 4 bytes off: Triton compiles a variant without the alignment hint
-    elif change == "dtype":
-        args2[0] = x.double()
-    elif change == "int_one":
-        args2[2] = 1
-    elif change == "int_div16":
-        args2[1] = 96
-    elif change == "int64":
-        args2[1] = 1 << 33
-    elif change == "int_value":  # ints are keyed by value: a new problem size compiles nothing
-        args2[1] = 101           # new, but takes Triton's path once
-    elif change == "constexpr":
-        meta2["BLOCK"] = 64
-    elif change == "options":
-        meta2["num_warps"] = 8
-    else:
-        dev2 = 1
-    triton_launch.launch(kernel, (1, 1), tuple(args2), meta2, dev2)
-    assert [e[0] for e in kernel.log] == ["triton", "triton"]
-    triton_launch.launch(kernel, (1, 1), tuple(args2), meta2, dev2)  # now cached too
-    assert [e[0] for e in kernel.log] == ["triton", "triton", "direct"]
+    lau = Launcher(kernel, (1, 1), (7, 1), dict(BLOCK=32, FLAG=False), 0)
+    for t in (x, x[1:], x[1:], x[2:], x[4:], x):  # 4 bytes off: another specialisation
+        call(lau, [t, x])
+    assert [e[0] for e in kernel.log] == ["triton", "triton", "direct", "direct", "direct",
+                                          "direct"]
+    assert alignment_key([x.data_ptr(), x[4:].data_ptr()]) == 0
+    assert alignment_key([x.data_ptr(), x[1:].data_ptr()]) == (True, False)
 
 
 def test_triton_path_when_disabled_interpreted_or_hooked(kernel, monkeypatch):
     x = torch.zeros(64)
     meta = dict(BLOCK=32, FLAG=False, num_warps=4)
-    for _ in range(2):
-        triton_launch.launch(kernel, (1, 1), (x, 7, 1), meta, None)  # CPU tensors (interpreter)
+    for _ in range(2):  # CPU tensors (interpreter): no device index
+        call(Launcher(kernel, (1, 1), (7, 1), meta, None), [x, x])
+    lau = Launcher(kernel, (1, 1), (7, 1), meta, 0)
     monkeypatch.setenv("MAMBASEG_TRITON_FAST_LAUNCH", "0")
     for _ in range(2):
-        triton_launch.launch(kernel, (1, 1), (x, 7, 1), meta, 0)
+        call(lau, [x, x])
     monkeypatch.delenv("MAMBASEG_TRITON_FAST_LAUNCH")
     monkeypatch.setattr(triton_launch, "_hooks_active", lambda: True)  # a profiler's hooks
     for _ in range(2):
-        triton_launch.launch(kernel, (1, 1), (x, 7, 1), meta, 0)
+        call(lau, [x, x])
     assert [e[0] for e in kernel.log] == ["triton"] * 6
+    for _, _, args, _ in kernel.log:  # Triton's path gets the tensors themselves
+        assert args[0] is x
 
 
 def test_kernels_without_launcher_attributes_stay_on_triton_path(kernel):
@@ -106,15 +99,17 @@ def test_kernels_without_launcher_attributes_stay_on_triton_path(kernel):
 
     bare = Bare()
     x = torch.zeros(64)
+    lau = Launcher(bare, (1, 1), (7, 1), dict(BLOCK=32, FLAG=False), 0)
     for _ in range(3):
-        triton_launch.launch(bare, (1, 1), (x, 7, 1), dict(BLOCK=32, FLAG=False), 0)
+        call(lau, [x, x])
     assert [e[0] for e in bare.log] == ["triton"] * 3
 
 
-def test_arguments_not_pointers_then_ints_stay_on_triton_path(kernel):
+def test_missing_constexpr_stays_on_triton_path(kernel):
     x = torch.zeros(64)
-    for _ in range(3):  # a tensor after an int: such a kernel is never launched directly
-        triton_launch.launch(kernel, (1, 1), (x, 7, x), dict(BLOCK=32, FLAG=False), 0)
+    lau = Launcher(kernel, (1, 1), (7, 1), dict(BLOCK=32), 0)  # FLAG left to its default
+    for _ in range(3):
+        call(lau, [x, x])
     assert [e[0] for e in kernel.log] == ["triton"] * 3
 
 

@@ -76,18 +76,18 @@ def _interpreter_compat():
 def _count_lean_calls():
     """Count the forward and backward launches with the lean kernels (config KERNEL=2, the
     default), so that a case can check that its variant really ran."""
-    from mambaseg.ops import scan_triton
+    from mambaseg.ops.scan_triton import _Plan
     from mambaseg.ops.scan_triton_lean import LEAN_KERNELS
 
-    calls = {"_forward": 0, "_backward": 0}
+    calls = {"forward": 0, "backward": 0}
     for name in calls:
-        fn = getattr(scan_triton, name)
+        fn = getattr(_Plan, name)
 
-        def wrapped(kernels, *args, _fn=fn, _name=name, **kwargs):
-            calls[_name] += kernels is LEAN_KERNELS
-            return _fn(kernels, *args, **kwargs)
+        def wrapped(plan, *args, _fn=fn, _name=name, **kwargs):
+            calls[_name] += plan.K is LEAN_KERNELS
+            return _fn(plan, *args, **kwargs)
 
-        setattr(scan_triton, name, wrapped)
+        setattr(_Plan, name, wrapped)
     return calls
 
 

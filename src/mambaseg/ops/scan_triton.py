@@ -5,8 +5,11 @@ layout of :mod:`mambaseg.ops.scan_triton_lean` (launch-config key ``KERNEL=2``),
 and the "tile" layout below (``KERNEL=1``). On an H100 the lean kernels take 0.43-0.47x the
 tile kernels' GPU time at three of the five benchmark shapes, 0.77x at (8, 16, 4096) and the
 same at (8, 12, 1024) (benchmarks/results/README.md).
-Launches go through :mod:`mambaseg.ops.triton_launch` (the compiled launcher directly, after
-Triton's own path has run once per specialisation).
+Host side: each problem signature (shapes, strides, dtypes, flags, configuration) gets a plan
+(`_Plan`, built once: grids, int arguments, constexprs, workspace layout), so a call only
+allocates its buffers and launches; launches go through :mod:`mambaseg.ops.triton_launch` (the
+compiled launcher directly, with pointers as ints, after Triton's own path has run once per
+specialisation).
 
 Tile layout (KERNEL=1)
 ----------------------
@@ -60,7 +63,9 @@ import triton
 import triton.language as tl
 
 from mambaseg.ops._common import no_autocast
-from mambaseg.ops.triton_launch import launch
+from mambaseg.ops.triton_launch import Launcher
+
+_F32 = torch.float32
 
 @triton.jit
 def _combine(a1, b1, a2, b2):
@@ -595,136 +600,242 @@ def _kernels(cfg) -> KernelSet:
     return DEFAULT_KERNELS
 
 
-def _forward(K, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, cfg, save):
-    """Forward launches of kernel set ``K``: (out, chunk states, pre-gate output); the last two
-    are None when not ``save`` (and the pre-gate output when there is no z)."""
-    batch, dim, length = u.shape
-    dstate = A.shape[1]
-    BD, NP, T, P, cpp, n_chunks = (cfg[k] for k in ("BD", "NP", "T", "P", "cpp", "n_chunks"))
-    dev = u.device
-    f32 = dict(device=dev, dtype=torch.float32)
-    out = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
-    states = out
-    if save:
-        shape = (batch, n_chunks, NP, dim) if K.dim_last else (batch, dim, n_chunks, NP)
-        states = torch.empty(*shape, **f32)
-    split = P > 1
-    if split:
-        ybuf = torch.empty(batch, dim, length, **f32)  # partial y, then pre-gate y
-        pst = torch.empty(*((batch, P, NP, dim) if K.dim_last else (batch, P, dim, NP)), **f32)
-        pds = torch.empty(batch, P, dim, **f32)
-        ysave = ybuf
-    else:
-        ybuf = out
-        pst = pds = out
-        ysave = torch.empty_like(out) if (save and z is not None) else out
-    zz = z if z is not None else u
-    n_dblk = _cdiv(dim, BD)
-    grid = (batch * n_dblk, P)
-    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=bool(delta_softplus), SAVE=save)
-    d_arg = D if D is not None else A
-    bias_arg = delta_bias if delta_bias is not None else A
-    launch(K.fwd, grid, (
-        u, delta, A, Bm, Cm, d_arg, zz, bias_arg,
-        ybuf, ysave, states, pst, pds,
-        dim, length, dstate, n_dblk, n_chunks, cpp, P,
-        *u.stride(), *delta.stride(), *zz.stride(), *Bm.stride(), *Cm.stride()),
-        dict(BD=BD, NP=NP, T=T, **flags, SPLIT=split, num_warps=cfg["WARPS"]), dev.index)
-    if split:
-        launch(K.fix, grid, (
-            u, delta, A, Cm, d_arg, zz, bias_arg,
-            ybuf, out, states, pst, pds,
-            dim, length, dstate, n_dblk, n_chunks, cpp, P,
-            *u.stride(), *delta.stride(), *zz.stride(), *Cm.stride()),
-            dict(BD=BD, NP=NP, T=T, **flags, num_warps=cfg["WARPS"]), dev.index)
-    if not save:
-        return out, None, None
-    return out, states, (ysave if z is not None else None)
+# ----------------------------------------------------------------------------------------------
+# per-problem plans: everything about the launches that does not change from call to call
 
 
-def _backward(K, dout, u, delta, A, Bm, Cm, D, z, delta_bias, states, ysave, delta_softplus,
-              cfg):
-    """Backward launches of kernel set ``K``: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)."""
+class _Workspace:
+    """Offsets (elements) of named fp32 buffers in one allocation; each starts on 64 bytes."""
+
+    def __init__(self):
+        self.size, self.offset = 0, {}
+
+    def add(self, name, numel):
+        self.offset[name] = self.size
+        self.size += _cdiv(numel, 16) * 16
+
+
+class _Plan:
+    """The launches of one problem signature (shapes, strides, dtypes, flags, configuration).
+
+    Per call only the buffers are allocated (the forward: the output and one fp32 workspace
+    with the saved chunk states, the pre-gate output kept for dz (fp32 whatever the input
+    dtype) and the split-pass summaries; the backward: du, ddelta, dz and one zeroed fp32
+    buffer) and the kernels launched, their pointers passed as ints
+    (`mambaseg.ops.triton_launch.Launcher`). A slot list names the buffer arguments of a
+    kernel by workspace offset; "out" is the call's output and ``None`` stands for the output
+    as a placeholder argument that the kernel does not touch (flags switch its use off).
+    """
+
+    def __init__(self, cfg, shape, dstate, device, strides, has_d, has_z, has_bias, softplus,
+                 save):
+        self.K = K = _kernels(cfg)
+        self.cfg, self.shape, self.dstate, self.device, self.strides = (cfg, shape, dstate, device,
+                                                                       strides)
+        self.has_d, self.has_z, self.has_bias, self.softplus = has_d, has_z, has_bias, softplus
+        batch, dim, length = shape
+        NP, P = cfg["NP"], cfg["P"]
+        self.split = split = P > 1
+        self.dev_index = device.index if device.type == "cuda" else None
+        ws = self.ws = _Workspace()  # forward: [states | ybuf (split: partial, then pre-gate y)
+        if save:                     #           or ysave (pre-gate y) | pst | pds]
+            ws.add("states", batch * cfg["n_chunks"] * NP * dim)
+        if split:
+            ws.add("ybuf", batch * dim * length)
+            ws.add("pst", batch * P * NP * dim)
+            ws.add("pds", batch * P * dim)
+        elif save and has_z:
+            ws.add("ysave", batch * dim * length)
+        o = ws.offset.get
+        ysave = (o("ybuf") if split else o("ysave")) if save and has_z else None
+        # (ybuf, ysave, states, pst, pds) of the forward kernels; (ybuf, out, states, pst, pds)
+        # of the fix kernel
+        self.fwd_slots = (o("ybuf"), ysave, o("states"), o("pst"), o("pds"))
+        self.fix_slots = (o("ybuf"), "out", o("states"), o("pst"), o("pds"))
+        self.ysave_slot = ysave
+        n_dblk = _cdiv(dim, cfg["BD"])
+        u_s, dt_s, z_s, B_s, C_s = strides
+        ints = (dim, length, dstate, n_dblk, cfg["n_chunks"], cfg["cpp"], P)
+        flags = dict(HAS_D=has_d, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus, SAVE=save)
+        meta = dict(BD=cfg["BD"], NP=NP, T=cfg["T"], **flags, num_warps=cfg["WARPS"])
+        grid = (batch * n_dblk, P)
+        self.fwd = Launcher(K.fwd, grid, ints + u_s + dt_s + z_s + B_s + C_s,
+                            dict(meta, SPLIT=split), self.dev_index)
+        self.fix = Launcher(K.fix, grid, ints + u_s + dt_s + z_s + C_s, meta,
+                            self.dev_index) if split else None
+        self._bwd = {}  # (dout strides, dout dtype) -> backward launches
+
+    # forward ----------------------------------------------------------------------------------
+
+    def forward(self, u, delta, A, Bm, Cm, D, z, bias):
+        """(out, workspace): the workspace holds what the backward needs (None without save)."""
+        out = torch.empty(self.shape, dtype=u.dtype, device=self.device)
+        ws = torch.empty(self.ws.size, dtype=_F32, device=self.device) if self.ws.size else None
+        ins = (u, delta, A, Bm, Cm, D if D is not None else A, z if z is not None else u,
+               bias if bias is not None else A)
+        p_out = out.data_ptr()
+        p_ws = ws.data_ptr() if ws is not None else p_out
+        in_ptrs = [t.data_ptr() for t in ins]
+
+        def ptrs(slots):
+            return in_ptrs + [p_out if s is None or s == "out" else p_ws + 4 * s for s in slots]
+
+        def tensors(slots, ins=ins):
+            return list(ins) + [out if s is None or s == "out" else ws[s:] for s in slots]
+
+        self.fwd(ptrs(self.fwd_slots), lambda: tensors(self.fwd_slots))
+        if self.split:
+            fix_ins = (u, delta, A, Cm, ins[5], ins[6], ins[7])
+            fix_ptrs = [in_ptrs[i] for i in (0, 1, 2, 4, 5, 6, 7)]
+            self.fix(fix_ptrs + ptrs(self.fix_slots)[8:],
+                     lambda: tensors(self.fix_slots, fix_ins))
+        return out, ws
+
+    # backward ---------------------------------------------------------------------------------
+
+    def _bwd_launches(self, dout):
+        key = (dout.stride(), dout.dtype)
+        if key not in self._bwd:
+            self._bwd[key] = _BackwardPlan(self, dout.stride())
+        return self._bwd[key]
+
+    def backward(self, dout, u, delta, A, Bm, Cm, D, z, bias, ws):
+        """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' dtypes."""
+        return self._bwd_launches(dout).run(self, dout, u, delta, A, Bm, Cm, D, z, bias, ws)
+
+
+class _BackwardPlan:
+    """The backward launches of a plan for one layout of dout."""
+
+    def __init__(self, plan, g_strides):
+        cfg, K = plan.cfg, plan.K
+        batch, dim, length = plan.shape
+        dstate, NP, P = plan.dstate, cfg["NP"], cfg["P"]
+        n_dblk = _cdiv(dim, cfg["BD_BWD"])
+        self.atomic_bc = atomic_bc = K.bc_mode(cfg, n_dblk)
+        # one zeroed fp32 buffer: [dA, dD, ddelta_bias (one run, the kernels' accumulator) |
+        # (dB | dC when added atomically) | (phl | pes: split summaries, need no zeros)]
+        acc = self.acc = _Workspace()
+        acc.add("dA", dim * dstate + 2 * dim)
+        if atomic_bc:
+            acc.add("dB", batch * dstate * length)
+            acc.add("dC", batch * dstate * length)
+        if plan.split:
+            acc.add("phl", batch * P * NP * dim)
+            acc.add("pes", batch * P * dim)
+        u_s, dt_s, z_s, B_s, C_s = plan.strides
+        ints = (dim, length, dstate, n_dblk, cfg["n_chunks"], cfg["cpp"], P)
+        flags = dict(HAS_Z=plan.has_z, HAS_BIAS=plan.has_bias, SOFTPLUS=plan.softplus)
+        if K.rev:
+            flags["REV"] = cfg["REV"]
+        meta = dict(BD=cfg["BD_BWD"], NP=NP, T=cfg["T"], **flags, num_warps=cfg["WARPS_BWD"])
+        self.carry = Launcher(K.carry, (batch * n_dblk, P - 1),
+                              ints + dt_s + z_s + C_s + g_strides, meta,
+                              plan.dev_index) if plan.split else None
+        self.bwd = Launcher(K.bwd, (batch * n_dblk, P),
+                            ints + u_s + dt_s + z_s + B_s + C_s + g_strides,
+                            dict(meta, HAS_D=plan.has_d, SPLIT=plan.split, ATOMIC_BC=atomic_bc,
+                                 **K.bwd_options(cfg)), plan.dev_index)
+
+    def run(self, plan, dout, u, delta, A, Bm, Cm, D, z, bias, ws):
+        batch, dim, length = shape = plan.shape
+        dstate, dev = plan.dstate, plan.device
+        off = self.acc.offset
+        acc = torch.zeros(self.acc.size, dtype=_F32, device=dev)
+        du = torch.empty(shape, dtype=u.dtype, device=dev)
+        ddelta = torch.empty(shape, dtype=delta.dtype, device=dev)
+        dz = torch.empty(shape, dtype=z.dtype, device=dev) if z is not None else None
+        if self.atomic_bc:
+            dB = acc[off["dB"]:off["dB"] + batch * dstate * length].view(batch, dstate, length)
+            dC = acc[off["dC"]:off["dC"] + batch * dstate * length].view(batch, dstate, length)
+        else:
+            dB = torch.empty(batch, dstate, length, dtype=Bm.dtype, device=dev)
+            dC = torch.empty(batch, dstate, length, dtype=Cm.dtype, device=dev)
+        zz = z if z is not None else u
+        bias_arg = bias if bias is not None else A
+        p_acc, p_ws = acc.data_ptr(), ws.data_ptr()
+        ysave = plan.ysave_slot
+        p_phl = p_acc + 4 * off["phl"] if plan.split else p_acc
+        p_pes = p_acc + 4 * off["pes"] if plan.split else p_acc
+        if plan.split:
+            self.carry([delta.data_ptr(), A.data_ptr(), Cm.data_ptr(), zz.data_ptr(),
+                        bias_arg.data_ptr(), dout.data_ptr(), p_phl, p_pes],
+                       lambda: [delta, A, Cm, zz, bias_arg, dout, acc[off["phl"]:],
+                                acc[off["pes"]:]])
+        ins = (u, delta, A, Bm, Cm, D if D is not None else A, zz, bias_arg, dout)
+        outs = (du, ddelta, dz if dz is not None else du, dB, dC)
+        ptrs = [t.data_ptr() for t in ins]
+        ptrs += [p_ws + 4 * ysave if ysave is not None else ptrs[0],
+                 p_ws + 4 * plan.ws.offset["states"], p_phl, p_pes]
+        ptrs += [t.data_ptr() for t in outs]
+        ptrs.append(p_acc)
+        self.bwd(ptrs, lambda: list(ins) + [
+            ws[ysave:] if ysave is not None else u, ws[plan.ws.offset["states"]:],
+            acc[off["phl"]:] if plan.split else acc, acc[off["pes"]:] if plan.split else acc,
+            *outs, acc])
+        dA = acc[:dim * dstate].view(dim, dstate)
+        n = dim * dstate
+        dD = acc[n:n + dim] if D is not None else None
+        dbias = acc[n + dim:n + 2 * dim] if bias is not None else None
+        if A.dtype != _F32:
+            dA = dA.to(A.dtype)
+        if dD is not None and D.dtype != _F32:
+            dD = dD.to(D.dtype)
+        if dbias is not None and bias.dtype != _F32:
+            dbias = dbias.to(bias.dtype)
+        if self.atomic_bc:
+            if Bm.dtype != _F32:
+                dB = dB.to(Bm.dtype)
+            if Cm.dtype != _F32:
+                dC = dC.to(Cm.dtype)
+        return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+#: plan key -> _Plan (a new problem signature adds one; cleared when full)
+_PLANS: dict = {}
+_MAX_PLANS = 512
+
+
+def _plan(u, delta, A, Bm, Cm, D, z, bias, softplus, config, save):
     batch, dim, length = u.shape
     dstate = A.shape[1]
-    NP, T, P, cpp, n_chunks = (cfg[k] for k in ("NP", "T", "P", "cpp", "n_chunks"))
-    BD = cfg["BD_BWD"]
-    n_dblk = _cdiv(dim, BD)
-    dev = u.device
-    f32 = dict(device=dev, dtype=torch.float32)
-    atomic_bc = K.bc_mode(cfg, n_dblk)
-    n_acc = dim * dstate + 2 * dim
-    n_bc = batch * dstate * length
-    if atomic_bc:
-        acc = torch.zeros(n_acc + 2 * n_bc, **f32)
-        dB = acc[n_acc:n_acc + n_bc].view(batch, dstate, length)
-        dC = acc[n_acc + n_bc:].view(batch, dstate, length)
-    else:
-        acc = torch.zeros(n_acc, **f32)
-        dB = torch.empty(batch, dstate, length, device=dev, dtype=Bm.dtype)
-        dC = torch.empty(batch, dstate, length, device=dev, dtype=Cm.dtype)
-    du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
-    ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
-    dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else du
+    env = os.environ.get("MAMBASEG_TRITON_CONFIG", "")
+    ckey = tuple(sorted(config.items())) if config else ()
     zz = z if z is not None else u
-    split = P > 1
-    if split:
-        phl = torch.empty(*((batch, P, NP, dim) if K.dim_last else (batch, P, dim, NP)), **f32)
-        pes = torch.empty(batch, P, dim, **f32)
-    else:
-        phl = pes = acc
-    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=bool(delta_softplus))
-    if K.rev:
-        flags["REV"] = cfg["REV"]
-    bias_arg = delta_bias if delta_bias is not None else A
-    if split:
-        launch(K.carry, (batch * n_dblk, P - 1), (
-            delta, A, Cm, zz, bias_arg, dout, phl, pes,
-            dim, length, dstate, n_dblk, n_chunks, cpp, P,
-            *delta.stride(), *zz.stride(), *Cm.stride(), *dout.stride()),
-            dict(BD=BD, NP=NP, T=T, **flags, num_warps=cfg["WARPS_BWD"]), dev.index)
-    launch(K.bwd, (batch * n_dblk, P), (
-        u, delta, A, Bm, Cm, D if D is not None else A, zz, bias_arg, dout,
-        ysave if ysave is not None else u, states, phl, pes,
-        du, ddelta, dz, dB, dC, acc,
-        dim, length, dstate, n_dblk, n_chunks, cpp, P,
-        *u.stride(), *delta.stride(), *zz.stride(), *Bm.stride(), *Cm.stride(),
-        *dout.stride()),
-        dict(BD=BD, NP=NP, T=T, HAS_D=D is not None, **flags, SPLIT=split, ATOMIC_BC=atomic_bc,
-             num_warps=cfg["WARPS_BWD"], **K.bwd_options(cfg)), dev.index)
-    dA = acc[:dim * dstate].view(dim, dstate).to(A.dtype)
-    dD = acc[dim * dstate:dim * dstate + dim].to(D.dtype) if D is not None else None
-    dbias = acc[dim * dstate + dim:n_acc].to(delta_bias.dtype) if delta_bias is not None else None
-    if atomic_bc:
-        dB, dC = dB.to(Bm.dtype), dC.to(Cm.dtype)
-    return du, ddelta, dA, dB, dC, dD, (dz if z is not None else None), dbias
+    strides = (u.stride(), delta.stride(), zz.stride(), Bm.stride(), Cm.stride())
+    dtypes = (u.dtype, delta.dtype, A.dtype, Bm.dtype, Cm.dtype, zz.dtype,
+              None if D is None else D.dtype, None if bias is None else bias.dtype)
+    key = (u.shape, dstate, u.get_device(), strides, dtypes, D is not None, z is not None,
+           bias is not None, softplus, save, ckey, env)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        cfg = make_config(batch, dim, length, dstate, u.device, config)
+        plan = _PLANS[key] = _Plan(cfg, (batch, dim, length), dstate, u.device, strides,
+                                   D is not None, z is not None, bias is not None, softplus,
+                                   save)
+    return plan
 
 
 class _TritonScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, config):
-        batch, dim, length = u.shape
         A = A.contiguous()
         D = D.contiguous() if D is not None else None
         delta_bias = delta_bias.contiguous() if delta_bias is not None else None
-        cfg = make_config(batch, dim, length, A.shape[1], u.device, config)
         save = any(ctx.needs_input_grad[:8])
-        out, states, ysave = _forward(_kernels(cfg), u, delta, A, Bm, Cm, D, z, delta_bias,
-                                      delta_softplus, cfg, save)
+        plan = _plan(u, delta, A, Bm, Cm, D, z, delta_bias, bool(delta_softplus), config, save)
+        out, ws = plan.forward(u, delta, A, Bm, Cm, D, z, delta_bias)
         if save:
-            ctx.save_for_backward(u, delta, A, Bm, Cm, D, z, delta_bias, states, ysave)
-            ctx.cfg = cfg
-            ctx.delta_softplus = bool(delta_softplus)
+            ctx.save_for_backward(u, delta, A, Bm, Cm, D, z, delta_bias, ws)
+            ctx.plan = plan
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        u, delta, A, Bm, Cm, D, z, delta_bias, states, ysave = ctx.saved_tensors
-        grads = _backward(_kernels(ctx.cfg), dout, u, delta, A, Bm, Cm, D, z, delta_bias, states,
-                          ysave, ctx.delta_softplus, ctx.cfg)
+        grads = ctx.plan.backward(dout, *ctx.saved_tensors)
         return grads + (None, None)
 
 
@@ -737,8 +848,14 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
         return selective_scan_torch(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                     delta_softplus=delta_softplus)
+    dev = u.get_device()
+    for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("delta_bias", delta_bias)):
+        if t is not None and t.get_device() != dev:
+            raise ValueError(f"selective_scan_triton: {name} is on {t.device}, u on {u.device}; "
+                             "all tensors must be on one device")
     with no_autocast(u.device.type):
-        if u.is_cuda and u.device.index != torch.cuda.current_device():
-            with torch.cuda.device(u.device):
+        if dev >= 0 and dev != torch.cuda.current_device():
+            with torch.cuda.device(dev):
                 return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, config)
         return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, config)

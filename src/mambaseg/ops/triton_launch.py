@@ -2,20 +2,22 @@
 
 ``kernel[grid](*args, **meta)`` costs tens of microseconds of Python per call in Triton 3.x: it
 binds and specialises every argument (about 35 for the scan kernels), builds a cache key from
-them, checks globals and builds launch metadata. The selective scan issues 2 to 4 launches per
-forward+backward; at the small shapes of UltraLight's PVM layers the GPU work takes less time
-than that host work, so the host sets the speed.
+them, checks globals and builds launch metadata; its launcher then calls ``data_ptr()`` on
+every tensor and asks the driver about each pointer. The selective scan issues 2 to 4 launches
+per forward+backward; at the small shapes of UltraLight's PVM layers the GPU work takes less
+time than that host work, so the host sets the speed.
 
-`launch` does the first call of every *specialisation* through Triton (which compiles, or finds
-the kernel in its cache, and launches it) and keeps the compiled kernel. Later calls with the
-same specialisation call the compiled kernel's launcher directly, with the argument list that
-Triton itself passes it (every parameter in order, constexprs included, which the launcher
-skips). The key of a specialisation is everything Triton specialises on, kept cheap to build:
-the kernel, the device, the constexprs and launch options, the dtype and 16-byte alignment of
-every pointer argument, and the run-time ints by value (Triton specialises ints on being 1, on
-divisibility by 16 and on their width; a key by value is finer than that, so every new problem
-shape takes Triton's path once). The kernels must take their pointer (tensor) arguments first,
-then ints; a kernel called otherwise always takes Triton's path.
+A `Launcher` is one kernel bound to one grid, one list of run-time ints and one set of
+constexprs and launch options, for pointer arguments of fixed dtypes (the caller keeps one
+launcher per such signature; the scan keeps them in its per-problem plans). Its first call for
+each *alignment* of the pointers goes through Triton (which compiles, or finds the kernel in its
+cache, and launches it) and keeps the compiled kernel; later calls with the same alignment call
+the compiled kernel's launcher directly with the pointers as ints (so the launcher neither calls
+``data_ptr()`` nor queries the driver) and the argument list that Triton itself passes it (every
+parameter in order, constexprs included, which the launcher skips). Triton specialises pointers
+on their dtype and on 16-byte alignment, ints on their value being 1, divisible by 16 or 64-bit
+wide: the ints are fixed per launcher and the dtypes by the caller's contract, so the alignment
+is the only thing left to key on.
 
 The direct path is skipped (Triton's own path runs) when Triton launch hooks are active
 (profilers such as proton), under the Triton interpreter (CPU tensors: no device index), when
@@ -27,10 +29,6 @@ from __future__ import annotations
 import os
 
 import torch
-
-#: (kernel id, device, meta, argument specialisation) -> (run, function, packed metadata,
-#: constexpr tail) or None (use Triton's path for this key)
-_CACHE: dict = {}
 
 
 def enabled() -> bool:
@@ -61,58 +59,60 @@ def current_stream(device_index: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device_index)
 
 
-#: kernel id -> number of leading tensor arguments (-1: arguments not of that form)
-_N_PTR: dict = {}
-_MAX_ENTRIES = 4096
-
-
-def _n_ptr(kernel, args):
-    n = next((i for i, a in enumerate(args) if not isinstance(a, torch.Tensor)), len(args))
-    ok = all(type(a) is int or type(a) is bool for a in args[n:])
-    _N_PTR[id(kernel)] = n if ok else -1
-    return _N_PTR[id(kernel)]
-
-
-def _entry(kernel, compiled, args, meta):
+def _entry(kernel, compiled, n_args, meta):
     """What a direct launch of ``compiled`` needs, or None when it cannot be done directly."""
     if hasattr(compiled, "result"):  # a future (Triton's asynchronous compile mode)
         compiled = compiled.result()
     names = getattr(kernel, "arg_names", None)
-    if compiled is None or names is None or any(n not in meta for n in names[len(args):]):
+    if compiled is None or names is None or any(n not in meta for n in names[n_args:]):
         return None
     try:
         run, function, packed = compiled.run, compiled.function, compiled.packed_metadata
     except AttributeError:
         return None
-    return run, function, packed, tuple(meta[n] for n in names[len(args):])
+    return run, function, packed, tuple(meta[n] for n in names[n_args:])
 
 
-def launch(kernel, grid, args, meta, device_index):
-    """``kernel[grid](*args, **meta)``, directly through the compiled launcher when possible.
+def alignment_key(ptrs) -> object:
+    """0 when every pointer is 16-byte aligned, else which of them are (Triton's pointer
+    specialisation)."""
+    bits = 0
+    for p in ptrs:
+        bits |= p
+    return 0 if not bits & 15 else tuple([not p & 15 for p in ptrs])
 
-    ``grid``: (x, y) program counts; ``args``: the positional (run-time) arguments, tensors and
-    ints; ``meta``: constexprs and launch options (num_warps, maxnreg) by name;
+
+class Launcher:
+    """``kernel[grid](*pointers, *ints, **meta)``, directly through the compiled launcher when
+    possible (module doc).
+
+    ``grid``: (x, y) program counts; ``ints``: the run-time ints that follow the pointer
+    arguments; ``meta``: constexprs and launch options (num_warps, maxnreg) by name;
     ``device_index``: the tensors' CUDA device (None for CPU tensors under the interpreter).
+    One launcher serves pointer arguments of one list of dtypes.
     """
-    if device_index is None or not enabled():
-        kernel[grid](*args, **meta)
-        return
-    n = _N_PTR.get(id(kernel))
-    if n is None:
-        n = _n_ptr(kernel, args)
-    if n < 0:
-        kernel[grid](*args, **meta)
-        return
-    key = (id(kernel), device_index, tuple(meta.items()), args[n:],
-           tuple([(a.dtype, a.data_ptr() & 15) for a in args[:n]]))
-    entry = _CACHE.get(key, False)
-    if entry is False or entry is None or _hooks_active():
-        compiled = kernel[grid](*args, **meta)
-        if entry is False:
-            if len(_CACHE) >= _MAX_ENTRIES:
-                _CACHE.clear()
-            _CACHE[key] = _entry(kernel, compiled, args, meta)
-        return
-    run, function, packed, tail = entry
-    run(grid[0], grid[1], 1, current_stream(device_index), function, packed, None, None, None,
-        *args, *tail)
+
+    __slots__ = ("kernel", "grid", "ints", "meta", "device_index", "_entries")
+
+    def __init__(self, kernel, grid, ints, meta, device_index):
+        self.kernel, self.grid, self.ints = kernel, tuple(grid), tuple(ints)
+        self.meta, self.device_index = dict(meta), device_index
+        self._entries: dict = {}  # alignment key -> direct-launch entry, or None (Triton's path)
+
+    def __call__(self, ptrs, tensors):
+        """Launch. ``ptrs``: the device addresses of the pointer arguments, in order;
+        ``tensors``: a callable returning them as tensors (for Triton's own path)."""
+        if self.device_index is None or not enabled():
+            self.kernel[self.grid](*tensors(), *self.ints, **self.meta)
+            return
+        key = alignment_key(ptrs)
+        entry = self._entries.get(key, False)
+        if entry is False or entry is None or _hooks_active():
+            compiled = self.kernel[self.grid](*tensors(), *self.ints, **self.meta)
+            if entry is False:
+                self._entries[key] = _entry(self.kernel, compiled, len(ptrs) + len(self.ints),
+                                            self.meta)
+            return
+        run, function, packed, tail = entry
+        run(self.grid[0], self.grid[1], 1, current_stream(self.device_index), function, packed,
+            None, None, None, *ptrs, *self.ints, *tail)
