@@ -576,9 +576,6 @@ class KernelSet:
     fix: object
     carry: object
     bwd: object
-    #: saved chunk states (B, n_chunks, NP, D) and part summaries (B, P, NP, D); else
-    #: (B, D, n_chunks, NP) and (B, P, D, NP)
-    dim_last: bool
     #: the backward kernels take the REV key
     rev: bool
     #: the backward's ATOMIC_BC (how dB/dC are reduced) from the config and the channel blocks
@@ -588,7 +585,7 @@ class KernelSet:
 
 
 DEFAULT_KERNELS = KernelSet(_fwd_kernel, _fwd_fix_kernel, _bwd_carry_kernel, _bwd_kernel,
-                            dim_last=False, rev=True, bc_mode=lambda cfg, n_dblk: n_dblk > 1,
+                            rev=True, bc_mode=lambda cfg, n_dblk: n_dblk > 1,
                             bwd_options=lambda cfg: {})
 
 
@@ -623,8 +620,11 @@ class _Plan:
     dtype) and the split-pass summaries; the backward: du, ddelta, dz and one zeroed fp32
     buffer) and the kernels launched, their pointers passed as ints
     (`mambaseg.ops.triton_launch.Launcher`). A slot list names the buffer arguments of a
-    kernel by workspace offset; "out" is the call's output and ``None`` stands for the output
-    as a placeholder argument that the kernel does not touch (flags switch its use off).
+    kernel by workspace offset; ``None`` stands for the call's output (the fix kernel's real
+    output; elsewhere a placeholder argument that the kernel does not touch, flags switch its
+    use off). The workspace's layout inside each buffer is the kernels' own (the saved chunk
+    states are (B, n_chunks, NP, D) for the lean kernels, (B, D, n_chunks, NP) for the tile
+    kernels).
     """
 
     def __init__(self, cfg, shape, dstate, device, strides, has_d, has_z, has_bias, softplus,
@@ -651,7 +651,7 @@ class _Plan:
         # (ybuf, ysave, states, pst, pds) of the forward kernels; (ybuf, out, states, pst, pds)
         # of the fix kernel
         self.fwd_slots = (o("ybuf"), ysave, o("states"), o("pst"), o("pds"))
-        self.fix_slots = (o("ybuf"), "out", o("states"), o("pst"), o("pds"))
+        self.fix_slots = (o("ybuf"), None, o("states"), o("pst"), o("pds"))
         self.ysave_slot = ysave
         n_dblk = _cdiv(dim, cfg["BD"])
         u_s, dt_s, z_s, B_s, C_s = strides
@@ -677,18 +677,18 @@ class _Plan:
         p_ws = ws.data_ptr() if ws is not None else p_out
         in_ptrs = [t.data_ptr() for t in ins]
 
-        def ptrs(slots):
-            return in_ptrs + [p_out if s is None or s == "out" else p_ws + 4 * s for s in slots]
+        def slot_ptrs(slots):
+            return [p_out if s is None else p_ws + 4 * s for s in slots]
 
-        def tensors(slots, ins=ins):
-            return list(ins) + [out if s is None or s == "out" else ws[s:] for s in slots]
+        def slot_tensors(slots):
+            return [out if s is None else ws[s:] for s in slots]
 
-        self.fwd(ptrs(self.fwd_slots), lambda: tensors(self.fwd_slots))
-        if self.split:
-            fix_ins = (u, delta, A, Cm, ins[5], ins[6], ins[7])
-            fix_ptrs = [in_ptrs[i] for i in (0, 1, 2, 4, 5, 6, 7)]
-            self.fix(fix_ptrs + ptrs(self.fix_slots)[8:],
-                     lambda: tensors(self.fix_slots, fix_ins))
+        self.fwd(in_ptrs + slot_ptrs(self.fwd_slots),
+                 lambda: list(ins) + slot_tensors(self.fwd_slots))
+        if self.split:  # the fix kernel takes the inputs but B
+            fix = (0, 1, 2, 4, 5, 6, 7)
+            self.fix([in_ptrs[i] for i in fix] + slot_ptrs(self.fix_slots),
+                     lambda: [ins[i] for i in fix] + slot_tensors(self.fix_slots))
         return out, ws
 
     # backward ---------------------------------------------------------------------------------
@@ -757,14 +757,13 @@ class _BackwardPlan:
         ysave = plan.ysave_slot
         p_phl = p_acc + 4 * off["phl"] if plan.split else p_acc
         p_pes = p_acc + 4 * off["pes"] if plan.split else p_acc
-        if plan.split:
-            self.carry([delta.data_ptr(), A.data_ptr(), Cm.data_ptr(), zz.data_ptr(),
-                        bias_arg.data_ptr(), dout.data_ptr(), p_phl, p_pes],
-                       lambda: [delta, A, Cm, zz, bias_arg, dout, acc[off["phl"]:],
-                                acc[off["pes"]:]])
         ins = (u, delta, A, Bm, Cm, D if D is not None else A, zz, bias_arg, dout)
-        outs = (du, ddelta, dz if dz is not None else du, dB, dC)
         ptrs = [t.data_ptr() for t in ins]
+        if plan.split:  # the carry kernel takes delta, A, C, z, delta_bias, dout
+            carry = (1, 2, 4, 6, 7, 8)
+            self.carry([ptrs[i] for i in carry] + [p_phl, p_pes],
+                       lambda: [ins[i] for i in carry] + [acc[off["phl"]:], acc[off["pes"]:]])
+        outs = (du, ddelta, dz if dz is not None else du, dB, dC)
         ptrs += [p_ws + 4 * ysave if ysave is not None else ptrs[0],
                  p_ws + 4 * plan.ws.offset["states"], p_phl, p_pes]
         ptrs += [t.data_ptr() for t in outs]

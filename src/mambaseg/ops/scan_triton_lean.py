@@ -442,7 +442,7 @@ def _maxnreg(cfg):
 #: the lean kernels for scan_triton's launch code
 LEAN_KERNELS = KernelSet(
     _lean_fwd_kernel, _lean_fwd_fix_kernel, _lean_bwd_carry_kernel, _lean_bwd_kernel,
-    dim_last=True, rev=False,
+    rev=False,
     # dB/dC: 2 = atomically added per channel (config key BC=2, the default); 1 = reduced over
     # the channel block then atomically added (BC=1); 0 = so and stored (BC=1, one block)
     bc_mode=lambda cfg, n_dblk: 2 if cfg.get("BC", 2) == 2 else (1 if n_dblk > 1 else 0),
