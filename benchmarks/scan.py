@@ -10,6 +10,10 @@
 Inputs: N = 16 (--dstate), with z, D, delta_bias and softplus, Mamba-like statistics. Times are
 medians over --reps runs after warm-up (CUDA events on GPU, time.perf_counter on CPU). On CPU the
 speed-up over the float64 reference is printed where the reference was run (small shapes only).
+On CUDA every backend is also timed replaying its forward+backward from a CUDA graph ("graph":
+the GPU's own time, without the host's), and where mamba_ssm is importable the Triton rows end
+with their ratio to mamba_ssm measured in the same run (eager and graph; see
+benchmarks/mamba_ssm_build.py to build it on a machine without it).
 On CUDA the table ends with the host floor: the same timing of `NullScan`, a Python
 autograd.Function that takes the scan's inputs and launches no kernel (any scan behind such a
 function, mamba_ssm's included, takes at least that long per call on that machine).
@@ -129,6 +133,21 @@ def timer(device):
     return run
 
 
+def graph_time(fn, reps):
+    """Median ms of replaying ``fn`` captured in a CUDA graph: the GPU's time alone, without the
+    host's (the way a graphed training step runs). Raises if ``fn`` cannot be captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return timer(torch.device("cuda"))(graph.replay, reps, 3)
+
+
 def bench_one(backend, shape, args, device, run, config=None):
     x = make_inputs(shape, args.dstate, args.dtype, device, requires_grad=True)
     names = list(x)
@@ -160,7 +179,13 @@ def bench_one(backend, shape, args, device, run, config=None):
     t_fb = run(fwd_bwd, 1, warmup)  # warm-up (compilation) and a first estimate
     if t_fb > 50:  # slow case: fewer repetitions
         reps = max(1, min(reps, 5 if device.type == "cuda" else 3))
-    return run(fwd, reps, 1), run(fwd_bwd, reps, 0)
+    times = (run(fwd, reps, 1), run(fwd_bwd, reps, 0))
+    if device.type == "cuda" and backend != "reference":
+        try:
+            times += (graph_time(fwd_bwd, reps),)
+        except Exception as exc:  # noqa: BLE001 - not capturable: report, keep the eager times
+            print(f"  {backend} {shape}: CUDA graph failed: {type(exc).__name__}: {exc}"[:300])
+    return times
 
 
 def parse_shapes(spec):
@@ -213,6 +238,8 @@ def main(argv=None):
           f"softplus; median of {args.reps} runs (ms)")
     run = timer(device)
     header = f"{'shape (B,D,L)':18s} {'backend':30s} {'fwd ms':>9s} {'fwd+bwd ms':>11s}"
+    if device.type == "cuda":
+        header += f" {'graph':>7s}"
     targets = mamba_ssm_targets(name) if device.type == "cuda" else {}
     card = next((c for c in MAMBA_SSM_MS if c in name), "this card (none measured)")
     header += "  speed-up vs reference (fwd / fwd+bwd)" if device.type == "cpu" else \
@@ -265,13 +292,20 @@ def main(argv=None):
                         rows.append((label, bench_one(b, shape, args, device, run, config=cfg)))
                     except Exception as exc:  # report a failing configuration, keep going
                         print(f"  {label}: failed: {type(exc).__name__}: {exc}")
-        for label, (tf, tfb) in rows:
+        here = dict(rows).get("mamba_ssm")  # mamba_ssm measured in this run, if importable
+        for label, (tf, tfb, *tg) in rows:
             line = f"{str(shape):18s} {label:30s} {tf:9.3f} {tfb:11.3f}"
+            if device.type == "cuda":
+                line += f" {tg[0]:7.3f}" if tg else f" {'-':>7s}"
             if device.type == "cpu" and ref is not None and label != "reference (float64)":
                 line += f"  {ref[0] / tf:7.1f}x / {ref[1] / tfb:7.1f}x"
             elif shape in targets and label != "reference (float64)":
                 target = targets[shape]
                 line += f"  {target:.3f} ({tfb / target:.2f}, {'ok' if tfb <= target else 'slower'})"
+            if here is not None and label.startswith("triton"):
+                line += f"; vs mamba_ssm in this run: {tfb / here[1]:.2f}"
+                if tg and len(here) > 2:
+                    line += f" eager, {tg[0] / here[2]:.2f} graph"
             print(line, flush=True)
         if device.type == "cuda" and "triton" in backends:
             from mambaseg.ops.scan_triton import make_config

@@ -18,7 +18,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, "src")
 sys.path.insert(0, "benchmarks")
-from scan import SHAPES, make_inputs, mamba_ssm_targets, parse_shapes, timer  # noqa: E402
+from scan import (SHAPES, graph_time, make_inputs, mamba_ssm_targets,  # noqa: E402
+                  parse_shapes, timer)
 
 from mambaseg.ops.scan_triton import (_parse_env_config, make_config,  # noqa: E402
                                       selective_scan_triton)
@@ -76,16 +77,7 @@ def profile_shape(shape, config=None):
     print(f"  eager fwd {event_time(fwd):.3f}  fwd+bwd {row['eager']:.3f} ms | host issue "
           f"fwd {host_time(fwd):.3f} fwd+bwd {row['host']:.3f} ms")
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fwd_bwd()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fwd_bwd()
-        row["graph"] = event_time(graph.replay)
+        row["graph"] = graph_time(fwd_bwd, 30)
         print(f"  graph fwd+bwd {row['graph']:.3f} ms")
     except Exception as exc:  # noqa: BLE001 - report and go on
         print("  graph failed", type(exc).__name__, str(exc)[:200])

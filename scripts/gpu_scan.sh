@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # GPU check of the selective scan: CUDA tests, then the benchmark (with a short Triton sweep).
 # Run from the repository root on the GPU machine:  bash scripts/gpu_scan.sh
+#   bash scripts/gpu_scan.sh compare mamba_ssm-X.tar.gz [WHEELS]   # instead: build mamba_ssm's
+#       selective scan (benchmarks/mamba_ssm_build.py; einops from WHEELS), then the CUDA tests and
+#       the benchmarks with mamba_ssm in the same run -> build.txt, tests.txt, bench.txt,
+#       profile.txt, host.txt
 #   bash scripts/gpu_scan.sh profile [CONFIGS]   # instead: the CUDA tests of both kernel layouts
 #       and of the graphed training steps, benchmarks/scan_profile.py over CONFIGS (";"-separated,
 #       default below) -> profile.txt, host-time profiles, and benchmarks/scan.py --reps 50
@@ -15,6 +19,39 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 unset MAMBASEG_SCAN_BACKEND MAMBASEG_TRITON_CONFIG TRITON_INTERPRET
 start=$(date +%s)
+
+if [ "${1:-}" = compare ]; then
+  # bash scripts/gpu_scan.sh compare mamba_ssm-X.tar.gz [EINOPS_WHEEL_DIR]: build mamba_ssm's CUDA
+  # selective scan (benchmarks/mamba_ssm_build.py), then the CUDA tests (which compare the
+  # backends with each other), benchmarks/scan.py with mamba_ssm in the same run, the profile of
+  # the default configuration and the host-time profile
+  SDIST=${2:?usage: gpu_scan.sh compare mamba_ssm-X.tar.gz [wheel dir]}
+  if [ -n "${3:-}" ]; then  # einops (which mamba_ssm's Python side imports), as wheels
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$3"/*.whl
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  fi
+  MAX_JOBS=16 timeout 400 python3 benchmarks/mamba_ssm_build.py "$SDIST" --out /tmp/mamba_ssm_build \
+    > "$OUT/build.txt" 2>&1 || { tail -30 "$OUT/build.txt"; exit 1; }
+  tail -2 "$OUT/build.txt"
+  export PYTHONPATH="$PYTHONPATH:/tmp/mamba_ssm_build/pkg:/tmp/mamba_ssm_build/ext"
+  { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+    echo "-- scan (all backends, mamba_ssm included) and CUDA-graph steps"
+    timeout 240 python3 -m pytest tests/ops/test_scan_cuda.py tests/engine/test_graphs.py -q -rs \
+      -p no:cacheprovider 2>&1 | tail -6
+    echo "-- triton backend with MAMBASEG_TRITON_CONFIG=KERNEL=1"
+    MAMBASEG_TRITON_CONFIG=KERNEL=1 timeout 120 python3 -m pytest tests/ops/test_scan_cuda.py -q \
+      -p no:cacheprovider -k "triton and not default_backend" 2>&1 | tail -3
+  } 2>&1 | tee "$OUT/tests.txt"
+  timeout 200 python3 benchmarks/scan.py --reps 50 --no-reference > "$OUT/bench.txt" 2>&1
+  tail -30 "$OUT/bench.txt"
+  timeout 120 python3 benchmarks/scan_profile.py > "$OUT/profile.txt" 2>&1
+  sed -n '/^summary/,$p' "$OUT/profile.txt"
+  timeout 60 python3 benchmarks/scan_host_profile.py --shape 8x12x1024 > "$OUT/host.txt" 2>&1
+  head -12 "$OUT/host.txt"
+  echo "elapsed $(( $(date +%s) - start )) s"
+  exit 0
+fi
 
 if [ "${1:-}" = profile ]; then
   CONFIGS=${2:-"default;KERNEL=1;KERNEL=2,T=32;KERNEL=2,T=32,BC=1;KERNEL=2,WARPS=2"}

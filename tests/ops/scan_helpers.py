@@ -121,4 +121,9 @@ INTERP_CASES += [("k2_" + cid, shape, flags, dict(config, KERNEL=2))
 INTERP_CASES += [("k2_bc1_" + cid, shape, flags, dict(config, KERNEL=2, BC=1))
                  for cid, shape, flags, config in list(INTERP_CASES)
                  if cid in ("split_partial_parts", "z_only", "bf16")]
+# ... without the backward's loads of the next state's rows ahead of time (PF=0; PF=1 is the
+# default)
+INTERP_CASES += [("k2_pf0_" + cid, shape, flags, dict(config, KERNEL=2, PF=0))
+                 for cid, shape, flags, config in list(INTERP_CASES)
+                 if cid in ("odd_L_nosplit_dblocks", "split_partial_parts", "bf16")]
 INTERP_CASES.append(("default_config", (1, 3, 21, 2), dict(), None))

@@ -488,7 +488,7 @@ def _parse_env_config(spec):
         key, _, val = item.partition("=")
         key = key.strip().upper()
         if key not in ("BD", "BD_BWD", "T", "P", "WARPS", "WARPS_BWD", "REV", "KERNEL", "BC",
-                       "MAXNREG"):
+                       "MAXNREG", "PF", "FMAXNREG"):
             raise ValueError(f"MAMBASEG_TRITON_CONFIG: unknown key {key!r} in {spec!r}")
         out[key] = int(val)
     return out
@@ -509,12 +509,14 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     this module), T (chunk length), BD (channels per program, forward), BD_BWD (backward), P
     (parts along L), WARPS, WARPS_BWD; KERNEL=1 only: REV (1: the backward uses
     tl.associative_scan(reverse=True)); KERNEL=2 only: BC (2, its default: dB/dC atomics per
-    channel; 1: dB/dC reduced over the channel block first), MAXNREG (ptxas register cap of its
-    main backward kernel).
+    channel; 1: dB/dC reduced over the channel block first), PF (1, its default: the backward
+    loads the next state's rows while it solves one; 0: no), MAXNREG / FMAXNREG (ptxas register
+    caps of its main backward / forward kernel; 0: none).
     Defaults, KERNEL=2: T = 128 (32 when L % 16 != 0) and at least N, BD = BD_BWD = WARPS = 4
     (one channel per warp: time over the 32 lanes, 4 steps per lane, or 1 when L % 16 != 0),
     MAXNREG = 128 for its backward kernel (L % 16 == 0 and at most 4 tile elements per thread,
-    else none). KERNEL=1: T = 16; N spread over min(N, 32) lanes and channels over the
+    else none), FMAXNREG = 64 for its forward kernel on the same condition when its programs
+    are more than 6 per SM. KERNEL=1: T = 16; N spread over min(N, 32) lanes and channels over the
     remaining lanes times the warps, so that every lane owns one (channel, state) pair and holds
     the T steps of its chunk in registers. Both: P > 1 only when batch x channel blocks cannot
     fill about four programs per SM.
@@ -558,6 +560,17 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     if kernel == 2:  # (no keys of its own for KERNEL=1)
         out["KERNEL"] = 2
         out["BC"] = 1 if cfg.get("BC") == 1 else 2
+        # the backward loads state n + 1's rows while it solves state n (PF=0: no)
+        out["PF"] = 0 if cfg.get("PF") == 0 else 1
+        # ptxas cap for the forward: 64 (8 blocks per SM instead of 6 at its 78 registers, for
+        # a few bytes of spills) where its programs do not all fit on the GPU at once
+        fmx = cfg.get("FMAXNREG")
+        if fmx is None:
+            fwd_progs = batch * _cdiv(dim, BD) * P
+            fmx = 64 if aligned and BD * T <= 128 * warps and fwd_progs > 6 * _sm_count(device) \
+                else 0
+        if fmx:
+            out["FMAXNREG"] = int(fmx)
         # ptxas cap for the backward: 128 (4 blocks of 4 warps per SM; no spills on sm_90 at
         # 4 tile elements per thread) unless set (MAXNREG=0: none) or the tiles are larger
         mx = cfg.get("MAXNREG")
@@ -582,6 +595,8 @@ class KernelSet:
     bc_mode: Callable[[dict, int], int]
     #: extra launch options of the backward kernel
     bwd_options: Callable[[dict], dict]
+    #: extra constexprs of the forward kernel
+    fwd_options: Callable[[dict], dict] = lambda cfg: {}
 
 
 DEFAULT_KERNELS = KernelSet(_fwd_kernel, _fwd_fix_kernel, _bwd_carry_kernel, _bwd_kernel,
@@ -660,7 +675,7 @@ class _Plan:
         meta = dict(BD=cfg["BD"], NP=NP, T=cfg["T"], **flags, num_warps=cfg["WARPS"])
         grid = (batch * n_dblk, P)
         self.fwd = Launcher(K.fwd, grid, ints + u_s + dt_s + z_s + B_s + C_s,
-                            dict(meta, SPLIT=split), self.dev_index)
+                            dict(meta, SPLIT=split, **K.fwd_options(cfg)), self.dev_index)
         self.fix = Launcher(K.fix, grid, ints + u_s + dt_s + z_s + C_s, meta,
                             self.dev_index) if split else None
         self._bwd = {}  # (dout strides, dout dtype) -> backward launches

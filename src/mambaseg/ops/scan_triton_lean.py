@@ -32,9 +32,19 @@ kernels, time is spread over the lanes and the states are walked one at a time:
 * the backward needs the states x (a forward scan) and the adjoint h_t = dy_t C_t + a_{t+1}
   h_{t+1} (a suffix scan). Triton's ``reverse=True`` scan, and tl.flip, cost many shuffles when
   time is over the lanes (92 and 20 per (4, 128) tile on sm_90, against 12 for the forward
-  scan), so the adjoint is a forward scan over time-reversed tiles (dy, delta at t + 1 and C_n
-  loaded in reverse order) and h is brought back to time order with one ``tl.gather`` (16
-  shuffles);
+  scan), so the adjoint is a forward scan over time-reversed tiles, made in registers with
+  ``tl.gather`` along the lanes (4 shuffles per tile): per chunk, delta at t + 1 reversed
+  (``_shift_flip``: the chunk's own delta, its first column from the chunk after it); per state,
+  dy C_n reversed and h brought back to time order. Every tile is *loaded* in time order: a
+  load through reversed pointers takes a layout of its own (with Triton 3.6: time across the
+  warps), and the adjoint's scan and everything it touches then ran in that layout, through
+  shared memory and barriers (ncu on an H200, (8, 1024, 4096): 37 shared-memory loads, 16
+  stores and 10 barriers per state; the backward kernel 3.72 -> 2.21 ms without them, the
+  prefetch below included). Triton 3.8 happened to keep one layout either way: look at the
+  TTGIR of the Triton that runs, not of another;
+* the backward loads state n + 1's A, B, C rows and saved state while it solves state n
+  (config PF=1, the default): their latency no longer starts every state's dependency chain
+  (backward kernel 2.67 -> 2.21 ms at (8, 1024, 4096) on an H200);
 * the carries across chunks (forward state, backward adjoint) and the dA accumulator are (BD, T)
   tiles whose column n holds the value for state n (hence T >= N): taken out with a masked sum
   along time and put back with ``tl.where``, both in the tiles' layout. A carry enters the chunk
@@ -47,10 +57,13 @@ kernels, time is spread over the lanes and the states are walked one at a time:
 * the forward saves the state entering every chunk as (B, n_chunks, NP, D) fp32 (contiguous over
   channels), with this variant's chunk length; the backward recomputes the chunk's states from it.
 
-ptxas (sm_90, default configuration, fp32, D = 1024, N = 16): forward 78 registers, backward
-128 (the default MAXNREG cap, no spills) against 85 and 231 for the tile kernels. Config keys:
-BD, BD_BWD, T, P, WARPS, WARPS_BWD as for the tile kernels, BC (above), MAXNREG (register cap of
-the main backward kernel; 0: none); REV has no effect here.
+ptxas (sm_90, Triton 3.6, default configuration, fp32, N = 16): forward 78 registers (64 with
+a few bytes of spills under the FMAXNREG cap that make_config sets when the forward's programs
+outnumber what fits on the GPU: 8 blocks per SM instead of 6, forward 1.21 -> 1.02 ms at
+(8, 1024, 4096) on an H200), backward 128 (the default MAXNREG cap, no spills) against 85 and 231
+for the tile kernels. Config keys: BD, BD_BWD, T, P, WARPS, WARPS_BWD as for the tile kernels,
+BC (above), PF (above), MAXNREG / FMAXNREG (register caps of the main backward / forward
+kernel; 0: none); REV has no effect here.
 
 Parallelism along L (P > 1 parts, small batch x channels) follows the tile kernels: forward
 pass 1 scans every part from a zero state and writes partial y, the part's final states and its
@@ -103,6 +116,64 @@ def _row(ptr, BD: tl.constexpr, mask):
                    other=0.0).to(tl.float32)
 
 
+@triton.jit
+def _fwd_rows(A_ptr, B_ptr, C_ptr, offs_d, d_mask, t, t_mask, dstate, s_Bn, s_Bl, s_Cn, s_Cl, n,
+              BD: tl.constexpr):
+    """State n's A[:, n] (log2 units), B[n] and C[n] rows (zeros when n == dstate)."""
+    ok = n < dstate
+    A2 = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask & ok, other=0.0).to(tl.float32)
+    Bn = _row(B_ptr + n * s_Bn + t * s_Bl, BD, t_mask & ok)
+    Cn = _row(C_ptr + n * s_Cn + t * s_Cl, BD, t_mask & ok)
+    return A2 * 1.4426950408889634, Bn, Cn  # exp(x A) = exp2(x A2)
+
+
+@triton.jit
+def _bwd_rows(A_ptr, B_ptr, C_ptr, st_ptr, offs_d, d_mask, dim, t, t_mask, dstate, s_Bn, s_Bl,
+              s_Cn, s_Cl, n, BD: tl.constexpr):
+    """State n's A[:, n], rows B[n] and C[n] and its saved chunk-entry state (``st_ptr``: the
+    chunk's (NP, dim) block); zeros when n == dstate."""
+    ok = n < dstate
+    An = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask & ok, other=0.0).to(tl.float32)
+    Bn = _row(B_ptr + n * s_Bn + t * s_Bl, BD, t_mask & ok)
+    Cn = _row(C_ptr + n * s_Cn + t * s_Cl, BD, t_mask & ok)
+    s = tl.load(st_ptr + n * dim + offs_d, mask=d_mask & ok, other=0.0)
+    return An, Bn, Cn, s
+
+
+@triton.jit
+def _next_delta(dt_ptr, offs_d, d_mask, t0, offs_t, L, s_dd, s_dl, bias, HAS_BIAS: tl.constexpr,
+                SOFTPLUS: tl.constexpr):
+    """delta' at step t0 (0 at or past L) as (BD,), loaded as the first column of a (BD, T)
+    tile so that it takes the tiles' layout."""
+    t = t0 + offs_t
+    m = d_mask[:, None] & (t < L)[None, :]
+    dl, raw = _load_delta(dt_ptr, offs_d[:, None] * s_dd + t[None, :] * s_dl, m, bias, HAS_BIAS,
+                          SOFTPLUS, 0)
+    return _col(dl, offs_t[None, :], 0)
+
+
+@triton.jit
+def _bwd_chunk(dt_ptr, offs_d, d_mask, c, offs_t, L, s_dd, s_dl, bias, dl_next,
+               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BD: tl.constexpr, T: tl.constexpr):
+    """What both backward kernels start a chunk with: its steps ``t``, their mask, the (BD, T)
+    mask, delta' and delta + bias in time order, and delta' at t + 1 time-reversed
+    (``_shift_flip``; ``dl_next``: delta' at the chunk's last step + 1)."""
+    t = c * T + offs_t
+    t_mask = t < L
+    m2 = d_mask[:, None] & t_mask[None, :]
+    dl, raw = _load_delta(dt_ptr, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2, bias, HAS_BIAS,
+                          SOFTPLUS, 0)
+    return t, t_mask, m2, dl, raw, _shift_flip(dl, dl_next, offs_t, BD, T)
+
+
+@triton.jit
+def _shift_flip(dl, dl_next, offs_t, BD: tl.constexpr, T: tl.constexpr):
+    """The time-reversed a_{t+1} operand: column j holds dl at in-chunk step T - j (j >= 1) and
+    ``dl_next`` (the next chunk's first step) in column 0. One tl.gather along the lanes."""
+    idx = tl.broadcast_to(((T - offs_t) % T)[None, :], (BD, T))
+    return tl.where(offs_t[None, :] == 0, dl_next[:, None], tl.gather(dl, idx, axis=1))
+
+
 @triton.jit(do_not_specialize=_NO_SPEC_LEAN)
 def _lean_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
@@ -137,12 +208,8 @@ def _lean_fwd_kernel(
         Sn = tl.zeros((BD, T), tl.float32)  # column n: state n leaving the chunk
         xp = tl.zeros((BD, T), tl.float32)  # the previous state's states
         for n in range(0, dstate):
-            A2 = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask, other=0.0).to(tl.float32)
-            A2 = A2 * 1.4426950408889634  # exp(x A) = exp2(x A2)
-            Bn = _row(B_ptr + b * s_Bb + n * s_Bn + t * s_Bl, BD,
-                      t_mask)
-            Cn = _row(C_ptr + b * s_Cb + n * s_Cn + t * s_Cl, BD,
-                      t_mask)
+            A2, Bn, Cn = _fwd_rows(A_ptr, B_ptr + b * s_Bb, C_ptr + b * s_Cb, offs_d, d_mask, t,
+                                   t_mask, dstate, s_Bn, s_Bl, s_Cn, s_Cl, n, BD)
             s = _col(Sc, cols, n)  # (Sc does not change within the chunk: no chain over n)
             if SAVE:
                 tl.store(st_ptr + ((b * n_chunks + c) * NP + n) * dim + offs_d, s, mask=d_mask)
@@ -249,37 +316,31 @@ def _lean_bwd_carry_kernel(
     esum = tl.zeros((BD,), tl.float32)
     c0 = part * cpp
     c1 = tl.minimum(c0 + cpp, n_chunks)
+    # as in the main backward kernel: loads in time order, reversed tiles made in registers
+    dl_next = _next_delta(dt_ptr + b * s_db, offs_d, d_mask, c1 * T, offs_t, L, s_dd, s_dl, bias,
+                          HAS_BIAS, SOFTPLUS)
     for i in range(0, c1 - c0):
         c = c1 - 1 - i
-        # time-reversed tiles (column j: step c T + T - 1 - j): the adjoint recurrence runs
-        # forward along the columns
-        tr = c * T + (T - 1) - offs_t
-        t = c * T + offs_t
-        tr_mask = tr < L
-        m2 = d_mask[:, None] & (t < L)[None, :]
-        dln, rawn = _load_delta(dt_ptr + b * s_db,
-                                offs_d[:, None] * s_dd + (tr + 1)[None, :] * s_dl,
-                                d_mask[:, None] & (tr + 1 < L)[None, :], bias, HAS_BIAS,
-                                SOFTPLUS, 0)
-        # dy in time order, then reversed: the aligned loads in time order give the tiles their
-        # layout (time over the lanes, vectorised), which the reversed loads then take over
+        t, t_mask, m2, dl, raw, dlnr = _bwd_chunk(dt_ptr + b * s_db, offs_d, d_mask, c, offs_t, L,
+                                                  s_dd, s_dl, bias, dl_next, HAS_BIAS, SOFTPLUS,
+                                                  BD, T)
+        dl_next = _col(dl, cols, 0)
         dy = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=m2,
                      other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl,
                          mask=m2, other=0.0).to(tl.float32)
             dy = dy * zz * tl.sigmoid(zz)
-        dy = _flip(dy, offs_t, BD, T)
         for n in range(0, dstate):
             A2 = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask,
                          other=0.0).to(tl.float32) * 1.4426950408889634
-            Cn = _row(C_ptr + b * s_Cb + n * s_Cn + tr * s_Cl, BD, tr_mask)
-            an = tl.exp2(dln * A2[:, None])  # a_{t+1}
-            g = dy * Cn
+            Cn = _row(C_ptr + b * s_Cb + n * s_Cn + t * s_Cl, BD, t_mask)
+            an = tl.exp2(dlnr * A2[:, None])  # a_{t+1}, reversed
+            g = _flip(dy * Cn, offs_t, BD, T)
             g = tl.where(cols == 0, g + an * _col(Hc, cols, n)[:, None], g)
             _, h = tl.associative_scan((an, g), axis=1, combine_fn=_combine)
             Hc = tl.where(cols == n, _col(h, cols, T - 1)[:, None], Hc)
-        esum += tl.sum(dln, axis=1)
+        esum += tl.sum(dlnr, axis=1)  # delta at steps t + 1
     prow = b * P + part
     tl.store(phl_ptr + (prow * NP + offs_t[None, :]) * dim + offs_d[:, None], Hc,
              mask=d_mask[:, None] & (offs_t[None, :] < NP))
@@ -295,7 +356,7 @@ def _lean_bwd_kernel(
     s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_gb, s_gd, s_gl,
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SPLIT: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    SPLIT: tl.constexpr, ATOMIC_BC: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     part = tl.program_id(1)
     b, offs_d, d_mask, bias, Dv = _program_block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS,
@@ -320,26 +381,24 @@ def _lean_bwd_kernel(
     row = b * dim + offs_d
     c0 = part * cpp
     c1 = tl.minimum(c0 + cpp, n_chunks)
+    # delta at the first step after this part's last chunk (0 past the end): the time-reversed
+    # a_{t+1} of a chunk takes its first column from the chunk after it
+    dl_next = _next_delta(dt_ptr + b * s_db, offs_d, d_mask, c1 * T, offs_t, L, s_dd, s_dl, bias,
+                          HAS_BIAS, SOFTPLUS)
     for i in range(0, c1 - c0):
         c = c1 - 1 - i
-        t = c * T + offs_t
-        tr = c * T + (T - 1) - offs_t  # time-reversed tiles, for the adjoint recurrence
-        t_mask = t < L
-        tr_mask = tr < L
-        m2 = d_mask[:, None] & t_mask[None, :]
-        m2r = d_mask[:, None] & tr_mask[None, :]
-        dl, raw = _load_delta(dt_ptr + b * s_db, offs_d[:, None] * s_dd + t[None, :] * s_dl, m2,
-                              bias, HAS_BIAS, SOFTPLUS, 0)
-        dlnr, rawn = _load_delta(dt_ptr + b * s_db,
-                                 offs_d[:, None] * s_dd + (tr + 1)[None, :] * s_dl,
-                                 d_mask[:, None] & (tr + 1 < L)[None, :], bias, HAS_BIAS,
-                                 SOFTPLUS, 0)
+        # Everything is loaded in time order (aligned, vectorised loads that give every tile the
+        # same layout: time over the lanes of a warp) and the time-reversed tiles of the adjoint
+        # recurrence are made in registers: a reversed load takes a layout of its own (time
+        # across warps on Triton 3.6), and the scans in it go through shared memory.
+        t, t_mask, m2, dl, raw, dlnr = _bwd_chunk(dt_ptr + b * s_db, offs_d, d_mask, c, offs_t, L,
+                                                  s_dd, s_dl, bias, dl_next, HAS_BIAS, SOFTPLUS,
+                                                  BD, T)
+        dl_next = _col(dl, cols, 0)
         u = tl.load(u_ptr + b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2,
                     other=0.0).to(tl.float32)
         gout = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=m2,
                        other=0.0).to(tl.float32)
-        dyr = tl.load(g_ptr + b * s_gb + offs_d[:, None] * s_gd + tr[None, :] * s_gl, mask=m2r,
-                      other=0.0).to(tl.float32)
         o_off = row[:, None] * L + t[None, :]
         dy = gout
         if HAS_Z:
@@ -350,9 +409,6 @@ def _lean_bwd_kernel(
             dy = gout * zz * sz
             dz = gout * yp * sz * (1.0 + zz * (1.0 - sz))
             tl.store(dz_ptr + o_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
-            zr = tl.load(z_ptr + b * s_zb + offs_d[:, None] * s_zd + tr[None, :] * s_zl,
-                         mask=m2r, other=0.0).to(tl.float32)
-            dyr = dyr * zr * tl.sigmoid(zr)
         if HAS_D:
             dD_acc += tl.sum(dy * u, axis=1)
         dlu = dl * u
@@ -360,13 +416,22 @@ def _lean_bwd_kernel(
         qA = tl.zeros((BD, T), tl.float32)  # sum_n h a x_{t-1} A_n
         Hn = tl.zeros((BD, T), tl.float32)  # column n: adjoint of state n at the chunk's start
         hp = tl.zeros((BD, T), tl.float32)  # the previous state's reversed adjoints
+        st_c = st_ptr + (b * n_chunks + c) * NP * dim  # the chunk's saved entry states
+        if PREFETCH:  # state 0's rows; state n + 1's are loaded while state n is solved
+            Ax, Bx, Cx, sx = _bwd_rows(A_ptr, B_ptr + b * s_Bb, C_ptr + b * s_Cb, st_c, offs_d,
+                                       d_mask, dim, t, t_mask, dstate, s_Bn, s_Bl, s_Cn, s_Cl, 0,
+                                       BD)
         for n in range(0, dstate):
-            An = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask, other=0.0).to(tl.float32)
+            if PREFETCH:
+                An, Bn, Cn, s = Ax, Bx, Cx, sx
+                Ax, Bx, Cx, sx = _bwd_rows(A_ptr, B_ptr + b * s_Bb, C_ptr + b * s_Cb, st_c,
+                                           offs_d, d_mask, dim, t, t_mask, dstate, s_Bn, s_Bl,
+                                           s_Cn, s_Cl, n + 1, BD)
+            else:
+                An, Bn, Cn, s = _bwd_rows(A_ptr, B_ptr + b * s_Bb, C_ptr + b * s_Cb, st_c,
+                                          offs_d, d_mask, dim, t, t_mask, dstate, s_Bn, s_Bl,
+                                          s_Cn, s_Cl, n, BD)
             A2 = An * 1.4426950408889634
-            Bn = _row(B_ptr + b * s_Bb + n * s_Bn + t * s_Bl, BD, t_mask)
-            Cnr = _row(C_ptr + b * s_Cb + n * s_Cn + tr * s_Cl, BD, tr_mask)
-            s = tl.load(st_ptr + ((b * n_chunks + c) * NP + n) * dim + offs_d, mask=d_mask,
-                        other=0.0)
             # states of the chunk
             a = tl.exp2(dl * A2[:, None])
             bx = dlu * Bn
@@ -375,7 +440,7 @@ def _lean_bwd_kernel(
             # adjoint h_t = dy_t C_n,t + a_{t+1} h_{t+1}: a forward scan over the reversed
             # tiles, its carry (the adjoint at the next chunk's first step) enters at column 0
             anr = tl.exp2(dlnr * A2[:, None])
-            g = dyr * Cnr
+            g = _flip(dy * Cn, offs_t, BD, T)
             g = tl.where(cols == 0, g + anr * _col(Hc, cols, n)[:, None], g)
             _, hr = tl.associative_scan((anr, g), axis=1, combine_fn=_combine)
             # the previous state's adjoint at the chunk's first step, one state late (as the
@@ -434,9 +499,12 @@ def _lean_bwd_kernel(
 # launches (called by scan_triton._TritonScan when cfg["KERNEL"] == 2)
 
 
-def _maxnreg(cfg):
-    """ptxas register cap for the backward kernel (config key MAXNREG; none by default)."""
-    return {"maxnreg": cfg["MAXNREG"]} if cfg.get("MAXNREG") else {}
+def _bwd_options(cfg):
+    """The backward kernel's ptxas register cap (config key MAXNREG) and PREFETCH (key PF)."""
+    out = {"PREFETCH": cfg.get("PF", 1)}
+    if cfg.get("MAXNREG"):
+        out["maxnreg"] = cfg["MAXNREG"]
+    return out
 
 
 #: the lean kernels for scan_triton's launch code
@@ -446,4 +514,5 @@ LEAN_KERNELS = KernelSet(
     # dB/dC: 2 = atomically added per channel (config key BC=2, the default); 1 = reduced over
     # the channel block then atomically added (BC=1); 0 = so and stored (BC=1, one block)
     bc_mode=lambda cfg, n_dblk: 2 if cfg.get("BC", 2) == 2 else (1 if n_dblk > 1 else 0),
-    bwd_options=_maxnreg)
+    bwd_options=_bwd_options,
+    fwd_options=lambda cfg: {"maxnreg": cfg["FMAXNREG"]} if cfg.get("FMAXNREG") else {})
