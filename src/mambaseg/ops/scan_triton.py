@@ -48,8 +48,9 @@ Same semantics and autograd wrapper, other kernels: tiles of (BD channels x T st
 over the lanes (4 steps per lane, one channel per warp at its default T = 128) and a run-time
 loop over the N states inside each chunk, so that only (BD, T) tiles of one state are live (the
 backward needs at most 128 registers per thread on sm_90 instead of 231); the adjoint is a
-forward scan over time-reversed tiles; the chunk-entry states are saved with its own chunk
-length and layout. See scan_triton_lean's docstring for the details.
+forward scan over time-reversed tiles, made in registers from tiles loaded in time order; the
+chunk-entry states are saved with its own chunk length and layout. See scan_triton_lean's
+docstring for the details.
 """
 from __future__ import annotations
 
