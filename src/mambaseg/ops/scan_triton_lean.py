@@ -117,17 +117,6 @@ def _row(ptr, BD: tl.constexpr, mask):
 
 
 @triton.jit
-def _fwd_rows(A_ptr, B_ptr, C_ptr, offs_d, d_mask, t, t_mask, dstate, s_Bn, s_Bl, s_Cn, s_Cl, n,
-              BD: tl.constexpr):
-    """State n's A[:, n] (log2 units), B[n] and C[n] rows (zeros when n == dstate)."""
-    ok = n < dstate
-    A2 = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask & ok, other=0.0).to(tl.float32)
-    Bn = _row(B_ptr + n * s_Bn + t * s_Bl, BD, t_mask & ok)
-    Cn = _row(C_ptr + n * s_Cn + t * s_Cl, BD, t_mask & ok)
-    return A2 * 1.4426950408889634, Bn, Cn  # exp(x A) = exp2(x A2)
-
-
-@triton.jit
 def _bwd_rows(A_ptr, B_ptr, C_ptr, st_ptr, offs_d, d_mask, dim, t, t_mask, dstate, s_Bn, s_Bl,
               s_Cn, s_Cl, n, BD: tl.constexpr):
     """State n's A[:, n], rows B[n] and C[n] and its saved chunk-entry state (``st_ptr``: the
@@ -208,8 +197,10 @@ def _lean_fwd_kernel(
         Sn = tl.zeros((BD, T), tl.float32)  # column n: state n leaving the chunk
         xp = tl.zeros((BD, T), tl.float32)  # the previous state's states
         for n in range(0, dstate):
-            A2, Bn, Cn = _fwd_rows(A_ptr, B_ptr + b * s_Bb, C_ptr + b * s_Cb, offs_d, d_mask, t,
-                                   t_mask, dstate, s_Bn, s_Bl, s_Cn, s_Cl, n, BD)
+            A2 = tl.load(A_ptr + offs_d * dstate + n, mask=d_mask, other=0.0).to(tl.float32)
+            A2 = A2 * 1.4426950408889634  # exp(x A) = exp2(x A2)
+            Bn = _row(B_ptr + b * s_Bb + n * s_Bn + t * s_Bl, BD, t_mask)
+            Cn = _row(C_ptr + b * s_Cb + n * s_Cn + t * s_Cl, BD, t_mask)
             s = _col(Sc, cols, n)  # (Sc does not change within the chunk: no chain over n)
             if SAVE:
                 tl.store(st_ptr + ((b * n_chunks + c) * NP + n) * dim + offs_d, s, mask=d_mask)
@@ -501,7 +492,7 @@ def _lean_bwd_kernel(
 
 def _bwd_options(cfg):
     """The backward kernel's ptxas register cap (config key MAXNREG) and PREFETCH (key PF)."""
-    out = {"PREFETCH": cfg.get("PF", 1)}
+    out = {"PREFETCH": cfg["PF"]}
     if cfg.get("MAXNREG"):
         out["maxnreg"] = cfg["MAXNREG"]
     return out
