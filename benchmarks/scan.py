@@ -14,7 +14,9 @@ On CUDA every backend is also timed replaying its forward+backward from a CUDA g
 the GPU's own time, without the host's), and where mamba_ssm is importable the Triton rows end
 with their ratio to mamba_ssm measured in the same run (eager and graph; see
 benchmarks/mamba_ssm_build.py to build it on a machine without it).
-On CUDA the table ends with the host floor: the same timing of `NullScan`, a Python
+Where mamba_ssm is importable, both are then timed again interleaved call by call (A B A B: a drift
+of the host's speed, large on shared machines, hits both alike). On CUDA the output ends with the
+host floor: the same timing of `NullScan`, a Python
 autograd.Function that takes the scan's inputs and launches no kernel (any scan behind such a
 function, mamba_ssm's included, takes at least that long per call on that machine).
 """
@@ -148,7 +150,25 @@ def graph_time(fn, reps):
     return timer(torch.device("cuda"))(graph.replay, reps, 3)
 
 
-def bench_one(backend, shape, args, device, run, config=None):
+def interleaved(shape, backends, args, device, reps):
+    """Eager fwd+bwd of each backend, alternating call by call (A B A B ...) so that a drift of
+    the host's speed, large on shared machines, hits them alike: {backend: median ms}, and the
+    share of rounds that the first backend won."""
+    calls = {b: bench_one(b, shape, args, device, None, calls_only=True)[1] for b in backends}
+    run = timer(device)
+    for fn in calls.values():  # warm-up
+        run(fn, 1, 3)
+    times = {b: [] for b in backends}
+    for i in range(reps):
+        order = backends if i % 2 == 0 else backends[::-1]
+        for b in order:
+            times[b].append(run(calls[b], 1, 0))
+    first, other = backends[0], backends[1]
+    wins = sum(a < b for a, b in zip(times[first], times[other])) / reps
+    return {b: statistics.median(t) for b, t in times.items()}, wins
+
+
+def bench_one(backend, shape, args, device, run, config=None, calls_only=False):
     x = make_inputs(shape, args.dstate, args.dtype, device, requires_grad=True)
     names = list(x)
 
@@ -172,6 +192,8 @@ def bench_one(backend, shape, args, device, run, config=None):
         y = call()
         torch.autograd.grad(y, [x[k] for k in names], gy)
 
+    if calls_only:
+        return fwd, fwd_bwd
     reps = args.reps
     warmup = 2 if device.type == "cuda" else 1
     if backend == "reference":
@@ -312,6 +334,14 @@ def main(argv=None):
 
             c = make_config(shape[0], shape[1], shape[2], args.dstate, device)
             print(f"{'':18s} triton default config: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    if device.type == "cuda" and {"triton", "mamba_ssm"} <= set(backends):
+        print(f"\ntriton and mamba_ssm in this run, interleaved call by call (eager fwd+bwd, "
+              f"median of {2 * args.reps} each, ms):")
+        for shape in shapes:
+            med, wins = interleaved(shape, ["triton", "mamba_ssm"], args, device, 2 * args.reps)
+            print(f"  {str(shape):18s} triton {med['triton']:7.3f}  mamba_ssm "
+                  f"{med['mamba_ssm']:7.3f}  ratio {med['triton'] / med['mamba_ssm']:.2f}  "
+                  f"(triton faster in {100 * wins:.0f}% of the pairs)", flush=True)
     if device.type == "cuda":
         null, mul = host_floor(shapes[0], args, device, run)
         print(f"host floor, same timing at {shapes[0]}: a Python autograd.Function with the scan's "

@@ -10,7 +10,6 @@ start (microseconds).
 """
 import argparse
 import cProfile
-import os
 import pstats
 import sys
 
@@ -21,7 +20,7 @@ sys.path.insert(0, "benchmarks")
 from scan import NullScan, make_inputs  # noqa: E402
 from scan_profile import host_time, parse_configs  # noqa: E402
 
-from mambaseg.ops import selective_scan  # noqa: E402
+from mambaseg.ops import selective_scan, triton_launch  # noqa: E402
 from mambaseg.ops.scan_triton import selective_scan_triton  # noqa: E402
 
 
@@ -76,7 +75,7 @@ def main():
         fns = calls(shape, config)
         rows = {}
         for fast in ("1", "0"):
-            os.environ["MAMBASEG_TRITON_FAST_LAUNCH"] = fast
+            triton_launch.set_fast_launch(fast == "1")
             for name, fn in fns.items():
                 rows.setdefault(name, []).append(us(fn))
             with torch.autograd.set_multithreading_enabled(False):
@@ -85,7 +84,7 @@ def main():
         print(f"\nconfig {spec}: {'direct launch':>14} {'Triton launch':>14}")
         for name, (on, off) in rows.items():
             print(f"  {name:<42} {on:8.1f} {off:14.1f}")
-    os.environ["MAMBASEG_TRITON_FAST_LAUNCH"] = "1"
+    triton_launch.set_fast_launch(True)
     fn = calls(shape, None)["fwd+bwd"]
     for _ in range(5):
         fn()

@@ -126,4 +126,14 @@ INTERP_CASES += [("k2_bc1_" + cid, shape, flags, dict(config, KERNEL=2, BC=1))
 INTERP_CASES += [("k2_pf0_" + cid, shape, flags, dict(config, KERNEL=2, PF=0))
                  for cid, shape, flags, config in list(INTERP_CASES)
                  if cid in ("odd_L_nosplit_dblocks", "split_partial_parts", "bf16")]
+# ... with the forward's own chunk length (T_FWD > T: it saves the states entering each of the
+# backward's chunks from inside its own) or parts (P_FWD != P)
+INTERP_CASES += [
+    ("k2_tfwd_odd_L", (2, 3, 45, 4), dict(), {"KERNEL": 2, "T": 8, "T_FWD": 32, "BD": 1}),
+    ("k2_tfwd_short", (1, 2, 5, 4), dict(), {"KERNEL": 2, "T": 8, "T_FWD": 16, "BD": 2}),
+    ("k2_tfwd_no_z_bf16", (1, 3, 40, 4), dict(has_z=False, dtype=torch.bfloat16),
+     {"KERNEL": 2, "T": 8, "T_FWD": 16, "BD": 1, "P": 2}),
+    ("k2_pfwd1_split_bwd", (1, 3, 34, 4), dict(), {"KERNEL": 2, "T": 8, "P": 3, "P_FWD": 1}),
+    ("k2_split_fwd_pbwd1", (1, 3, 34, 4), dict(), {"KERNEL": 2, "T": 8, "P": 1, "P_FWD": 3}),
+]
 INTERP_CASES.append(("default_config", (1, 3, 21, 2), dict(), None))

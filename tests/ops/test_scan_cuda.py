@@ -229,6 +229,31 @@ if pytest is not None:
             pytest.skip("triton not available")
         check_triton_layouts_and_repeats(shape, layout)
 
+    @pytest.mark.parametrize("shape", [(2, 12, 1024), (8, 16, 4096)],
+                             ids=lambda s: "x".join(map(str, s)))
+    def test_triton_eager_and_graphed_configs_agree(shape):
+        """Where eager calls and CUDA-graph captures take different forward configurations
+        (make_config's ``graphed``: one forward launch, or a split forward), both give the
+        same results (run here eagerly, the graphed one named explicitly)."""
+        if "triton" not in _backends():
+            pytest.skip("triton not available")
+        from mambaseg.ops.scan_triton import make_config, selective_scan_triton
+
+        cfg = {k: make_config(*shape, DSTATE, torch.device("cuda"), graphed=g)
+               for k, g in (("eager", False), ("graphed", True))}
+        assert cfg["eager"]["P_FWD"] == 1 and cfg["graphed"]["P_FWD"] > 1, cfg
+        inp = _layout_inputs(shape, "contiguous")
+        gy = torch.randn(shape, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+        res = []
+        for config in (None, {"P_FWD": cfg["graphed"]["P_FWD"]}):
+            y = selective_scan_triton(*(inp[k] for k in ("u", "delta", "A", "B", "C")),
+                                      D=inp["D"], z=inp["z"], delta_bias=inp["delta_bias"],
+                                      delta_softplus=True, config=config)
+            res.append((y,) + torch.autograd.grad(y, [inp[k] for k in NAMES], gy))
+        for name, a, b in zip(("out",) + tuple(NAMES), *res):
+            torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-4,
+                                       msg=lambda m, name=name: f"{shape} {name}: {m}")
+
     def test_triton_tensors_on_two_devices_error():
         if "triton" not in _backends():
             pytest.skip("triton not available")

@@ -26,11 +26,34 @@ def h100(monkeypatch):
     ((8, 16, 4096), 16, None),
 ])
 def test_lean_defaults(h100, shape, P, fmaxnreg):
-    cfg = make_config(*shape, 16, h100)
+    cfg = make_config(*shape, 16, h100, graphed=True)
     assert (cfg["KERNEL"], cfg["T"], cfg["BD"], cfg["BD_BWD"], cfg["NP"]) == (2, 128, 4, 4, 16)
     assert cfg["P"] == P and cfg["n_chunks"] == shape[2] // 128
     assert cfg["PF"] == 1 and cfg["MAXNREG"] == 128 and cfg["BC"] == 2
     assert cfg.get("FMAXNREG") == fmaxnreg
+    # the forward's chunks are the backward's
+    assert (cfg["T_FWD"], cfg["P_FWD"], cfg["n_chunks_fwd"]) == (128, P, shape[2] // 128)
+    eager = make_config(*shape, 16, h100)
+    if P == 1:  # eager calls that the backward does not split: the same configuration
+        assert eager == cfg
+    else:  # eager calls that it splits: the forward in one launch, one channel per program
+        assert {k: v for k, v in eager.items() if k not in ("T_FWD", "P_FWD", "cpp_fwd",
+                                                             "n_chunks_fwd", "BD")} == \
+            {k: v for k, v in cfg.items() if k not in ("T_FWD", "P_FWD", "cpp_fwd",
+                                                       "n_chunks_fwd", "BD")}
+        assert (eager["T_FWD"], eager["P_FWD"], eager["BD"]) == (1024, 1, 1)
+        assert eager["n_chunks_fwd"] == eager["cpp_fwd"] == shape[2] // 1024
+
+
+def test_forward_chunks_of_its_own(h100):
+    cfg = make_config(8, 16, 4096, 16, h100, {"T_FWD": 512, "BD": 2}, graphed=True)
+    assert (cfg["T_FWD"], cfg["P_FWD"], cfg["n_chunks_fwd"], cfg["BD"]) == (512, 1, 8, 2)
+    cfg = make_config(8, 16, 4096, 16, h100, {"P_FWD": 4})  # an explicit split: kept
+    assert (cfg["T_FWD"], cfg["P_FWD"], cfg["cpp_fwd"], cfg["BD"]) == (128, 4, 8, 4)
+    # short sequences: T_FWD = L (a power of two, at least T)
+    assert make_config(8, 16, 256, 16, h100)["T_FWD"] == 256
+    with pytest.raises(ValueError, match="T_FWD=256 > T=128 needs P_FWD=1, got P_FWD=2"):
+        make_config(8, 16, 4096, 16, h100, {"T_FWD": 256, "P_FWD": 2})
 
 
 def test_unaligned_length_defaults(h100):

@@ -22,6 +22,10 @@ class FakeKernel:
     def __init__(self):
         self.log = []
 
+    def warmup(self, *args, grid, **meta):
+        self.log.append(("warmup", grid, args, meta))
+        return FakeCompiled(self.log)
+
     def __getitem__(self, grid):
         def run(*args, **meta):
             self.log.append(("triton", grid, args, meta))
@@ -33,7 +37,7 @@ class FakeKernel:
 def kernel(monkeypatch):
     monkeypatch.setattr(triton_launch, "current_stream", lambda dev: 1000 + dev)
     monkeypatch.setattr(triton_launch, "_hooks_active", lambda: False)
-    monkeypatch.delenv("MAMBASEG_TRITON_FAST_LAUNCH", raising=False)
+    monkeypatch.setattr(triton_launch, "_FAST", True)
     return FakeKernel()
 
 
@@ -77,10 +81,12 @@ def test_triton_path_when_disabled_interpreted_or_hooked(kernel, monkeypatch):
     for _ in range(2):  # CPU tensors (interpreter): no device index
         call(Launcher(kernel, (1, 1), (7, 1), meta, None), [x, x])
     lau = Launcher(kernel, (1, 1), (7, 1), meta, 0)
-    monkeypatch.setenv("MAMBASEG_TRITON_FAST_LAUNCH", "0")
-    for _ in range(2):
-        call(lau, [x, x])
-    monkeypatch.delenv("MAMBASEG_TRITON_FAST_LAUNCH")
+    triton_launch.set_fast_launch(False)
+    try:
+        for _ in range(2):
+            call(lau, [x, x])
+    finally:
+        triton_launch.set_fast_launch(True)
     monkeypatch.setattr(triton_launch, "_hooks_active", lambda: True)  # a profiler's hooks
     for _ in range(2):
         call(lau, [x, x])
@@ -130,3 +136,17 @@ def test_hook_detection_follows_triton_knobs(monkeypatch):
     assert not triton_launch._hooks_active()
     Knobs.launch_exit_hook = print  # ... or a callable
     assert triton_launch._hooks_active()
+
+
+def test_warmup_compiles_then_first_launch_is_direct(kernel):
+    x, y = torch.zeros(64), torch.zeros(32)
+    meta = dict(BLOCK=32, FLAG=True, num_warps=4)
+    lau = Launcher(kernel, (3, 2), (100, 1), meta, 0)
+    lau.warmup([x, y])
+    assert kernel.log == [("warmup", (3, 2), (x, y, 100, 1), meta)]
+    z = torch.zeros(64)  # other tensors of the same alignment: no Triton path at all
+    call(lau, [z, y])
+    assert [e[0] for e in kernel.log] == ["warmup", "direct"]
+    assert kernel.log[1][1][9:11] == (z.data_ptr(), y.data_ptr())
+    call(lau, [x[1:], y])  # another alignment: Triton's path once
+    assert kernel.log[2][0] == "triton"

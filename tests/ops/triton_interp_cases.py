@@ -147,6 +147,23 @@ def main():
         results["autocast_bf16"] = "ok"
     except Exception:
         results["autocast_bf16"] = traceback.format_exc()
+    for kernel in (1, 2):  # the accumulator the forward zeroes serves one backward; a second
+        try:               # backward through the same graph (retain_graph) gets a fresh one
+            inputs = make_inputs(1, 3, 21, 4, seed=2)
+            cfg = {"KERNEL": kernel, "T": 8, "P": 2}
+            y = selective_scan_triton(*(inputs[k] for k in ("u", "delta", "A", "B", "C")),
+                                      D=inputs["D"], z=inputs["z"],
+                                      delta_bias=inputs["delta_bias"], delta_softplus=True,
+                                      config=cfg)
+            leaves = [v for v in inputs.values() if v is not None]
+            gy = torch.randn_like(y)
+            first = torch.autograd.grad(y, leaves, gy, retain_graph=True)
+            second = torch.autograd.grad(y, leaves, gy)
+            for a, b in zip(first, second):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+            results[f"k{kernel}_backward_twice"] = "ok"
+        except Exception:
+            results[f"k{kernel}_backward_twice"] = traceback.format_exc()
     for case_id, shape, flags, config in INTERP_CASES:
         if wanted and case_id not in wanted:
             continue

@@ -187,7 +187,7 @@ def _finish_output(y, u, Dv, z_ptrs, ysave_ptrs, out_ptrs, mask, HAS_D: tl.const
 # Sizes and batch/channel strides vary from call to call: no value specialisation for them (one
 # compiled variant per dtype/flag combination instead of one per shape). Time strides keep it (==1
 # for the usual contiguous layouts, which gives vectorised loads).
-_NO_SPEC = ["dim", "L", "dstate", "n_dblk", "n_chunks", "cpp", "P",
+_NO_SPEC = ["dim", "L", "dstate", "n_dblk", "n_chunks", "cpp", "P", "ncs", "zero_n", "zero_per",
             "s_ub", "s_ud", "s_db", "s_dd", "s_zb", "s_zd", "s_Bb", "s_Bn", "s_Cb", "s_Cn",
             "s_gb", "s_gd"]
 
@@ -198,18 +198,32 @@ _NO_SPEC = ["dim", "L", "dstate", "n_dblk", "n_chunks", "cpp", "P",
 # plus shared memory.
 
 
+@triton.jit
+def _zero_strip(acc_ptr, zero_n, zero_per, ZB: tl.constexpr):
+    """Zero this program's strip of ``acc_ptr[0:zero_n]``: ``zero_per`` elements (a multiple of
+    ZB) per program, in launch order. The forward kernels zero the backward's accumulator this
+    way, which saves the backward an allocation and a fill launch."""
+    pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    offs = pid.to(tl.int64) * zero_per + tl.arange(0, ZB)
+    for i in range(0, zero_per, ZB):
+        tl.store(acc_ptr + i + offs, tl.zeros((ZB,), tl.float32), mask=i + offs < zero_n)
+
+
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    out_ptr, ysave_ptr, st_ptr, pst_ptr, pds_ptr,
-    dim, L, dstate, n_dblk, n_chunks, cpp, P,
+    out_ptr, ysave_ptr, st_ptr, pst_ptr, pds_ptr, acc_ptr,
+    dim, L, dstate, n_dblk, n_chunks, cpp, P, ncs, zero_n, zero_per,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl,
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE: tl.constexpr, SPLIT: tl.constexpr,
+    SAVE: tl.constexpr, SPLIT: tl.constexpr, TS: tl.constexpr,
 ):
+    # (TS: the saved states' chunk length, always T here; ncs: their chunk count, n_chunks)
     part = tl.program_id(1)
+    if SAVE:
+        _zero_strip(acc_ptr, zero_n, zero_per, 512)
     b, offs_d, offs_n, d_mask, n_mask, A, bias, Dv = _channel_block(
         A_ptr, bias_ptr, D_ptr, dim, dstate, n_dblk, BD, NP, HAS_BIAS, HAS_D)
     A2 = A * 1.4426950408889634  # exp(x A) = exp2(x A2)
@@ -489,21 +503,23 @@ def _parse_env_config(spec):
         key, _, val = item.partition("=")
         key = key.strip().upper()
         if key not in ("BD", "BD_BWD", "T", "P", "WARPS", "WARPS_BWD", "REV", "KERNEL", "BC",
-                       "MAXNREG", "PF", "FMAXNREG"):
+                       "MAXNREG", "PF", "FMAXNREG", "T_FWD", "P_FWD"):
             raise ValueError(f"MAMBASEG_TRITON_CONFIG: unknown key {key!r} in {spec!r}")
         out[key] = int(val)
     return out
 
 
-def make_config(batch, dim, length, dstate, device, config=None):
-    """Launch configuration (dict) for one problem; cached. See `_make_config`."""
+def make_config(batch, dim, length, dstate, device, config=None, graphed=False):
+    """Launch configuration (dict) for one problem; cached. See `_make_config`. ``graphed``:
+    the launches are being captured into a CUDA graph (only the GPU's time counts)."""
     env = os.environ.get("MAMBASEG_TRITON_CONFIG", "")
     key = tuple(sorted(config.items())) if config else ()
-    return dict(_make_config(batch, dim, length, dstate, device.type, device.index, key, env))
+    return dict(_make_config(batch, dim, length, dstate, device.type, device.index, key, env,
+                             bool(graphed)))
 
 
 @functools.lru_cache(maxsize=1024)
-def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
+def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env, graphed=False):
     """Block sizes and split factor for one problem; ``config`` / MAMBASEG_TRITON_CONFIG override.
 
     Keys: KERNEL (2, the default: the lean layout of scan_triton_lean; 1: the tile layout of
@@ -512,15 +528,24 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     tl.associative_scan(reverse=True)); KERNEL=2 only: BC (2, its default: dB/dC atomics per
     channel; 1: dB/dC reduced over the channel block first), PF (1, its default: the backward
     loads the next state's rows while it solves one; 0: no), MAXNREG / FMAXNREG (ptxas register
-    caps of its main backward / forward kernel; 0: none).
+    caps of its main backward / forward kernel; 0: none), T_FWD / P_FWD (the forward's own chunk
+    length, a multiple of T, and parts along L; T_FWD > T needs P_FWD = 1: the forward then
+    saves the states entering each of the backward's chunks from inside its own).
     Defaults, KERNEL=2: T = 128 (32 when L % 16 != 0) and at least N, BD = BD_BWD = WARPS = 4
     (one channel per warp: time over the 32 lanes, 4 steps per lane, or 1 when L % 16 != 0),
     MAXNREG = 128 for its backward kernel (L % 16 == 0 and at most 4 tile elements per thread,
     else none), FMAXNREG = 64 for its forward kernel on the same condition when its programs
     are more than 6 per SM. KERNEL=1: T = 16; N spread over min(N, 32) lanes and channels over the
     remaining lanes times the warps, so that every lane owns one (channel, state) pair and holds
-    the T steps of its chunk in registers. Both: P > 1 only when batch x channel blocks cannot
-    fill about four programs per SM.
+    the T steps of its chunk in registers. Both: P > 1 only when batch x the backward's channel
+    blocks cannot fill about four programs per SM; the forward's T_FWD = T and P_FWD = P,
+    except (KERNEL=2, L % 16 == 0) for a problem that the backward splits (P > 1) and whose
+    launches are not being captured into a CUDA graph (``graphed``): there the host's time to
+    issue a call is above the GPU's time, and the forward runs as one launch instead of two (the
+    split forward's fix pass), P_FWD = 1 with T_FWD = min(1024, L) (at least T) and BD = 1 (one
+    channel per program, its 1024 steps over 4 warps). Its GPU time is longer (H200: 18 against
+    10 us plus the fix pass at (8, 12, 1024), 69 against 21 plus the fix pass at (8, 16, 4096)),
+    which is why a graph capture keeps the split.
     """
     cfg = dict(_parse_env_config(env))
     cfg.update(dict(config))
@@ -550,14 +575,27 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
     if cfg.get("P"):
         P = max(1, min(int(cfg["P"]), n_chunks))
     else:
-        progs = batch * _cdiv(dim, min(BD, BD_BWD))
+        progs = batch * _cdiv(dim, BD_BWD)
         target = 4 * _sm_count(device)
         P = 1 if 2 * progs >= target else min(n_chunks, _cdiv(target, progs))
     cpp = _cdiv(n_chunks, P)
     P = _cdiv(n_chunks, cpp)
+    # the forward's own chunk length and parts (lean layout; the tile layout shares T and P)
+    T_FWD = T if kernel == 1 else max(_pow2(cfg.get("T_FWD") or T), T)
+    if kernel == 2 and P > 1 and aligned and not graphed and not any(
+            k in cfg for k in ("T_FWD", "P_FWD", "BD")):  # eager, split: one forward launch
+        T_FWD, BD = max(min(1024, _pow2(length)), T), 1
+    P_FWD = P if kernel == 1 else (cfg.get("P_FWD") or (1 if T_FWD > T else P))
+    if T_FWD > T and P_FWD > 1:
+        raise ValueError(f"selective_scan_triton: T_FWD={T_FWD} > T={T} needs P_FWD=1, got "
+                         f"P_FWD={P_FWD}")
+    n_chunks_fwd = _cdiv(length, T_FWD)
+    cpp_fwd = _cdiv(n_chunks_fwd, max(1, min(int(P_FWD), n_chunks_fwd)))
+    P_FWD = _cdiv(n_chunks_fwd, cpp_fwd)
     out = {"BD": BD, "BD_BWD": BD_BWD, "NP": NP, "T": T, "P": P, "cpp": cpp,
            "n_chunks": n_chunks, "WARPS": warps, "WARPS_BWD": warps_bwd,
-           "REV": 1 if cfg.get("REV") else 0}
+           "REV": 1 if cfg.get("REV") else 0, "T_FWD": T_FWD, "P_FWD": P_FWD,
+           "cpp_fwd": cpp_fwd, "n_chunks_fwd": n_chunks_fwd}
     if kernel == 2:  # (no keys of its own for KERNEL=1)
         out["KERNEL"] = 2
         out["BC"] = 1 if cfg.get("BC") == 1 else 2
@@ -567,9 +605,9 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env):
         # a few bytes of spills) where its programs do not all fit on the GPU at once
         fmx = cfg.get("FMAXNREG")
         if fmx is None:
-            fwd_progs = batch * _cdiv(dim, BD) * P
-            fmx = 64 if aligned and BD * T <= 128 * warps and fwd_progs > 6 * _sm_count(device) \
-                else 0
+            fwd_progs = batch * _cdiv(dim, BD) * P_FWD
+            fmx = 64 if aligned and BD * T_FWD <= 128 * warps and \
+                fwd_progs > 6 * _sm_count(device) else 0
         if fmx:
             out["FMAXNREG"] = int(fmx)
         # ptxas cap for the backward: 128 (4 blocks of 4 warps per SM; no spills on sm_90 at
@@ -621,26 +659,43 @@ class _Workspace:
     """Offsets (elements) of named fp32 buffers in one allocation; each starts on 64 bytes."""
 
     def __init__(self):
-        self.size, self.offset = 0, {}
+        self.size, self.offset, self.numel = 0, {}, {}
 
     def add(self, name, numel):
         self.offset[name] = self.size
+        self.numel[name] = numel
         self.size += _cdiv(numel, 16) * 16
+
+    def splitter(self, names):
+        """(sizes, index): ``buf.split_with_sizes(sizes)[index[k]]`` is the 1-D view of buffer
+        ``names[k]`` (one tensor operation for all the views, where slicing takes one each)."""
+        sizes, index, pos = [], [], 0
+        for name in names:
+            if self.offset[name] > pos:  # padding
+                sizes.append(self.offset[name] - pos)
+            index.append(len(sizes))
+            sizes.append(self.numel[name])
+            pos = self.offset[name] + self.numel[name]
+        if self.size > pos:
+            sizes.append(self.size - pos)
+        return sizes, tuple(index)
 
 
 class _Plan:
     """The launches of one problem signature (shapes, strides, dtypes, flags, configuration).
 
-    Per call only the buffers are allocated (the forward: the output and one fp32 workspace
-    with the saved chunk states, the pre-gate output kept for dz (fp32 whatever the input
-    dtype) and the split-pass summaries; the backward: du, ddelta, dz and one zeroed fp32
-    buffer) and the kernels launched, their pointers passed as ints
-    (`mambaseg.ops.triton_launch.Launcher`). A slot list names the buffer arguments of a
-    kernel by workspace offset; ``None`` stands for the call's output (the fix kernel's real
-    output; elsewhere a placeholder argument that the kernel does not touch, flags switch its
-    use off). The workspace's layout inside each buffer is the kernels' own (the saved chunk
-    states are (B, n_chunks, NP, D) for the lean kernels, (B, D, n_chunks, NP) for the tile
-    kernels).
+    Per call only the buffers are allocated and the kernels launched, their pointers passed as
+    ints (`mambaseg.ops.triton_launch.Launcher`). The forward allocates the output, one fp32
+    workspace (the saved chunk states, the pre-gate output kept for dz (fp32 whatever the input
+    dtype) and the summaries of a split forward) and, when a backward will follow, the
+    backward's fp32 accumulator (dA, dD, ddelta_bias, and dB, dC when added atomically; its
+    first kernel zeroes them, which spares the backward an allocation and a fill launch; then
+    the summaries of a split backward, which need no zeros). A slot list names the buffer
+    arguments of a kernel by workspace offset; ``None`` stands for the call's output (the fix
+    kernel's real output; elsewhere a placeholder argument that the kernel does not touch, flags
+    switch its use off). The workspace's layout inside each buffer is the kernels' own (the saved
+    chunk states are (B, n_chunks, NP, D) for the lean kernels, (B, D, n_chunks, NP) for the tile
+    kernels, with the backward's chunk length).
     """
 
     def __init__(self, cfg, shape, dstate, device, strides, has_d, has_z, has_bias, softplus,
@@ -649,44 +704,69 @@ class _Plan:
         self.cfg, self.shape, self.dstate, self.device, self.strides = (cfg, shape, dstate, device,
                                                                        strides)
         self.has_d, self.has_z, self.has_bias, self.softplus = has_d, has_z, has_bias, softplus
+        self.save = save
         batch, dim, length = shape
-        NP, P = cfg["NP"], cfg["P"]
-        self.split = split = P > 1
+        NP, P, PF = cfg["NP"], cfg["P"], cfg["P_FWD"]
+        self.split = P > 1  # the backward's
+        self.fsplit = fsplit = PF > 1  # the forward's
         self.dev_index = device.index if device.type == "cuda" else None
         ws = self.ws = _Workspace()  # forward: [states | ybuf (split: partial, then pre-gate y)
         if save:                     #           or ysave (pre-gate y) | pst | pds]
             ws.add("states", batch * cfg["n_chunks"] * NP * dim)
-        if split:
+        if fsplit:
             ws.add("ybuf", batch * dim * length)
-            ws.add("pst", batch * P * NP * dim)
-            ws.add("pds", batch * P * dim)
+            ws.add("pst", batch * PF * NP * dim)
+            ws.add("pds", batch * PF * dim)
         elif save and has_z:
             ws.add("ysave", batch * dim * length)
         o = ws.offset.get
-        ysave = (o("ybuf") if split else o("ysave")) if save and has_z else None
+        ysave = (o("ybuf") if fsplit else o("ysave")) if save and has_z else None
         # (ybuf, ysave, states, pst, pds) of the forward kernels; (ybuf, out, states, pst, pds)
         # of the fix kernel
         self.fwd_slots = (o("ybuf"), ysave, o("states"), o("pst"), o("pds"))
         self.fix_slots = (o("ybuf"), None, o("states"), o("pst"), o("pds"))
         self.ysave_slot = ysave
+        # the backward's accumulator: [dA, dD, ddelta_bias | dB | dC (when added atomically) |
+        # phl | pes (split summaries)]; the forward zeroes it up to the summaries
+        n_dblk_bwd = _cdiv(dim, cfg["BD_BWD"])
+        self.atomic_bc = atomic_bc = K.bc_mode(cfg, n_dblk_bwd)
+        acc = self.acc = _Workspace()
+        acc.add("dA", dim * dstate)
+        acc.offset["dD"], acc.numel["dD"] = dim * dstate, dim  # dA, dD, dbias: one run
+        acc.offset["dbias"], acc.numel["dbias"] = dim * dstate + dim, dim
+        acc.size = _cdiv(dim * dstate + 2 * dim, 16) * 16
+        names = ["dA", "dD", "dbias"]
+        if atomic_bc:
+            acc.add("dB", batch * dstate * length)
+            acc.add("dC", batch * dstate * length)
+            names += ["dB", "dC"]
+        zero_n = acc.size
+        if self.split:
+            acc.add("phl", batch * P * NP * dim)
+            acc.add("pes", batch * P * dim)
+        self.acc_split = acc.splitter(names)
         n_dblk = _cdiv(dim, cfg["BD"])
+        grid = (batch * n_dblk, PF)
+        zero_per = _cdiv(_cdiv(zero_n, grid[0] * grid[1]), 512) * 512 if save else 0
         u_s, dt_s, z_s, B_s, C_s = strides
-        ints = (dim, length, dstate, n_dblk, cfg["n_chunks"], cfg["cpp"], P)
+        ints = (dim, length, dstate, n_dblk, cfg["n_chunks_fwd"], cfg["cpp_fwd"], PF)
         flags = dict(HAS_D=has_d, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus, SAVE=save)
-        meta = dict(BD=cfg["BD"], NP=NP, T=cfg["T"], **flags, num_warps=cfg["WARPS"])
-        grid = (batch * n_dblk, P)
-        self.fwd = Launcher(K.fwd, grid, ints + u_s + dt_s + z_s + B_s + C_s,
-                            dict(meta, SPLIT=split, **K.fwd_options(cfg)), self.dev_index)
+        meta = dict(BD=cfg["BD"], NP=NP, T=cfg["T_FWD"], **flags, num_warps=cfg["WARPS"])
+        self.fwd = Launcher(K.fwd, grid, ints + (cfg["n_chunks"], zero_n if save else 0, zero_per)
+                            + u_s + dt_s + z_s + B_s + C_s,
+                            dict(meta, SPLIT=fsplit, TS=cfg["T"], **K.fwd_options(cfg)),
+                            self.dev_index)
         self.fix = Launcher(K.fix, grid, ints + u_s + dt_s + z_s + C_s, meta,
-                            self.dev_index) if split else None
+                            self.dev_index) if fsplit else None
         self._bwd = {}  # (dout strides, dout dtype) -> backward launches
 
     # forward ----------------------------------------------------------------------------------
 
     def forward(self, u, delta, A, Bm, Cm, D, z, bias):
-        """(out, workspace): the workspace holds what the backward needs (None without save)."""
+        """(out, workspace, accumulator): what the backward needs (None, None without save)."""
         out = torch.empty(self.shape, dtype=u.dtype, device=self.device)
         ws = torch.empty(self.ws.size, dtype=_F32, device=self.device) if self.ws.size else None
+        acc = torch.empty(self.acc.size, dtype=_F32, device=self.device) if self.save else None
         ins = (u, delta, A, Bm, Cm, D if D is not None else A, z if z is not None else u,
                bias if bias is not None else A)
         p_out = out.data_ptr()
@@ -699,13 +779,28 @@ class _Plan:
         def slot_tensors(slots):
             return [out if s is None else ws[s:] for s in slots]
 
-        self.fwd(in_ptrs + slot_ptrs(self.fwd_slots),
-                 lambda: list(ins) + slot_tensors(self.fwd_slots))
-        if self.split:  # the fix kernel takes the inputs but B
+        self.fwd(in_ptrs + slot_ptrs(self.fwd_slots) + [acc.data_ptr() if acc is not None
+                                                        else p_out],
+                 lambda: list(ins) + slot_tensors(self.fwd_slots) + [acc if acc is not None
+                                                                     else out])
+        if self.fsplit:  # the fix kernel takes the inputs but B
             fix = (0, 1, 2, 4, 5, 6, 7)
             self.fix([in_ptrs[i] for i in fix] + slot_ptrs(self.fix_slots),
                      lambda: [ins[i] for i in fix] + slot_tensors(self.fix_slots))
-        return out, ws
+        return out, ws, acc
+
+    def warm_forward(self, u, delta, A, Bm, Cm, D, z, bias):
+        """Compile the forward's kernels for these inputs without launching them (the buffers:
+        small stand-ins with the alignment of the real ones)."""
+        ins = [u, delta, A, Bm, Cm, D if D is not None else A, z if z is not None else u,
+               bias if bias is not None else A]
+        out = torch.empty(16, dtype=u.dtype, device=self.device)
+        buf = torch.empty(16, dtype=_F32, device=self.device)
+        self.fwd.warmup(ins + [out if s is None else buf for s in self.fwd_slots] + [buf])
+        if self.fsplit:
+            fix = (0, 1, 2, 4, 5, 6, 7)
+            self.fix.warmup([ins[i] for i in fix] + [out if s is None else buf
+                                                     for s in self.fix_slots])
 
     # backward ---------------------------------------------------------------------------------
 
@@ -715,9 +810,28 @@ class _Plan:
             self._bwd[key] = _BackwardPlan(self, dout.stride())
         return self._bwd[key]
 
-    def backward(self, dout, u, delta, A, Bm, Cm, D, z, bias, ws):
-        """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' dtypes."""
-        return self._bwd_launches(dout).run(self, dout, u, delta, A, Bm, Cm, D, z, bias, ws)
+    def backward(self, dout, u, delta, A, Bm, Cm, D, z, bias, ws, acc):
+        """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' dtypes. ``acc``: the
+        accumulator the forward zeroed, or None (a second backward through the same forward):
+        then a zeroed one is allocated."""
+        if acc is None:
+            acc = torch.zeros(self.acc.size, dtype=_F32, device=self.device)
+        return self._bwd_launches(dout).run(self, dout, u, delta, A, Bm, Cm, D, z, bias, ws, acc)
+
+    def grad_buffers(self, u, delta, z):
+        """du, ddelta, dz (None without z): one allocation when their dtypes agree."""
+        shape, dev = self.shape, self.device
+        if z is None:
+            if u.dtype == delta.dtype:
+                du, ddelta = torch.empty((2,) + shape, dtype=u.dtype, device=dev).unbind(0)
+                return du, ddelta, None
+            return (torch.empty(shape, dtype=u.dtype, device=dev),
+                    torch.empty(shape, dtype=delta.dtype, device=dev), None)
+        if u.dtype == delta.dtype == z.dtype:
+            return torch.empty((3,) + shape, dtype=u.dtype, device=dev).unbind(0)
+        return (torch.empty(shape, dtype=u.dtype, device=dev),
+                torch.empty(shape, dtype=delta.dtype, device=dev),
+                torch.empty(shape, dtype=z.dtype, device=dev))
 
 
 class _BackwardPlan:
@@ -728,17 +842,6 @@ class _BackwardPlan:
         batch, dim, length = plan.shape
         dstate, NP, P = plan.dstate, cfg["NP"], cfg["P"]
         n_dblk = _cdiv(dim, cfg["BD_BWD"])
-        self.atomic_bc = atomic_bc = K.bc_mode(cfg, n_dblk)
-        # one zeroed fp32 buffer: [dA, dD, ddelta_bias (one run, the kernels' accumulator) |
-        # (dB | dC when added atomically) | (phl | pes: split summaries, need no zeros)]
-        acc = self.acc = _Workspace()
-        acc.add("dA", dim * dstate + 2 * dim)
-        if atomic_bc:
-            acc.add("dB", batch * dstate * length)
-            acc.add("dC", batch * dstate * length)
-        if plan.split:
-            acc.add("phl", batch * P * NP * dim)
-            acc.add("pes", batch * P * dim)
         u_s, dt_s, z_s, B_s, C_s = plan.strides
         ints = (dim, length, dstate, n_dblk, cfg["n_chunks"], cfg["cpp"], P)
         flags = dict(HAS_Z=plan.has_z, HAS_BIAS=plan.has_bias, SOFTPLUS=plan.softplus)
@@ -750,20 +853,19 @@ class _BackwardPlan:
                               plan.dev_index) if plan.split else None
         self.bwd = Launcher(K.bwd, (batch * n_dblk, P),
                             ints + u_s + dt_s + z_s + B_s + C_s + g_strides,
-                            dict(meta, HAS_D=plan.has_d, SPLIT=plan.split, ATOMIC_BC=atomic_bc,
-                                 **K.bwd_options(cfg)), plan.dev_index)
+                            dict(meta, HAS_D=plan.has_d, SPLIT=plan.split,
+                                 ATOMIC_BC=plan.atomic_bc, **K.bwd_options(cfg)), plan.dev_index)
 
-    def run(self, plan, dout, u, delta, A, Bm, Cm, D, z, bias, ws):
-        batch, dim, length = shape = plan.shape
+    def run(self, plan, dout, u, delta, A, Bm, Cm, D, z, bias, ws, acc):
+        batch, dim, length = plan.shape
         dstate, dev = plan.dstate, plan.device
-        off = self.acc.offset
-        acc = torch.zeros(self.acc.size, dtype=_F32, device=dev)
-        du = torch.empty(shape, dtype=u.dtype, device=dev)
-        ddelta = torch.empty(shape, dtype=delta.dtype, device=dev)
-        dz = torch.empty(shape, dtype=z.dtype, device=dev) if z is not None else None
-        if self.atomic_bc:
-            dB = acc[off["dB"]:off["dB"] + batch * dstate * length].view(batch, dstate, length)
-            dC = acc[off["dC"]:off["dC"] + batch * dstate * length].view(batch, dstate, length)
+        off = plan.acc.offset
+        du, ddelta, dz = plan.grad_buffers(u, delta, z)
+        sizes, index = plan.acc_split
+        views = acc.split_with_sizes(sizes)
+        if plan.atomic_bc:
+            dB = views[index[3]].view(batch, dstate, length)
+            dC = views[index[4]].view(batch, dstate, length)
         else:
             dB = torch.empty(batch, dstate, length, dtype=Bm.dtype, device=dev)
             dC = torch.empty(batch, dstate, length, dtype=Cm.dtype, device=dev)
@@ -788,17 +890,16 @@ class _BackwardPlan:
             ws[ysave:] if ysave is not None else u, ws[plan.ws.offset["states"]:],
             acc[off["phl"]:] if plan.split else acc, acc[off["pes"]:] if plan.split else acc,
             *outs, acc])
-        dA = acc[:dim * dstate].view(dim, dstate)
-        n = dim * dstate
-        dD = acc[n:n + dim] if D is not None else None
-        dbias = acc[n + dim:n + 2 * dim] if bias is not None else None
+        dA = views[index[0]].view(dim, dstate)
+        dD = views[index[1]] if D is not None else None
+        dbias = views[index[2]] if bias is not None else None
         if A.dtype != _F32:
             dA = dA.to(A.dtype)
         if dD is not None and D.dtype != _F32:
             dD = dD.to(D.dtype)
         if dbias is not None and bias.dtype != _F32:
             dbias = dbias.to(bias.dtype)
-        if self.atomic_bc:
+        if plan.atomic_bc:
             if Bm.dtype != _F32:
                 dB = dB.to(Bm.dtype)
             if Cm.dtype != _F32:
@@ -806,52 +907,70 @@ class _BackwardPlan:
         return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
+def _capturing():
+    """Whether the current CUDA stream is capturing a graph (cheap; False without CUDA)."""
+    return torch.cuda.is_current_stream_capturing()
+
+
 #: plan key -> _Plan (a new problem signature adds one; cleared when full)
 _PLANS: dict = {}
 _MAX_PLANS = 512
 
 
-def _plan(u, delta, A, Bm, Cm, D, z, bias, softplus, config, save):
-    batch, dim, length = u.shape
-    dstate = A.shape[1]
+def _plan(u, delta, A, Bm, Cm, D, z, bias, softplus, config, save, dev):
     env = os.environ.get("MAMBASEG_TRITON_CONFIG", "")
     ckey = tuple(sorted(config.items())) if config else ()
     zz = z if z is not None else u
     strides = (u.stride(), delta.stride(), zz.stride(), Bm.stride(), Cm.stride())
     dtypes = (u.dtype, delta.dtype, A.dtype, Bm.dtype, Cm.dtype, zz.dtype,
               None if D is None else D.dtype, None if bias is None else bias.dtype)
-    key = (u.shape, dstate, u.get_device(), strides, dtypes, D is not None, z is not None,
-           bias is not None, softplus, save, ckey, env)
+    graphed = dev >= 0 and _capturing()
+    key = (u.shape, A.shape[1], dev, strides, dtypes, D is not None, z is not None,
+           bias is not None, softplus, save, ckey, env, graphed)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
-        cfg = make_config(batch, dim, length, dstate, u.device, config)
-        plan = _PLANS[key] = _Plan(cfg, (batch, dim, length), dstate, u.device, strides,
-                                   D is not None, z is not None, bias is not None, softplus,
-                                   save)
+        batch, dim, length = u.shape
+        dstate = A.shape[1]
+        cfg = make_config(batch, dim, length, dstate, u.device, config, graphed)
+        args = ((batch, dim, length), dstate, u.device, strides, D is not None, z is not None,
+                bias is not None, softplus, save)
+        plan = _PLANS[key] = _Plan(cfg, *args)
+        gcfg = make_config(batch, dim, length, dstate, u.device, config, True)
+        gkey = key[:-1] + (True,)
+        if not graphed and dev >= 0 and gcfg != cfg and gkey not in _PLANS:
+            # A CUDA graph capture of this call would take another forward configuration (see
+            # _make_config): compile its kernels now, while compiling is allowed
+            gplan = _PLANS[gkey] = _Plan(gcfg, *args)
+            gplan.warm_forward(u, delta, A, Bm, Cm, D, z, bias)
     return plan
 
 
 class _TritonScan(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, config):
-        A = A.contiguous()
-        D = D.contiguous() if D is not None else None
-        delta_bias = delta_bias.contiguous() if delta_bias is not None else None
+    def forward(ctx, u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, config, dev):
+        if not A.is_contiguous():
+            A = A.contiguous()
+        if D is not None and not D.is_contiguous():
+            D = D.contiguous()
+        if delta_bias is not None and not delta_bias.is_contiguous():
+            delta_bias = delta_bias.contiguous()
         save = any(ctx.needs_input_grad[:8])
-        plan = _plan(u, delta, A, Bm, Cm, D, z, delta_bias, bool(delta_softplus), config, save)
-        out, ws = plan.forward(u, delta, A, Bm, Cm, D, z, delta_bias)
+        plan = _plan(u, delta, A, Bm, Cm, D, z, delta_bias, bool(delta_softplus), config, save,
+                     dev)
+        out, ws, acc = plan.forward(u, delta, A, Bm, Cm, D, z, delta_bias)
         if save:
             ctx.save_for_backward(u, delta, A, Bm, Cm, D, z, delta_bias, ws)
-            ctx.plan = plan
+            ctx.plan, ctx.acc = plan, acc
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        grads = ctx.plan.backward(dout, *ctx.saved_tensors)
-        return grads + (None, None)
+        acc, ctx.acc = ctx.acc, None  # zeroed by the forward: good for one backward
+        grads = ctx.plan.backward(dout, *ctx.saved_tensors, acc)
+        return grads + (None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -869,8 +988,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         if t is not None and t.get_device() != dev:
             raise ValueError(f"selective_scan_triton: {name} is on {t.device}, u on {u.device}; "
                              "all tensors must be on one device")
-    with no_autocast(u.device.type):
+    with no_autocast("cuda" if dev >= 0 else "cpu"):
         if dev >= 0 and dev != torch.cuda.current_device():
             with torch.cuda.device(dev):
-                return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, config)
-        return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, config)
+                return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                         config, dev)
+        return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, config, dev)

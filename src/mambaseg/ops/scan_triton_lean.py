@@ -73,19 +73,18 @@ local adjoint at its first step (zero carry) so that every part starts from its 
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
 from mambaseg.ops.scan_triton import (KernelSet, _combine, _dsoftplus, _finish_output,
-                                      _load_delta, _program_block)
+                                      _load_delta, _program_block, _zero_strip)
 
 # Unlike the tile kernels, L and the batch/channel strides keep Triton's divisibility-by-16
 # specialisation: when L % 16 == 0 the (BD, T) loads along time are vectorised, and their
 # coalesced layout (4 fp32 steps per thread, lanes along time, warps along channels) is the one
 # the scans want; other L compile a second variant (one step per thread: make_config then picks
 # T = 32 so that the warps still lie along channels).
-_NO_SPEC_LEAN = ["dim", "dstate", "n_dblk", "n_chunks", "cpp", "P"]
+_NO_SPEC_LEAN = ["dim", "dstate", "n_dblk", "n_chunks", "cpp", "P", "ncs", "zero_n", "zero_per"]
 
 
 @triton.jit
@@ -166,15 +165,20 @@ def _shift_flip(dl, dl_next, offs_t, BD: tl.constexpr, T: tl.constexpr):
 @triton.jit(do_not_specialize=_NO_SPEC_LEAN)
 def _lean_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    out_ptr, ysave_ptr, st_ptr, pst_ptr, pds_ptr,
-    dim, L, dstate, n_dblk, n_chunks, cpp, P,
+    out_ptr, ysave_ptr, st_ptr, pst_ptr, pds_ptr, acc_ptr,
+    dim, L, dstate, n_dblk, n_chunks, cpp, P, ncs, zero_n, zero_per,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl,
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE: tl.constexpr, SPLIT: tl.constexpr,
+    SAVE: tl.constexpr, SPLIT: tl.constexpr, TS: tl.constexpr,
 ):
+    # The states are saved for the backward's chunks of TS steps (ncs of them): R per chunk of
+    # this kernel's T steps (R > 1 only without SPLIT)
+    R: tl.constexpr = T // TS
     part = tl.program_id(1)
+    if SAVE:
+        _zero_strip(acc_ptr, zero_n, zero_per, 512)
     b, offs_d, d_mask, bias, Dv = _program_block(bias_ptr, D_ptr, dim, n_dblk, BD, HAS_BIAS,
                                                  HAS_D)
     offs_t = tl.arange(0, T)
@@ -203,11 +207,16 @@ def _lean_fwd_kernel(
             Cn = _row(C_ptr + b * s_Cb + n * s_Cn + t * s_Cl, BD, t_mask)
             s = _col(Sc, cols, n)  # (Sc does not change within the chunk: no chain over n)
             if SAVE:
-                tl.store(st_ptr + ((b * n_chunks + c) * NP + n) * dim + offs_d, s, mask=d_mask)
+                tl.store(st_ptr + ((b * ncs + c * R) * NP + n) * dim + offs_d, s, mask=d_mask)
             a = tl.exp2(dl * A2[:, None])
             bx = dlu * Bn
             bx = tl.where(cols == 0, bx + a * s[:, None], bx)
             _, x = tl.associative_scan((a, bx), axis=1, combine_fn=_combine)
+            if SAVE and R > 1:  # the states entering the backward's other chunks in this one
+                k = (offs_t + 1) // TS
+                sel = ((offs_t + 1) % TS == 0) & (k < R) & (c * R + k < ncs)
+                tl.store(st_ptr + ((b * ncs + c * R + k[None, :]) * NP + n) * dim
+                         + offs_d[:, None], x, mask=d_mask[:, None] & sel[None, :])
             y += x * Cn
             # the previous state's exit state (its last column): taken out one state late so
             # that the reduction overlaps this state's scan instead of ending the iteration

@@ -21,8 +21,10 @@ is the only thing left to key on.
 
 The direct path is skipped (Triton's own path runs) when Triton launch hooks are active
 (profilers such as proton), under the Triton interpreter (CPU tensors: no device index), when
-the compiled kernel lacks the launcher attributes (another Triton version), and when the
-environment sets ``MAMBASEG_TRITON_FAST_LAUNCH=0``.
+the compiled kernel lacks the launcher attributes (another Triton version), and when direct
+launches are switched off: ``MAMBASEG_TRITON_FAST_LAUNCH=0`` in the environment when this module
+is imported, or ``set_fast_launch(False)``. (The switch is read once: an environment lookup costs
+about 1.5 us on the GPU machines' hosts, a sizeable part of a launch's 10 us.)
 """
 from __future__ import annotations
 
@@ -31,8 +33,18 @@ import os
 import torch
 
 
+_FAST = os.environ.get("MAMBASEG_TRITON_FAST_LAUNCH", "1").strip() not in ("0", "")
+
+
 def enabled() -> bool:
-    return os.environ.get("MAMBASEG_TRITON_FAST_LAUNCH", "1").strip() not in ("0", "")
+    """Whether launchers may call compiled kernels directly (module doc)."""
+    return _FAST
+
+
+def set_fast_launch(on: bool) -> None:
+    """Switch the direct launches on or off (the default comes from the environment)."""
+    global _FAST
+    _FAST = bool(on)
 
 
 def _runtime_knobs():
@@ -54,9 +66,9 @@ def _hooks_active() -> bool:
                 or getattr(_KNOBS.launch_exit_hook, "calls", _KNOBS.launch_exit_hook))
 
 
-def current_stream(device_index: int) -> int:
-    """The raw CUDA stream of ``device_index`` that Triton would launch on."""
-    return torch._C._cuda_getCurrentRawStream(device_index)
+current_stream = torch._C._cuda_getCurrentRawStream if hasattr(
+    torch._C, "_cuda_getCurrentRawStream") else None
+"""The raw CUDA stream of a device index that Triton would launch on."""
 
 
 def _entry(kernel, compiled, n_args, meta):
@@ -99,20 +111,38 @@ class Launcher:
         self.meta, self.device_index = dict(meta), device_index
         self._entries: dict = {}  # alignment key -> direct-launch entry, or None (Triton's path)
 
+    def warmup(self, tensors):
+        """Compile (or find in Triton's cache) the kernel for these arguments and load it,
+        without launching it, so that a later first launch with pointers of the same alignment,
+        e.g. inside a CUDA graph capture, neither compiles nor loads anything: it goes straight
+        to the compiled launcher. (Triton's own warmup compiles only; its kernel is loaded on the
+        GPU, and its launcher built, at the first launch.)"""
+        compiled = self.kernel.warmup(*tensors, *self.ints, grid=self.grid, **self.meta)
+        if self.device_index is None:
+            return
+        key = alignment_key([t.data_ptr() for t in tensors])
+        if not self._entries.get(key):
+            entry = _entry(self.kernel, compiled, len(tensors) + len(self.ints), self.meta)
+            if entry is not None:  # (reading compiled.run loads the kernel)
+                self._entries[key] = entry
+
     def __call__(self, ptrs, tensors):
         """Launch. ``ptrs``: the device addresses of the pointer arguments, in order;
         ``tensors``: a callable returning them as tensors (for Triton's own path)."""
-        if self.device_index is None or not enabled():
+        if self.device_index is None or not _FAST:
             self.kernel[self.grid](*tensors(), *self.ints, **self.meta)
             return
-        key = alignment_key(ptrs)
+        bits = 0
+        for p in ptrs:
+            bits |= p
+        key = 0 if not bits & 15 else alignment_key(ptrs)
         entry = self._entries.get(key, False)
-        if entry is False or entry is None or _hooks_active():
-            compiled = self.kernel[self.grid](*tensors(), *self.ints, **self.meta)
-            if entry is False:
-                self._entries[key] = _entry(self.kernel, compiled, len(ptrs) + len(self.ints),
-                                            self.meta)
+        if entry and not _hooks_active():
+            run, function, packed, tail = entry
+            run(self.grid[0], self.grid[1], 1, current_stream(self.device_index), function,
+                packed, None, None, None, *ptrs, *self.ints, *tail)
             return
-        run, function, packed, tail = entry
-        run(self.grid[0], self.grid[1], 1, current_stream(self.device_index), function, packed,
-            None, None, None, *ptrs, *self.ints, *tail)
+        compiled = self.kernel[self.grid](*tensors(), *self.ints, **self.meta)
+        if entry is False:
+            self._entries[key] = _entry(self.kernel, compiled, len(ptrs) + len(self.ints),
+                                        self.meta)
