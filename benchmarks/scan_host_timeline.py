@@ -29,24 +29,21 @@ STAMPS = {}
 COLUMNS = ("call->fwd", "fwd body", "fwd->ret", "grad->bwd", "bwd body", "bwd->ret", "total")
 
 
+def _timed(fn, start, end):
+    """``fn`` (a forward or backward) recording its entry and exit times as ``start``/``end``."""
+    def wrapper(ctx, *args):
+        STAMPS[start] = time.perf_counter()
+        out = fn(ctx, *args)
+        STAMPS[end] = time.perf_counter()
+        return out
+    return staticmethod(wrapper)
+
+
 def stamped(fn_cls):
     """A subclass of the autograd Function ``fn_cls`` whose forward/backward record times."""
-    fwd, bwd = fn_cls.forward, fn_cls.backward
-
     class Stamped(fn_cls):
-        @staticmethod
-        def forward(ctx, *args):
-            STAMPS["f0"] = time.perf_counter()
-            out = fwd(ctx, *args)
-            STAMPS["f1"] = time.perf_counter()
-            return out
-
-        @staticmethod
-        def backward(ctx, *args):
-            STAMPS["b0"] = time.perf_counter()
-            out = bwd(ctx, *args)
-            STAMPS["b1"] = time.perf_counter()
-            return out
+        forward = _timed(fn_cls.forward, "f0", "f1")
+        backward = _timed(fn_cls.backward, "b0", "b1")
 
     return Stamped
 
