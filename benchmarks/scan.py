@@ -154,7 +154,7 @@ def interleaved(shape, backends, args, device, reps):
     """Eager fwd+bwd of each backend, alternating call by call (A B A B ...) so that a drift of
     the host's speed, large on shared machines, hits them alike: {backend: median ms}, and the
     share of rounds that the first backend won."""
-    calls = {b: bench_one(b, shape, args, device, None, calls_only=True)[1] for b in backends}
+    calls = {b: scan_calls(b, shape, args, device)[1] for b in backends}
     run = timer(device)
     for fn in calls.values():  # warm-up
         run(fn, 1, 3)
@@ -168,7 +168,8 @@ def interleaved(shape, backends, args, device, reps):
     return {b: statistics.median(t) for b, t in times.items()}, wins
 
 
-def bench_one(backend, shape, args, device, run, config=None, calls_only=False):
+def scan_calls(backend, shape, args, device, config=None):
+    """``fwd()`` (no grad) and ``fwd_bwd()`` of one backend on Mamba-like inputs of ``shape``."""
     x = make_inputs(shape, args.dstate, args.dtype, device, requires_grad=True)
     names = list(x)
 
@@ -192,8 +193,11 @@ def bench_one(backend, shape, args, device, run, config=None, calls_only=False):
         y = call()
         torch.autograd.grad(y, [x[k] for k in names], gy)
 
-    if calls_only:
-        return fwd, fwd_bwd
+    return fwd, fwd_bwd
+
+
+def bench_one(backend, shape, args, device, run, config=None):
+    fwd, fwd_bwd = scan_calls(backend, shape, args, device, config)
     reps = args.reps
     warmup = 2 if device.type == "cuda" else 1
     if backend == "reference":

@@ -656,15 +656,20 @@ def _kernels(cfg) -> KernelSet:
 
 
 class _Workspace:
-    """Offsets (elements) of named fp32 buffers in one allocation; each starts on 64 bytes."""
+    """Offsets (elements) of named fp32 buffers in one allocation; each starts on 64 bytes
+    unless added with ``align=False`` (right after the previous one)."""
 
     def __init__(self):
-        self.size, self.offset, self.numel = 0, {}, {}
+        self.end, self.offset, self.numel = 0, {}, {}
 
-    def add(self, name, numel):
-        self.offset[name] = self.size
+    @property
+    def size(self):
+        return _cdiv(self.end, 16) * 16
+
+    def add(self, name, numel, align=True):
+        self.offset[name] = start = self.size if align else self.end
         self.numel[name] = numel
-        self.size += _cdiv(numel, 16) * 16
+        self.end = start + numel
 
     def splitter(self, names):
         """(sizes, index): ``buf.split_with_sizes(sizes)[index[k]]`` is the 1-D view of buffer
@@ -679,6 +684,17 @@ class _Workspace:
         if self.size > pos:
             sizes.append(self.size - pos)
         return sizes, tuple(index)
+
+
+def _kernel_inputs(u, delta, A, Bm, Cm, D, z, bias):
+    """The kernels' 8 input tensors in their order, absent ones replaced by a placeholder that
+    the kernels' flags keep them from touching."""
+    return (u, delta, A, Bm, Cm, D if D is not None else A, z if z is not None else u,
+            bias if bias is not None else A)
+
+
+#: which of those the split forward's fix kernel takes (all but B)
+_FIX_INPUTS = (0, 1, 2, 4, 5, 6, 7)
 
 
 class _Plan:
@@ -732,9 +748,8 @@ class _Plan:
         self.atomic_bc = atomic_bc = K.bc_mode(cfg, n_dblk_bwd)
         acc = self.acc = _Workspace()
         acc.add("dA", dim * dstate)
-        acc.offset["dD"], acc.numel["dD"] = dim * dstate, dim  # dA, dD, dbias: one run
-        acc.offset["dbias"], acc.numel["dbias"] = dim * dstate + dim, dim
-        acc.size = _cdiv(dim * dstate + 2 * dim, 16) * 16
+        acc.add("dD", dim, align=False)  # dA, dD, dbias: one run (the kernels' layout)
+        acc.add("dbias", dim, align=False)
         names = ["dA", "dD", "dbias"]
         if atomic_bc:
             acc.add("dB", batch * dstate * length)
@@ -767,8 +782,7 @@ class _Plan:
         out = torch.empty(self.shape, dtype=u.dtype, device=self.device)
         ws = torch.empty(self.ws.size, dtype=_F32, device=self.device) if self.ws.size else None
         acc = torch.empty(self.acc.size, dtype=_F32, device=self.device) if self.save else None
-        ins = (u, delta, A, Bm, Cm, D if D is not None else A, z if z is not None else u,
-               bias if bias is not None else A)
+        ins = _kernel_inputs(u, delta, A, Bm, Cm, D, z, bias)
         p_out = out.data_ptr()
         p_ws = ws.data_ptr() if ws is not None else p_out
         in_ptrs = [t.data_ptr() for t in ins]
@@ -783,24 +797,21 @@ class _Plan:
                                                         else p_out],
                  lambda: list(ins) + slot_tensors(self.fwd_slots) + [acc if acc is not None
                                                                      else out])
-        if self.fsplit:  # the fix kernel takes the inputs but B
-            fix = (0, 1, 2, 4, 5, 6, 7)
-            self.fix([in_ptrs[i] for i in fix] + slot_ptrs(self.fix_slots),
-                     lambda: [ins[i] for i in fix] + slot_tensors(self.fix_slots))
+        if self.fsplit:
+            self.fix([in_ptrs[i] for i in _FIX_INPUTS] + slot_ptrs(self.fix_slots),
+                     lambda: [ins[i] for i in _FIX_INPUTS] + slot_tensors(self.fix_slots))
         return out, ws, acc
 
     def warm_forward(self, u, delta, A, Bm, Cm, D, z, bias):
         """Compile the forward's kernels for these inputs without launching them (the buffers:
         small stand-ins with the alignment of the real ones)."""
-        ins = [u, delta, A, Bm, Cm, D if D is not None else A, z if z is not None else u,
-               bias if bias is not None else A]
+        ins = _kernel_inputs(u, delta, A, Bm, Cm, D, z, bias)
         out = torch.empty(16, dtype=u.dtype, device=self.device)
         buf = torch.empty(16, dtype=_F32, device=self.device)
-        self.fwd.warmup(ins + [out if s is None else buf for s in self.fwd_slots] + [buf])
+        self.fwd.warmup(list(ins) + [out if s is None else buf for s in self.fwd_slots] + [buf])
         if self.fsplit:
-            fix = (0, 1, 2, 4, 5, 6, 7)
-            self.fix.warmup([ins[i] for i in fix] + [out if s is None else buf
-                                                     for s in self.fix_slots])
+            self.fix.warmup([ins[i] for i in _FIX_INPUTS] + [out if s is None else buf
+                                                              for s in self.fix_slots])
 
     # backward ---------------------------------------------------------------------------------
 
@@ -869,13 +880,11 @@ class _BackwardPlan:
         else:
             dB = torch.empty(batch, dstate, length, dtype=Bm.dtype, device=dev)
             dC = torch.empty(batch, dstate, length, dtype=Cm.dtype, device=dev)
-        zz = z if z is not None else u
-        bias_arg = bias if bias is not None else A
         p_acc, p_ws = acc.data_ptr(), ws.data_ptr()
         ysave = plan.ysave_slot
         p_phl = p_acc + 4 * off["phl"] if plan.split else p_acc
         p_pes = p_acc + 4 * off["pes"] if plan.split else p_acc
-        ins = (u, delta, A, Bm, Cm, D if D is not None else A, zz, bias_arg, dout)
+        ins = _kernel_inputs(u, delta, A, Bm, Cm, D, z, bias) + (dout,)
         ptrs = [t.data_ptr() for t in ins]
         if plan.split:  # the carry kernel takes delta, A, C, z, delta_bias, dout
             carry = (1, 2, 4, 6, 7, 8)
@@ -907,11 +916,6 @@ class _BackwardPlan:
         return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
-def _capturing():
-    """Whether the current CUDA stream is capturing a graph (cheap; False without CUDA)."""
-    return torch.cuda.is_current_stream_capturing()
-
-
 #: plan key -> _Plan (a new problem signature adds one; cleared when full)
 _PLANS: dict = {}
 _MAX_PLANS = 512
@@ -924,7 +928,7 @@ def _plan(u, delta, A, Bm, Cm, D, z, bias, softplus, config, save, dev):
     strides = (u.stride(), delta.stride(), zz.stride(), Bm.stride(), Cm.stride())
     dtypes = (u.dtype, delta.dtype, A.dtype, Bm.dtype, Cm.dtype, zz.dtype,
               None if D is None else D.dtype, None if bias is None else bias.dtype)
-    graphed = dev >= 0 and _capturing()
+    graphed = dev >= 0 and torch.cuda.is_current_stream_capturing()
     key = (u.shape, A.shape[1], dev, strides, dtypes, D is not None, z is not None,
            bias is not None, softplus, save, ckey, env, graphed)
     plan = _PLANS.get(key)
@@ -937,13 +941,14 @@ def _plan(u, delta, A, Bm, Cm, D, z, bias, softplus, config, save, dev):
         args = ((batch, dim, length), dstate, u.device, strides, D is not None, z is not None,
                 bias is not None, softplus, save)
         plan = _PLANS[key] = _Plan(cfg, *args)
-        gcfg = make_config(batch, dim, length, dstate, u.device, config, True)
         gkey = key[:-1] + (True,)
-        if not graphed and dev >= 0 and gcfg != cfg and gkey not in _PLANS:
-            # A CUDA graph capture of this call would take another forward configuration (see
-            # _make_config): compile its kernels now, while compiling is allowed
-            gplan = _PLANS[gkey] = _Plan(gcfg, *args)
-            gplan.warm_forward(u, delta, A, Bm, Cm, D, z, bias)
+        if not graphed and dev >= 0 and gkey not in _PLANS:
+            gcfg = make_config(batch, dim, length, dstate, u.device, config, True)
+            if gcfg != cfg:
+                # A CUDA graph capture of this call would take another forward configuration
+                # (see _make_config): compile its kernels now, while compiling is allowed
+                gplan = _PLANS[gkey] = _Plan(gcfg, *args)
+                gplan.warm_forward(u, delta, A, Bm, Cm, D, z, bias)
     return plan
 
 

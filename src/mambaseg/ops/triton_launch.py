@@ -36,11 +36,6 @@ import torch
 _FAST = os.environ.get("MAMBASEG_TRITON_FAST_LAUNCH", "1").strip() not in ("0", "")
 
 
-def enabled() -> bool:
-    """Whether launchers may call compiled kernels directly (module doc)."""
-    return _FAST
-
-
 def set_fast_launch(on: bool) -> None:
     """Switch the direct launches on or off (the default comes from the environment)."""
     global _FAST
@@ -132,10 +127,7 @@ class Launcher:
         if self.device_index is None or not _FAST:
             self.kernel[self.grid](*tensors(), *self.ints, **self.meta)
             return
-        bits = 0
-        for p in ptrs:
-            bits |= p
-        key = 0 if not bits & 15 else alignment_key(ptrs)
+        key = alignment_key(ptrs)
         entry = self._entries.get(key, False)
         if entry and not _hooks_active():
             run, function, packed, tail = entry
