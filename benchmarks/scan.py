@@ -12,13 +12,15 @@ medians over --reps runs after warm-up (CUDA events on GPU, time.perf_counter on
 speed-up over the float64 reference is printed where the reference was run (small shapes only).
 On CUDA every backend is also timed replaying its forward+backward from a CUDA graph ("graph":
 the GPU's own time, without the host's), and where mamba_ssm is importable the Triton rows end
-with their ratio to mamba_ssm measured in the same run (eager and graph; see
-benchmarks/mamba_ssm_build.py to build it on a machine without it).
-Where mamba_ssm is importable, both are then timed again interleaved call by call (A B A B: a drift
-of the host's speed, large on shared machines, hits both alike). On CUDA the output ends with the
-host floor: the same timing of `NullScan`, a Python
-autograd.Function that takes the scan's inputs and launches no kernel (any scan behind such a
-function, mamba_ssm's included, takes at least that long per call on that machine).
+with their graph-time ratio to mamba_ssm measured in the same run (see
+benchmarks/mamba_ssm_build.py to build it on a machine without it). The eager ratio comes from a
+second timing, interleaved call by call: triton, the --configs and mamba_ssm alternate (A B C,
+C B A, ...), so that a drift of the host's speed, large on shared machines, hits all alike (the
+table's eager columns time one backend after the other: at (8, 12, 1024) on an H200 they gave
+a ratio of 1.18 in a run whose interleaved timing gave 0.88). On CUDA the output ends with the host floor: the
+same timing of `NullScan`, a Python autograd.Function that takes the scan's inputs and launches
+no kernel (any scan behind such a function, mamba_ssm's included, takes at least that long per
+call on that machine).
 """
 from __future__ import annotations
 
@@ -150,22 +152,23 @@ def graph_time(fn, reps):
     return timer(torch.device("cuda"))(graph.replay, reps, 3)
 
 
-def interleaved(shape, backends, args, device, reps):
-    """Eager fwd+bwd of each backend, alternating call by call (A B A B ...) so that a drift of
-    the host's speed, large on shared machines, hits them alike: {backend: median ms}, and the
-    share of rounds that the first backend won."""
-    calls = {b: scan_calls(b, shape, args, device)[1] for b in backends}
+def interleaved(shape, entries, args, device, reps):
+    """Eager fwd+bwd of each entry ((label, backend, Triton config or None)), alternating call
+    by call (A B C, C B A, ...) so that a drift of the host's speed, large on shared machines,
+    hits them alike: {label: median ms}, and {label: share of the rounds it beat the last
+    entry}."""
+    calls = {lab: scan_calls(b, shape, args, device, cfg)[1] for lab, b, cfg in entries}
+    labels = [e[0] for e in entries]
     run = timer(device)
     for fn in calls.values():  # warm-up
         run(fn, 1, 3)
-    times = {b: [] for b in backends}
+    times = {lab: [] for lab in labels}
     for i in range(reps):
-        order = backends if i % 2 == 0 else backends[::-1]
-        for b in order:
-            times[b].append(run(calls[b], 1, 0))
-    first, other = backends[0], backends[1]
-    wins = sum(a < b for a, b in zip(times[first], times[other])) / reps
-    return {b: statistics.median(t) for b, t in times.items()}, wins
+        for lab in (labels if i % 2 == 0 else labels[::-1]):
+            times[lab].append(run(calls[lab], 1, 0))
+    last = times[labels[-1]]
+    wins = {lab: sum(a < b for a, b in zip(times[lab], last)) / reps for lab in labels[:-1]}
+    return {lab: statistics.median(t) for lab, t in times.items()}, wins
 
 
 def scan_calls(backend, shape, args, device, config=None):
@@ -328,10 +331,10 @@ def main(argv=None):
             elif shape in targets and label != "reference (float64)":
                 target = targets[shape]
                 line += f"  {target:.3f} ({tfb / target:.2f}, {'ok' if tfb <= target else 'slower'})"
-            if here is not None and label.startswith("triton"):
-                line += f"; vs mamba_ssm in this run: {tfb / here[1]:.2f}"
-                if tg and len(here) > 2:
-                    line += f" eager, {tg[0] / here[2]:.2f} graph"
+            if here is not None and label.startswith("triton") and tg and len(here) > 2:
+                # (the eager ratio: from the interleaved timing below; these eager columns
+                # time one backend after the other, and the host's speed drifts in between)
+                line += f"; vs mamba_ssm in this run: graph {tg[0] / here[2]:.2f}"
             print(line, flush=True)
         if device.type == "cuda" and "triton" in backends:
             from mambaseg.ops.scan_triton import make_config
@@ -339,13 +342,22 @@ def main(argv=None):
             c = make_config(shape[0], shape[1], shape[2], args.dstate, device)
             print(f"{'':18s} triton default config: " + ", ".join(f"{k}={v}" for k, v in c.items()))
     if device.type == "cuda" and {"triton", "mamba_ssm"} <= set(backends):
+        from mambaseg.ops.scan_triton import _parse_env_config
+
+        specs = [x.strip() for x in (args.configs or "").split(";") if x.strip()]
+        entries = [("triton", "triton", None)] + [
+            (f"triton {spec}", "triton", _parse_env_config(spec)) for spec in specs] + [
+            ("mamba_ssm", "mamba_ssm", None)]
         print(f"\ntriton and mamba_ssm in this run, interleaved call by call (eager fwd+bwd, "
-              f"median of {2 * args.reps} each, ms):")
+              f"median of {2 * args.reps} each, ms; ratio to mamba_ssm, and how often the row "
+              f"beat it):")
         for shape in shapes:
-            med, wins = interleaved(shape, ["triton", "mamba_ssm"], args, device, 2 * args.reps)
-            print(f"  {str(shape):18s} triton {med['triton']:7.3f}  mamba_ssm "
-                  f"{med['mamba_ssm']:7.3f}  ratio {med['triton'] / med['mamba_ssm']:.2f}  "
-                  f"(triton faster in {100 * wins:.0f}% of the pairs)", flush=True)
+            med, wins = interleaved(shape, entries, args, device, 2 * args.reps)
+            ms = med["mamba_ssm"]
+            for lab, _, _ in entries[:-1]:
+                print(f"  {str(shape):18s} {lab:24s} {med[lab]:7.3f}  mamba_ssm {ms:7.3f}  "
+                      f"ratio {med[lab] / ms:.2f}  (faster in {100 * wins[lab]:.0f}% of the "
+                      f"rounds)", flush=True)
     if device.type == "cuda":
         null, mul = host_floor(shapes[0], args, device, run)
         print(f"host floor, same timing at {shapes[0]}: a Python autograd.Function with the scan's "

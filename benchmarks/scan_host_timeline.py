@@ -111,7 +111,7 @@ def single_ops(shape):
                     x["delta_bias"], True, None, False, x["u"].get_device())
     ins = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"])
     out = torch.empty(shape, device="cuda")
-    ws = torch.empty(max(plan.ws.size, 1), device="cuda")
+    ws = torch.empty(max(plan.ws.size, 64), device="cuda")  # (room for the view row below)
     # (no backward: the accumulator argument is a placeholder, as in the plan's forward)
     ptrs = [t.data_ptr() for t in ins] + [out.data_ptr() if s is None else ws.data_ptr() + 4 * s
                                            for s in plan.fwd_slots] + [out.data_ptr()]
@@ -122,6 +122,9 @@ def single_ops(shape):
         f"torch.empty{tuple(shape)}": lambda: torch.empty(shape, device="cuda"),
         "torch.zeros(1024)": lambda: torch.zeros(1024, device="cuda"),
         "tensor slice + view": lambda: ws[16:32].view(4, 4),
+        "torch.empty((3,) + shape).unbind(0)": lambda: torch.empty((3,) + tuple(shape),
+                                                                    device="cuda").unbind(0),
+        "split_with_sizes into 4": lambda: ws.split_with_sizes([16, 16, 16, ws.numel() - 48]),
         "t.data_ptr() x 8": lambda: [t.data_ptr() for t in ins],
         "forward kernel, triton_launch.Launcher": lambda: plan.fwd(ptrs, tensors),
     }

@@ -136,4 +136,9 @@ INTERP_CASES += [
     ("k2_pfwd1_split_bwd", (1, 3, 34, 4), dict(), {"KERNEL": 2, "T": 8, "P": 3, "P_FWD": 1}),
     ("k2_split_fwd_pbwd1", (1, 3, 34, 4), dict(), {"KERNEL": 2, "T": 8, "P": 1, "P_FWD": 3}),
 ]
+# ... with the split backward's carry pass (LB=0; LB=1, one launch with look-back between the
+# parts, is the default where the backward splits)
+INTERP_CASES += [("k2_lb0_" + cid, shape, flags, dict(config, KERNEL=2, LB=0))
+                 for cid, shape, flags, config in list(INTERP_CASES)
+                 if cid in ("odd_L_split", "split_partial_parts", "D_bias_no_z", "bf16")]
 INTERP_CASES.append(("default_config", (1, 3, 21, 2), dict(), None))

@@ -254,6 +254,36 @@ if pytest is not None:
             torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-4,
                                        msg=lambda m, name=name: f"{shape} {name}: {m}")
 
+    @pytest.mark.parametrize("shape,config", [
+        ((2, 12, 1024), {}), ((8, 16, 4096), {}),
+        # 16384 programs, far more than the GPU runs at once: the parts must wait only for
+        # programs that started before them
+        ((16, 256, 2048), {"P": 16}),
+        ((3, 5, 999), {"P": 7}),  # odd L, a partial last part, a partial channel block
+    ], ids=["2x12x1024", "8x16x4096", "16x256x2048_P16", "3x5x999_P7"])
+    def test_triton_split_backward_lookback_matches_carry_pass(shape, config):
+        """The split backward in one launch (look-back between the parts, LB=1, the default)
+        gives the gradients of the carry pass (LB=0), call after call."""
+        if "triton" not in _backends():
+            pytest.skip("triton not available")
+        from mambaseg.ops.scan_triton import make_config, selective_scan_triton
+
+        assert make_config(*shape, DSTATE, torch.device("cuda"), config)["LB"] == 1
+        inp = _layout_inputs(shape, "contiguous")
+        gy = torch.randn(shape, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+
+        def grads(cfg):
+            y = selective_scan_triton(*(inp[k] for k in ("u", "delta", "A", "B", "C")),
+                                      D=inp["D"], z=inp["z"], delta_bias=inp["delta_bias"],
+                                      delta_softplus=True, config=cfg)
+            return torch.autograd.grad(y, [inp[k] for k in NAMES], gy)
+
+        want = grads(dict(config, LB=0))
+        for _ in range(5):
+            for name, a, b in zip(NAMES, grads(config), want):
+                torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-4,
+                                           msg=lambda m, name=name: f"{shape} {name}: {m}")
+
     def test_triton_tensors_on_two_devices_error():
         if "triton" not in _backends():
             pytest.skip("triton not available")

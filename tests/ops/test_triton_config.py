@@ -31,6 +31,9 @@ def test_lean_defaults(h100, shape, P, fmaxnreg):
     assert cfg["P"] == P and cfg["n_chunks"] == shape[2] // 128
     assert cfg["PF"] == 1 and cfg["MAXNREG"] == 128 and cfg["BC"] == 2
     assert cfg.get("FMAXNREG") == fmaxnreg
+    # a split backward is one launch (look-back between its parts); LB=0: the carry pass
+    assert cfg["LB"] == (1 if P > 1 else 0)
+    assert make_config(*shape, 16, h100, {"LB": 0})["LB"] == 0
     # the forward's chunks are the backward's
     assert (cfg["T_FWD"], cfg["P_FWD"], cfg["n_chunks_fwd"]) == (128, P, shape[2] // 128)
     eager = make_config(*shape, 16, h100)

@@ -85,6 +85,8 @@ def main():
             ((2, 16, 300, 16), dict(dtype=torch.bfloat16, has_D=False, has_bias=False),
              {"KERNEL": 2, "BC": 1}),
             ((2, 4, 256, 16), dict(has_z=False, softplus=False), {"KERNEL": 2, "BC": 1, "P": 1}),
+            # its split backward with the carry pass (LB=0) instead of the look-back (the default)
+            ((2, 12, 1024, 16), dict(has_z=False), {"KERNEL": 2, "LB": 0}),
             # its forward in chunks of its own, longer than the backward's (T_FWD > T)
             ((2, 12, 1024, 16), dict(), {"KERNEL": 2, "T_FWD": 1024, "BD": 1}),
         ]

@@ -129,7 +129,7 @@ def _channel_block(A_ptr, bias_ptr, D_ptr, dim, dstate, n_dblk, BD: tl.constexpr
     """What every kernel starts with: this program's batch element ``b`` (int64), channel and
     state offsets and masks, and its rows of A (fp32, (BD, NP)), delta_bias and D (zeros when
     absent)."""
-    b, offs_d, d_mask = _program_channels(dim, n_dblk, BD)
+    b, offs_d, d_mask = _program_channels(dim, n_dblk, tl.program_id(0), BD)
     offs_n = tl.arange(0, NP)
     n_mask = offs_n < dstate
     A = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :],
@@ -139,9 +139,9 @@ def _channel_block(A_ptr, bias_ptr, D_ptr, dim, dstate, n_dblk, BD: tl.constexpr
 
 
 @triton.jit
-def _program_channels(dim, n_dblk, BD: tl.constexpr):
-    """This program's batch element ``b`` (int64) and its block of channels (offsets, mask)."""
-    pid = tl.program_id(0)
+def _program_channels(dim, n_dblk, pid, BD: tl.constexpr):
+    """The batch element ``b`` (int64) and the block of channels (offsets, mask) of row ``pid``
+    of the grid (its first axis)."""
     b = (pid // n_dblk).to(tl.int64)
     offs_d = (pid % n_dblk) * BD + tl.arange(0, BD)
     return b, offs_d, offs_d < dim
@@ -161,10 +161,11 @@ def _bias_and_D(bias_ptr, D_ptr, offs_d, d_mask, BD: tl.constexpr, HAS_BIAS: tl.
 
 
 @triton.jit
-def _program_block(bias_ptr, D_ptr, dim, n_dblk, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _program_block(bias_ptr, D_ptr, dim, n_dblk, pid, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
                    HAS_D: tl.constexpr):
-    """``_channel_block`` without A (the lean kernels load A one state at a time)."""
-    b, offs_d, d_mask = _program_channels(dim, n_dblk, BD)
+    """``_channel_block`` of grid row ``pid`` without A (the lean kernels load A one state at a
+    time)."""
+    b, offs_d, d_mask = _program_channels(dim, n_dblk, pid, BD)
     bias, Dv = _bias_and_D(bias_ptr, D_ptr, offs_d, d_mask, BD, HAS_BIAS, HAS_D)
     return b, offs_d, d_mask, bias, Dv
 
@@ -503,7 +504,7 @@ def _parse_env_config(spec):
         key, _, val = item.partition("=")
         key = key.strip().upper()
         if key not in ("BD", "BD_BWD", "T", "P", "WARPS", "WARPS_BWD", "REV", "KERNEL", "BC",
-                       "MAXNREG", "PF", "FMAXNREG", "T_FWD", "P_FWD"):
+                       "MAXNREG", "PF", "FMAXNREG", "T_FWD", "P_FWD", "LB"):
             raise ValueError(f"MAMBASEG_TRITON_CONFIG: unknown key {key!r} in {spec!r}")
         out[key] = int(val)
     return out
@@ -530,7 +531,9 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env, g
     loads the next state's rows while it solves one; 0: no), MAXNREG / FMAXNREG (ptxas register
     caps of its main backward / forward kernel; 0: none), T_FWD / P_FWD (the forward's own chunk
     length, a multiple of T, and parts along L; T_FWD > T needs P_FWD = 1: the forward then
-    saves the states entering each of the backward's chunks from inside its own).
+    saves the states entering each of the backward's chunks from inside its own), LB (1, its
+    default where P > 1: the split backward is one launch, each part publishing its summary for
+    the parts before it and waiting for those of the parts after it; 0: a carry pass first).
     Defaults, KERNEL=2: T = 128 (32 when L % 16 != 0) and at least N, BD = BD_BWD = WARPS = 4
     (one channel per warp: time over the 32 lanes, 4 steps per lane, or 1 when L % 16 != 0),
     MAXNREG = 128 for its backward kernel (L % 16 == 0 and at most 4 tile elements per thread,
@@ -601,6 +604,8 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env, g
         out["BC"] = 1 if cfg.get("BC") == 1 else 2
         # the backward loads state n + 1's rows while it solves state n (PF=0: no)
         out["PF"] = 0 if cfg.get("PF") == 0 else 1
+        # a split backward in one launch (look-back between its parts; LB=0: a carry pass first)
+        out["LB"] = 0 if P == 1 or cfg.get("LB") == 0 else 1
         # ptxas cap for the forward: 64 (8 blocks per SM instead of 6 at its 78 registers, for
         # a few bytes of spills) where its programs do not all fit on the GPU at once
         fmx = cfg.get("FMAXNREG")
@@ -750,6 +755,8 @@ class _Plan:
         acc.add("dA", dim * dstate)
         acc.add("dD", dim, align=False)  # dA, dD, dbias: one run (the kernels' layout)
         acc.add("dbias", dim, align=False)
+        if self.split and cfg.get("LB"):  # the split backward's ticket and flags (lean kernel)
+            acc.add("sync", 1 + batch * n_dblk_bwd * P, align=False)
         names = ["dA", "dD", "dbias"]
         if atomic_bc:
             acc.add("dB", batch * dstate * length)
@@ -861,7 +868,7 @@ class _BackwardPlan:
         meta = dict(BD=cfg["BD_BWD"], NP=NP, T=cfg["T"], **flags, num_warps=cfg["WARPS_BWD"])
         self.carry = Launcher(K.carry, (batch * n_dblk, P - 1),
                               ints + dt_s + z_s + C_s + g_strides, meta,
-                              plan.dev_index) if plan.split else None
+                              plan.dev_index) if plan.split and not cfg.get("LB") else None
         self.bwd = Launcher(K.bwd, (batch * n_dblk, P),
                             ints + u_s + dt_s + z_s + B_s + C_s + g_strides,
                             dict(meta, HAS_D=plan.has_d, SPLIT=plan.split,
@@ -886,7 +893,7 @@ class _BackwardPlan:
         p_pes = p_acc + 4 * off["pes"] if plan.split else p_acc
         ins = _kernel_inputs(u, delta, A, Bm, Cm, D, z, bias) + (dout,)
         ptrs = [t.data_ptr() for t in ins]
-        if plan.split:  # the carry kernel takes delta, A, C, z, delta_bias, dout
+        if self.carry is not None:  # the carry kernel takes delta, A, C, z, delta_bias, dout
             carry = (1, 2, 4, 6, 7, 8)
             self.carry([ptrs[i] for i in carry] + [p_phl, p_pes],
                        lambda: [ins[i] for i in carry] + [acc[off["phl"]:], acc[off["pes"]:]])
