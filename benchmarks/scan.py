@@ -17,10 +17,10 @@ benchmarks/mamba_ssm_build.py to build it on a machine without it). The eager ra
 second timing, interleaved call by call: triton, the --configs and mamba_ssm alternate (A B C,
 C B A, ...), so that a drift of the host's speed, large on shared machines, hits all alike (the
 table's eager columns time one backend after the other: at (8, 12, 1024) on an H200 they gave
-a ratio of 1.18 in a run whose interleaved timing gave 0.88). On CUDA the output ends with the host floor: the
-same timing of `NullScan`, a Python autograd.Function that takes the scan's inputs and launches
-no kernel (any scan behind such a function, mamba_ssm's included, takes at least that long per
-call on that machine).
+a ratio of 1.18 in a run whose interleaved timing gave 0.88). On CUDA the output ends with the
+host floor: the same timing of `NullScan`, a Python autograd.Function that takes the scan's
+inputs and launches no kernel (any scan behind such a function, mamba_ssm's included, takes at
+least that long per call on that machine).
 """
 from __future__ import annotations
 
@@ -244,6 +244,7 @@ def main(argv=None):
     device = torch.device(args.device)
     args.dtype = getattr(torch, args.dtype)
     args.reps = args.reps or (20 if device.type == "cuda" else 5)
+    specs = [x.strip() for x in (args.configs or "").split(";") if x.strip()]  # --configs
     explicit = args.shapes is not None
     shapes = parse_shapes(args.shapes) if explicit else SHAPES
     avail = available_backends(device)
@@ -295,12 +296,10 @@ def main(argv=None):
             except Exception as exc:  # report a failing backend, keep going
                 print(f"{str(shape):18s} {b}: failed: {type(exc).__name__}: {str(exc)[:500]}")
                 continue
-            if b == "triton" and args.configs:
+            if b == "triton" and specs:
                 from mambaseg.ops.scan_triton import _parse_env_config, make_config
 
-                for spec in (x.strip() for x in args.configs.split(";")):
-                    if not spec:
-                        continue
+                for spec in specs:
                     label = f"triton {spec}"
                     try:
                         cfg = _parse_env_config(spec)
@@ -344,7 +343,6 @@ def main(argv=None):
     if device.type == "cuda" and {"triton", "mamba_ssm"} <= set(backends):
         from mambaseg.ops.scan_triton import _parse_env_config
 
-        specs = [x.strip() for x in (args.configs or "").split(";") if x.strip()]
         entries = [("triton", "triton", None)] + [
             (f"triton {spec}", "triton", _parse_env_config(spec)) for spec in specs] + [
             ("mamba_ssm", "mamba_ssm", None)]

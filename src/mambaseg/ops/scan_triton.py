@@ -757,6 +757,7 @@ class _Plan:
         acc.add("dbias", dim, align=False)
         if self.split and cfg.get("LB"):  # the split backward's ticket and flags (lean kernel)
             acc.add("sync", 1 + batch * n_dblk_bwd * P, align=False)
+            assert acc.offset["sync"] == dim * (dstate + 2)  # where the kernel looks for it
         names = ["dA", "dD", "dbias"]
         if atomic_bc:
             acc.add("dB", batch * dstate * length)

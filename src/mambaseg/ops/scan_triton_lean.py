@@ -310,13 +310,27 @@ def _lean_fwd_fix_kernel(
 
 
 @triton.jit
-def _part_adjoint(dt_ptr, A_ptr, C_ptr, z_ptr, g_ptr, offs_d, d_mask, bias, part, dim, L, dstate,
-                  n_chunks, cpp, s_dd, s_dl, s_zd, s_zl, s_Cn, s_Cl, s_gd, s_gl,
-                  BD: tl.constexpr, T: tl.constexpr, HAS_Z: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """A part's summary for the split backward: the adjoint at its first step from a zero carry
-    ((BD, T) tile, column n for state n) and its sum of delta at steps t + 1 (pointers: this
-    program's batch element)."""
+def _summary_ptrs(phl_ptr, pes_ptr, prow, offs_d, d_mask, dim, NP: tl.constexpr, T: tl.constexpr):
+    """Where part row ``prow`` (batch x parts) keeps its summary: (BD, T) pointers of the
+    adjoint (columns below NP), their mask, and (BD,) pointers of the delta sum."""
+    offs_t = tl.arange(0, T)
+    return (phl_ptr + (prow * NP + offs_t[None, :]) * dim + offs_d[:, None],
+            d_mask[:, None] & (offs_t[None, :] < NP), pes_ptr + prow * dim + offs_d)
+
+
+@triton.jit
+def _store_part_summary(dt_ptr, A_ptr, C_ptr, z_ptr, g_ptr, phl_ptr, pes_ptr, b, offs_d, d_mask,
+                        bias, part, dim, L, dstate, n_chunks, cpp, P, s_db, s_dd, s_dl, s_zb, s_zd,
+                        s_zl, s_Cb, s_Cn, s_Cl, s_gb, s_gd, s_gl, BD: tl.constexpr,
+                        NP: tl.constexpr, T: tl.constexpr, HAS_Z: tl.constexpr,
+                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Compute and store a part's summary for the split backward (`_summary_ptrs`): the adjoint
+    at its first step from a zero carry ((BD, T) tile, column n for state n) and its sum of
+    delta at steps t + 1."""
+    dt_ptr += b * s_db
+    C_ptr += b * s_Cb
+    z_ptr += b * s_zb
+    g_ptr += b * s_gb
     offs_t = tl.arange(0, T)
     cols = offs_t[None, :]  # (1, T) column indices
     Hc = tl.zeros((BD, T), tl.float32)  # column n: adjoint of state n at the next chunk's start
@@ -347,16 +361,10 @@ def _part_adjoint(dt_ptr, A_ptr, C_ptr, z_ptr, g_ptr, offs_d, d_mask, bias, part
             _, h = tl.associative_scan((an, g), axis=1, combine_fn=_combine)
             Hc = tl.where(cols == n, _col(h, cols, T - 1)[:, None], Hc)
         esum += tl.sum(dlnr, axis=1)  # delta at steps t + 1
-    return Hc, esum
-
-
-@triton.jit
-def _summary_ptrs(phl_ptr, pes_ptr, prow, offs_d, d_mask, dim, NP: tl.constexpr, T: tl.constexpr):
-    """Where part row ``prow`` (batch x parts) keeps its summary: (BD, T) pointers of the
-    adjoint (columns below NP), their mask, and (BD,) pointers of the delta sum."""
-    offs_t = tl.arange(0, T)
-    return (phl_ptr + (prow * NP + offs_t[None, :]) * dim + offs_d[:, None],
-            d_mask[:, None] & (offs_t[None, :] < NP), pes_ptr + prow * dim + offs_d)
+    h_ptrs, h_mask, e_ptrs = _summary_ptrs(phl_ptr, pes_ptr, b * P + part, offs_d, d_mask, dim,
+                                           NP, T)
+    tl.store(h_ptrs, Hc, mask=h_mask)
+    tl.store(e_ptrs, esum, mask=d_mask)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC_LEAN)
@@ -367,18 +375,14 @@ def _lean_bwd_carry_kernel(
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
-    """Split backward, pass 1 (config LB=0): every part's summary (`_part_adjoint`)."""
+    """Split backward, pass 1 (config LB=0): every part's summary (`_store_part_summary`)."""
     part = tl.program_id(1) + 1  # part 0's summary is never needed
     b, offs_d, d_mask, bias, Dv = _program_block(bias_ptr, bias_ptr, dim, n_dblk,
                                                  tl.program_id(0), BD, HAS_BIAS, False)
-    Hc, esum = _part_adjoint(dt_ptr + b * s_db, A_ptr, C_ptr + b * s_Cb, z_ptr + b * s_zb,
-                             g_ptr + b * s_gb, offs_d, d_mask, bias, part, dim, L, dstate,
-                             n_chunks, cpp, s_dd, s_dl, s_zd, s_zl, s_Cn, s_Cl, s_gd, s_gl, BD, T,
-                             HAS_Z, HAS_BIAS, SOFTPLUS)
-    h_ptrs, h_mask, e_ptrs = _summary_ptrs(phl_ptr, pes_ptr, b * P + part, offs_d, d_mask, dim,
-                                           NP, T)
-    tl.store(h_ptrs, Hc, mask=h_mask)
-    tl.store(e_ptrs, esum, mask=d_mask)
+    _store_part_summary(dt_ptr, A_ptr, C_ptr, z_ptr, g_ptr, phl_ptr, pes_ptr, b, offs_d, d_mask,
+                        bias, part, dim, L, dstate, n_chunks, cpp, P, s_db, s_dd, s_dl, s_zb, s_zd,
+                        s_zl, s_Cb, s_Cn, s_Cl, s_gb, s_gd, s_gl, BD, NP, T, HAS_Z, HAS_BIAS,
+                        SOFTPLUS)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC_LEAN)
@@ -417,15 +421,10 @@ def _lean_bwd_kernel(
     if SPLIT:
         if LOOKBACK:
             if part > 0:  # this part's summary for the parts before it, then its flag
-                Hs, es = _part_adjoint(dt_ptr + b * s_db, A_ptr, C_ptr + b * s_Cb,
-                                       z_ptr + b * s_zb, g_ptr + b * s_gb, offs_d, d_mask, bias,
-                                       part, dim, L, dstate, n_chunks, cpp, s_dd, s_dl, s_zd,
-                                       s_zl, s_Cn, s_Cl, s_gd, s_gl, BD, T, HAS_Z, HAS_BIAS,
-                                       SOFTPLUS)
-                h_ptrs, h_mask, e_ptrs = _summary_ptrs(phl_ptr, pes_ptr, b * P + part, offs_d,
-                                                       d_mask, dim, NP, T)
-                tl.store(h_ptrs, Hs, mask=h_mask)
-                tl.store(e_ptrs, es, mask=d_mask)
+                _store_part_summary(dt_ptr, A_ptr, C_ptr, z_ptr, g_ptr, phl_ptr, pes_ptr, b,
+                                    offs_d, d_mask, bias, part, dim, L, dstate, n_chunks, cpp, P,
+                                    s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_Cb, s_Cn, s_Cl, s_gb,
+                                    s_gd, s_gl, BD, NP, T, HAS_Z, HAS_BIAS, SOFTPLUS)
                 tl.debug_barrier()  # every thread's stores, then one release
                 tl.atomic_add(sync + 1 + pid * P + part, 1.0, sem="release")
         A2t = tl.load(A_ptr + offs_d[:, None] * dstate + offs_t[None, :], mask=dn_mask,
