@@ -34,6 +34,7 @@ def test_lean_defaults(h100, shape, P, fmaxnreg):
     # a split backward is one launch (look-back between its parts); LB=0: the carry pass
     assert cfg["LB"] == (1 if P > 1 else 0)
     assert make_config(*shape, 16, h100, {"LB": 0})["LB"] == 0
+
     # the forward's chunks are the backward's
     assert (cfg["T_FWD"], cfg["P_FWD"], cfg["n_chunks_fwd"]) == (128, P, shape[2] // 128)
     eager = make_config(*shape, 16, h100)
@@ -47,6 +48,13 @@ def test_lean_defaults(h100, shape, P, fmaxnreg):
         assert (eager["T_FWD"], eager["P_FWD"], eager["BD"]) == (1024, 1, 1)
         assert eager["n_chunks_fwd"] == eager["cpp_fwd"] == shape[2] // 1024
 
+
+def test_lookback_only_where_its_tickets_are_exact(h100):
+    """The look-back's tickets count in fp32, exact below 2**24 programs: from there on the
+    split backward takes the carry pass."""
+    at_limit = make_config(1024, 4096, 4096, 16, h100, {"P": 16})  # 1024 x 1024 blocks x 16
+    assert at_limit["P"] == 16 and at_limit["LB"] == 0
+    assert make_config(1024, 4092, 4096, 16, h100, {"P": 16})["LB"] == 1  # 1024 x 1023 x 16
 
 def test_forward_chunks_of_its_own(h100):
     cfg = make_config(8, 16, 4096, 16, h100, {"T_FWD": 512, "BD": 2}, graphed=True)

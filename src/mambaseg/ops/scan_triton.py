@@ -532,8 +532,9 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env, g
     caps of its main backward / forward kernel; 0: none), T_FWD / P_FWD (the forward's own chunk
     length, a multiple of T, and parts along L; T_FWD > T needs P_FWD = 1: the forward then
     saves the states entering each of the backward's chunks from inside its own), LB (1, its
-    default where P > 1: the split backward is one launch, each part publishing its summary for
-    the parts before it and waiting for those of the parts after it; 0: a carry pass first).
+    default where P > 1 and the backward has fewer than 2**24 programs: the split backward is
+    one launch, each part publishing its summary for the parts before it and waiting for those
+    of the parts after it; 0: a carry pass first).
     Defaults, KERNEL=2: T = 128 (32 when L % 16 != 0) and at least N, BD = BD_BWD = WARPS = 4
     (one channel per warp: time over the 32 lanes, 4 steps per lane, or 1 when L % 16 != 0),
     MAXNREG = 128 for its backward kernel (L % 16 == 0 and at most 4 tile elements per thread,
@@ -604,8 +605,10 @@ def _make_config(batch, dim, length, dstate, dev_type, dev_index, config, env, g
         out["BC"] = 1 if cfg.get("BC") == 1 else 2
         # the backward loads state n + 1's rows while it solves state n (PF=0: no)
         out["PF"] = 0 if cfg.get("PF") == 0 else 1
-        # a split backward in one launch (look-back between its parts; LB=0: a carry pass first)
-        out["LB"] = 0 if P == 1 or cfg.get("LB") == 0 else 1
+        # a split backward in one launch (look-back between its parts; LB=0: a carry pass first).
+        # Its tickets count in fp32 (the accumulator's dtype), exact below 2**24 programs
+        bwd_progs = batch * _cdiv(dim, BD_BWD) * P
+        out["LB"] = 0 if P == 1 or cfg.get("LB") == 0 or bwd_progs >= 1 << 24 else 1
         # ptxas cap for the forward: 64 (8 blocks per SM instead of 6 at its 78 registers, for
         # a few bytes of spills) where its programs do not all fit on the GPU at once
         fmx = cfg.get("FMAXNREG")
