@@ -78,8 +78,29 @@ def test_kfold_tests_each_patient_once(fake_slices, k):
 def test_kfold_needs_patient_split_and_three_folds(fake_slices):
     with pytest.raises(MambasegError, match="--split patient"):
         make_split(fake_slices(10, 2), "paper", folds=5)
-    with pytest.raises(MambasegError, match="at least 3"):
-        make_split(fake_slices(10, 2), "patient", folds=2)
+    with pytest.raises(MambasegError, match="at least 2"):
+        make_split(fake_slices(10, 2), "patient", folds=1)
+    with pytest.raises(DataError, match="11 folds need at least 11 patients, found 10"):
+        make_split(fake_slices(10, 2), "patient", folds=11)
+
+
+def test_kfold_validation_comes_from_training_patients(fake_slices):
+    slices = fake_slices(110, 2)
+    folds = patient_folds(slices, 5)
+    n = [{p: len({s.patient for s in f[p]}) for p in PARTS} for f in folds]
+    assert [x["test"] for x in n] == [22] * 5
+    assert [x["val"] for x in n] == [11] * 5 and [x["train"] for x in n] == [77] * 5
+    assert patient_folds(slices, 5) == folds  # seeded
+
+
+def test_folds_file_with_a_patient_in_two_folds(sample_root, tmp_path):
+    data = make_split(find_slices(sample_root), "patient", folds=3)
+    moved = data["folds"][1]["test"][0]
+    data["folds"][0]["test"].append(moved)
+    data["folds"][0]["train"] = [r for r in data["folds"][0]["train"] if r != moved]
+    (tmp_path / "f.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"patient .* is tested in folds 0 and 1|in both"):
+        resolve_split(sample_root, str(tmp_path / "f.json"), fold=0)
 
 
 def test_split_file_round_trip(sample_root, tmp_path):

@@ -27,10 +27,21 @@ def register(sub) -> None:
     p.add_argument("--fold", type=int, help="fold of a K-fold split file")
     p.add_argument("--split-seed", type=int, help="seed of the paper/patient split (default 37)")
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
-    p.add_argument("--preset", choices=("paper", "none"),
+    add_training_options(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from "
+                   "its last/ checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=run)
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The hyperparameter, device and model options shared by `train` and `crossval`."""
+    p.add_argument("--preset", choices=("paper", "recommended", "none"),
                    help="paper: each model's settings as in the paper (100 epochs, seed batch "
-                        "size/loss/optimizer, no schedule, last-epoch weights); explicit "
-                        "options override it")
+                        "size/loss/optimizer, no schedule, last-epoch weights); recommended: our "
+                        "recipe for unseen patients (augmentation, tumour oversampling, warm-up "
+                        "+ cosine, best validation per-patient Dice); explicit options override it")
     p.add_argument("--epochs", type=int, help="epochs (default 100)")
     p.add_argument("--batch-size", type=int, help="global batch size (default 16)")
     p.add_argument("--lr", type=float, help="learning rate (default 3e-4)")
@@ -45,6 +56,12 @@ def register(sub) -> None:
                    help="random flips, rotation, zoom and intensity jitter (default off)")
     p.add_argument("--image-size", type=int, help="resize images and masks to SIZE x SIZE "
                    "(default: their own size; 224 for segformer with --preset paper)")
+    p.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up before the "
+                   "cosine schedule (default 0)")
+    p.add_argument("--tumour-fraction", type=float, metavar="P", help="oversample: tumour "
+                   "slices make up P of each epoch on average (0, the default: as they come)")
+    p.add_argument("--select", choices=("dice", "dice_patient"), help="validation score that "
+                   "picks best/: pooled Dice (default) or mean per-patient Dice")
     p.add_argument("--checkpoint", choices=("last", "best"), help="checkpoint the evaluation "
                    "protocol uses (paper: last; default: best validation Dice)")
     p.add_argument("--seed", type=int, help="seed of initialisation, data order and "
@@ -63,11 +80,6 @@ def register(sub) -> None:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="option for the model factory, e.g. pretrained=true or "
                         "scan_backend=reference (VALUE read as JSON if it parses); repeatable")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from "
-                   "its last/ checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.set_defaults(func=run)
 
 
 def _model_kwargs(items: list[str]) -> dict:
@@ -90,11 +102,14 @@ def config_from_args(args: argparse.Namespace):
     if not args.resume and (args.model is None or args.data is None):
         raise MambasegError("--model and --data are required (except with --resume)")
     return TrainConfig(
-        model=args.model, data=args.data, out=args.out, split=args.split, fold=args.fold,
+        model=args.model, data=args.data, out=args.out, split=args.split,
+        fold=getattr(args, "fold", None),
         split_seed=args.split_seed, preset=args.preset, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         weight_decay=args.weight_decay, loss=args.loss, scheduler=args.scheduler,
         augment=args.augment, image_size=args.image_size, checkpoint=args.checkpoint,
+        warmup_epochs=args.warmup_epochs, tumour_fraction=args.tumour_fraction,
+        select=args.select,
         seed=args.seed, device=args.device, amp=args.amp, compile=args.compile,
         cuda_graphs=args.cuda_graphs,
         val_batch_size=args.val_batch_size, model_kwargs=_model_kwargs(args.model_arg),

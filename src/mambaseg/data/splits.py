@@ -77,24 +77,54 @@ def patient_split(slices: list[Slice], seed: int = DEFAULT_SEED,
             "test": _by_patient(slices, patients[:n_test])}
 
 
-def patient_folds(slices: list[Slice], folds: int,
-                  seed: int = DEFAULT_SEED) -> list[dict[str, list[Slice]]]:
-    """Patient-level K-fold: shuffled patients cut into K groups; fold i tests on group i,
-    validates on group i+1 (mod K) and trains on the others. Every patient is in exactly one
-    test part (and one val part) across the folds."""
+def patient_folds(slices: list[Slice], folds: int, seed: int = DEFAULT_SEED,
+                  val: float = 0.1) -> list[dict[str, list[Slice]]]:
+    """Patient-level K-fold: shuffled patients cut into K groups; fold i tests on group i and
+    carves its validation patients (``val`` of all patients, at least one) out of the other
+    groups, which train on the rest. Every patient is in exactly one test part across the
+    folds, and no fold chooses anything on its test patients."""
     patients = _shuffled_patients(slices, seed)
-    if folds < 3:
-        raise MambasegError(f"--folds must be at least 3 (test, val and train groups), got {folds}")
+    if folds < 2:
+        raise MambasegError(f"--folds must be at least 2, got {folds}")
     if len(patients) < folds:
         raise DataError(f"{folds} folds need at least {folds} patients, found {len(patients)}")
     groups = [list(g) for g in np.array_split(np.array(patients, dtype=object), folds)]
     out = []
     for i in range(folds):
-        j = (i + 1) % folds
-        train = [p for k, g in enumerate(groups) if k not in (i, j) for p in g]
-        out.append({"train": _by_patient(slices, train), "val": _by_patient(slices, groups[j]),
+        rest = [p for k, g in enumerate(groups) if k != i for p in g]
+        if len(rest) < 2:
+            raise DataError(f"{folds} folds of {len(patients)} patients leave fold {i} fewer "
+                            "than 2 patients for training and validation")
+        n_val = min(len(rest) - 1, max(1, round(val * len(patients))))
+        order = np.random.RandomState(seed + 1 + i).permutation(len(rest))
+        val_p = [rest[j] for j in order[:n_val]]
+        train_p = [rest[j] for j in order[n_val:]]
+        out.append({"train": _by_patient(slices, train_p), "val": _by_patient(slices, val_p),
                     "test": _by_patient(slices, groups[i])})
     return out
+
+
+def check_folds(data: dict, patient_of, path: str | os.PathLike = "split") -> None:
+    """A K-fold split keeps patients apart: within a fold each patient is in one part, and each
+    patient is tested by at most one fold (``patient_of(rel)`` names a path's patient).
+    DataError listing every patient that is not."""
+    tested: dict[str, int] = {}
+    problems: list[str] = []
+    for i, fold in enumerate(data["folds"]):
+        where: dict[str, str] = {}
+        for part in PARTS:
+            for p in {patient_of(r) for r in fold[part]}:
+                if p in where and where[p] != part:
+                    problems.append(f"fold {i}: patient {p} is in both '{where[p]}' and '{part}'")
+                where[p] = part
+        for p in {patient_of(r) for r in fold["test"]}:
+            if p in tested:
+                problems.append(f"patient {p} is tested in folds {tested[p]} and {i}")
+            tested[p] = i
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more"
+                                              if len(problems) > 10 else "")
+        raise DataError(f"{path}: patients appear in two folds or parts:\n  {shown}")
 
 
 def _rels(split: dict[str, list[Slice]]) -> dict[str, list[str]]:
@@ -148,7 +178,9 @@ def load_split(path: str | os.PathLike) -> dict:
 
 def _from_file(root: Path, path: Path, fold: int | None) -> dict[str, list[Slice]]:
     data = load_split(path)
+    known = {s.rel: s for s in find_slices(root)}
     if "folds" in data:
+        check_folds(data, lambda r: known[r].patient if r in known else r.rsplit("/", 1)[0], path)
         n = len(data["folds"])
         if fold is None:
             raise MambasegError(f"{path} holds {n} folds: choose one with --fold 0..{n - 1}")
@@ -157,7 +189,6 @@ def _from_file(root: Path, path: Path, fold: int | None) -> dict[str, list[Slice
         data = data["folds"][fold]
     elif fold is not None:
         raise MambasegError(f"--fold given but {path} holds a single split, not folds")
-    known = {s.rel: s for s in find_slices(root)}
     missing = sorted({r for p in PARTS for r in data[p] if r not in known})
     if missing:
         shown = "\n  ".join(missing[:10]) + (f"\n  ... and {len(missing) - 10} more"

@@ -1,6 +1,7 @@
 """Building what a run needs: device, data on the device, model, optimizer and scheduler."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,9 @@ def load_split_arrays(data: str | Path, split: str, fold: int | None, image_size
         images, masks = images.to(device), masks.to(device)
         if image_size is not None:
             images, masks = resize_arrays(images, masks, int(image_size))
-        out[part] = DeviceData(images, masks, channels_last=channels_last)
+        number = {p: i for i, p in enumerate(dict.fromkeys(s.patient for s in parts[part]))}
+        groups = torch.tensor([number[s.patient] for s in parts[part]], dtype=torch.long)
+        out[part] = DeviceData(images, masks, channels_last=channels_last, groups=groups)
     return out, {p: len(parts[p]) for p in ("train", "val", "test")}
 
 
@@ -85,10 +88,19 @@ def build_optimizer(params, name: str, lr: float, weight_decay: float,
     return cls(params, **kwargs)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int):
-    """None, or cosine annealing over ``epochs`` (stepped once per epoch)."""
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int, warmup: int = 0):
+    """None, or cosine annealing over ``epochs`` (stepped once per epoch); with ``warmup``,
+    the learning rate first rises linearly over that many epochs (lr/(warmup+1), ...), then
+    follows the cosine over the remaining epochs."""
     if name == "none":
         return None
+    if name == "cosine" and warmup:
+        def factor(e: int) -> float:
+            if e < warmup:
+                return (e + 1) / (warmup + 1)
+            return 0.5 * (1.0 + math.cos(math.pi * (e - warmup) / max(1, epochs - warmup)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     raise MambasegError(f"unknown --scheduler {name!r}; choose none or cosine")

@@ -16,10 +16,12 @@ SCHEDULERS = ("none", "cosine")
 AMP_MODES = ("bf16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINTS = ("last", "best")
+SELECT = ("dice", "dice_patient")
 
 #: settings a preset may give; None in TrainConfig means "from the preset, else the default"
 PRESET_KEYS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "scheduler",
-               "augment", "image_size", "checkpoint")
+               "augment", "image_size", "checkpoint", "warmup_epochs", "tumour_fraction",
+               "select")
 
 
 @dataclass
@@ -51,6 +53,12 @@ class TrainConfig:
     image_size: int | None = None
     #: which checkpoint the evaluation protocol uses: "last" (paper) or "best" validation Dice
     checkpoint: str | None = None
+    #: epochs of linear learning-rate warm-up before the cosine schedule
+    warmup_epochs: int | None = None
+    #: oversampling: the expected fraction of tumour slices in each epoch (0: as they come)
+    tumour_fraction: float | None = None
+    #: validation score that picks "best": "dice" (pooled) or "dice_patient"
+    select: str | None = None
     #: seeds model initialisation, data order and augmentation (None: 0)
     seed: int | None = None
     device: str = "auto"
@@ -78,10 +86,20 @@ def resolved_settings(cfg: TrainConfig) -> dict[str, Any]:
         raise MambasegError("no model given (--model NAME)")
     explicit = {k: getattr(cfg, k) for k in PRESET_KEYS}
     s = resolve_settings(cfg.model, cfg.preset, explicit)
+    if cfg.warmup_epochs is None:  # a preset's warm-up never outlasts a shortened run
+        s["warmup_epochs"] = min(int(s["warmup_epochs"]), max(0, int(s["epochs"]) - 1))
     _check_choice("optimizer", s["optimizer"], OPTIMIZERS)
     _check_choice("loss", s["loss"], tuple(LOSSES))
     _check_choice("scheduler", s["scheduler"], SCHEDULERS)
     _check_choice("checkpoint", s["checkpoint"], CHECKPOINTS)
+    _check_choice("select", s["select"], SELECT)
+    if not 0 <= int(s["warmup_epochs"]) < int(s["epochs"]):
+        raise MambasegError(f"--warmup-epochs must be in [0, epochs), got {s['warmup_epochs']}")
+    if int(s["warmup_epochs"]) and s["scheduler"] != "cosine":
+        raise MambasegError("--warmup-epochs needs --scheduler cosine")
+    if s["tumour_fraction"] is not None and not 0.0 <= float(s["tumour_fraction"]) < 1.0:
+        raise MambasegError(f"--tumour-fraction must be in [0, 1) (0: no oversampling), got "
+                            f"{s['tumour_fraction']}")
     for key in ("epochs", "batch_size"):
         if int(s[key]) < 1:
             raise MambasegError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")

@@ -19,13 +19,31 @@ from mambaseg.engine.losses import LossFn
 
 
 class DeviceData:
-    """A split held on its device: images uint8 (N,C,H,W), masks uint8 (N,1,H,W) in {0,1}."""
+    """A split held on its device: images uint8 (N,C,H,W), masks uint8 (N,1,H,W) in {0,1},
+    and optionally ``groups`` (N,) long: each slice's patient number (for per-patient Dice)."""
 
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor, channels_last: bool = False):
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, channels_last: bool = False,
+                 groups: torch.Tensor | None = None):
         if images.shape[0] != masks.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {masks.shape[0]} masks")
+        if groups is not None and groups.shape != (images.shape[0],):
+            raise ValueError(f"groups must be ({images.shape[0]},), got {tuple(groups.shape)}")
         self.images, self.masks = images, masks
         self.channels_last = channels_last
+        self.groups = None if groups is None else groups.to(images.device)
+
+    def sample_weights(self, tumour_fraction: float | None) -> torch.Tensor | None:
+        """Per-slice drawing weights (CPU float64) that make tumour slices ``tumour_fraction``
+        of the draws on average; None when not oversampling (None or 0) or one kind of slice is
+        missing."""
+        if not tumour_fraction:
+            return None
+        tumour = self.masks.flatten(1).amax(1).bool().cpu()
+        n_t = int(tumour.sum())
+        if n_t in (0, len(tumour)):
+            return None
+        p = float(tumour_fraction)
+        return torch.where(tumour, p / n_t, (1.0 - p) / (len(tumour) - n_t)).double()
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -62,11 +80,17 @@ def resize_arrays(images: torch.Tensor, masks: torch.Tensor, size: int,
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device,
-                  info: D.DistInfo = D.DistInfo()) -> list[torch.Tensor]:
+                  info: D.DistInfo = D.DistInfo(),
+                  weights: torch.Tensor | None = None) -> list[torch.Tensor]:
     """This rank's index batches for one epoch: a permutation drawn from ``generator`` (the
     same on every rank), cut into global batches of ``batch_size``, each sharded over ranks.
-    The last, smaller batch is kept (dropped under DDP if it has fewer samples than ranks)."""
-    perm = torch.randperm(n, generator=generator).to(device, non_blocking=True)
+    The last, smaller batch is kept (dropped under DDP if it has fewer samples than ranks).
+    With ``weights`` (n,), the epoch is ``n`` draws with replacement in those proportions."""
+    if weights is not None:
+        perm = torch.multinomial(weights, n, replacement=True, generator=generator)
+    else:
+        perm = torch.randperm(n, generator=generator)
+    perm = perm.to(device, non_blocking=True)
     batches = list(perm.split(batch_size))
     if info.enabled:
         batches = [D.shard(b, info) for b in batches if len(b) >= info.world_size]
@@ -160,6 +184,8 @@ class ValStats:
     dice: float | None
     images: int
     seconds: float
+    #: mean over patients of each patient's pooled Dice (when the data has groups)
+    dice_patient: float | None = None
 
 
 @torch.inference_mode()
@@ -179,6 +205,10 @@ def validate(model: torch.nn.Module, data: DeviceData | None, batch_size: int, l
     start = time.perf_counter()
     # loss_sum, intersection, predicted, target (on the device: no sync per step)
     sums = torch.zeros(4, dtype=torch.float64, device=device)
+    groups = data.groups
+    n_groups = int(groups.max()) + 1 if groups is not None else 0
+    # per patient: intersection, predicted, target
+    per_group = torch.zeros(3, max(n_groups, 1), dtype=torch.float64, device=device)
     count = 0
     mine = torch.arange(len(data), device=device)
     if info.enabled:
@@ -196,13 +226,25 @@ def validate(model: torch.nn.Module, data: DeviceData | None, batch_size: int, l
         pred = torch.sigmoid(logits.float()) > threshold
         target = y > 0.5
         count += idx.shape[0]
-        sums += torch.stack([loss.double() * idx.shape[0], (pred & target).sum().double(),
-                             pred.sum().double(), target.sum().double()])
+        per_sample = torch.stack([(pred & target).flatten(1).sum(1), pred.flatten(1).sum(1),
+                                  target.flatten(1).sum(1)]).double()
+        sums += torch.cat([loss.double().reshape(1) * idx.shape[0], per_sample.sum(1)])
+        if groups is not None:
+            per_group.index_add_(1, groups.index_select(0, idx), per_sample)
     sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64).to(device)])
     D.all_reduce_sum(sums, info)
+    D.all_reduce_sum(per_group, info)
     loss_sum, inter, n_pred, n_target, count = sums.tolist()
     _sync(device)
     seconds = time.perf_counter() - start
     denom = n_pred + n_target
     dice = 1.0 if denom == 0 else 2.0 * inter / denom
-    return ValStats(loss_sum / max(count, 1.0), dice, int(count), seconds)
+    dice_patient = None
+    if groups is not None:
+        g_inter, g_den = per_group[0], per_group[1] + per_group[2]
+        g_dice = torch.where(g_den > 0, 2.0 * g_inter / g_den.clamp_min(1.0),
+                             torch.ones_like(g_den))
+        seen = torch.zeros(n_groups, dtype=torch.bool, device=device)
+        seen[groups] = True  # patients present in the data (numbers may have gaps)
+        dice_patient = float(g_dice[seen].mean())
+    return ValStats(loss_sum / max(count, 1.0), dice, int(count), seconds, dice_patient)

@@ -16,6 +16,11 @@ segformer                                  16     bce       adamw  1e-4  5e-5   
 SegFormer was trained on 224x224 inputs: images (bilinear, antialiased) and masks (nearest) are
 resized to 224x224 once when the data is loaded, and validation runs at that size too.
 
+``--preset recommended`` is our recipe for patients the model has never seen (see
+:data:`RECOMMENDED` and ``results/cv/README.md`` for the ablation behind it): augmentation,
+tumour slices oversampled to half of each epoch, AdamW with a linear warm-up then a cosine
+decay, and the checkpoint of the best validation per-patient Dice.
+
 Without a preset, :data:`DEFAULTS` apply. Explicit settings always override preset values.
 """
 from __future__ import annotations
@@ -36,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "augment": False,
     "image_size": None,  # None: the images' own size
     "checkpoint": "best",  # which checkpoint the protocol evaluates: best validation Dice
+    "warmup_epochs": 0,  # linear warm-up before the cosine schedule
+    "tumour_fraction": None,  # None: slices drawn as they come; p: tumour slices are p of each epoch
+    "select": "dice",  # validation score of "best": pooled Dice, or "dice_patient" (mean per patient)
 }
 
 _PAPER_COMMON: dict[str, Any] = {
@@ -58,7 +66,27 @@ PAPER: dict[str, dict[str, Any]] = {
                   "lr": 1e-4, "weight_decay": 5e-5, "image_size": 224},
 }
 
-PRESETS = ("paper",)
+_RECOMMENDED_COMMON: dict[str, Any] = {
+    "epochs": 40, "batch_size": 16, "optimizer": "adamw", "loss": "bce_dice",
+    "scheduler": "cosine", "warmup_epochs": 2, "augment": True, "tumour_fraction": 0.5,
+    "image_size": None, "checkpoint": "best", "select": "dice_patient",
+}
+
+#: per-family settings of the recommended preset (model names by prefix, longest first)
+RECOMMENDED: dict[str, dict[str, Any]] = {
+    "": {**_RECOMMENDED_COMMON, "lr": 1e-3, "weight_decay": 1e-4},
+    "ulvm_unet": {**_RECOMMENDED_COMMON, "lr": 2e-3, "weight_decay": 1e-2},
+    "segformer": {**_RECOMMENDED_COMMON, "lr": 2e-4, "weight_decay": 1e-2, "image_size": 224},
+}
+
+PRESETS = ("paper", "recommended")
+
+
+def recommended_settings(model: str) -> dict[str, Any]:
+    """The recommended preset's settings for ``model`` (a copy): its family's entry of
+    :data:`RECOMMENDED` (the longest matching name prefix)."""
+    prefix = max((k for k in RECOMMENDED if model.startswith(k)), key=len)
+    return dict(RECOMMENDED[prefix])
 
 
 def paper_settings(model: str) -> dict[str, Any]:
@@ -77,6 +105,8 @@ def preset_settings(preset: str | None, model: str) -> dict[str, Any]:
         return {}
     if preset == "paper":
         return paper_settings(model)
+    if preset == "recommended":
+        return recommended_settings(model)
     raise MambasegError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
 
 

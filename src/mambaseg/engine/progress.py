@@ -15,9 +15,9 @@ from typing import Any, Iterable
 from mambaseg.files import save_figure, write_text
 
 #: keys of every metrics.jsonl record
-METRIC_KEYS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "epoch_time_s",
-               "train_time_s", "val_time_s", "images_per_s", "train_images", "checkpoint_time_s",
-               "cuda_graphs")
+METRIC_KEYS = ("epoch", "train_loss", "val_loss", "val_dice", "val_dice_patient", "lr",
+               "epoch_time_s", "train_time_s", "val_time_s", "images_per_s", "train_images",
+               "checkpoint_time_s", "cuda_graphs")
 #: keys that depend on timing (left out when comparing runs)
 TIME_KEYS = ("epoch_time_s", "train_time_s", "val_time_s", "images_per_s", "checkpoint_time_s")
 
@@ -59,6 +59,12 @@ def plot_progress(path: str | os.PathLike, history: list[dict[str, Any]], title:
         best = max(dice, key=lambda p: p[1])
         ax_dice.scatter([best[0]], [best[1]], color="tab:red", zorder=3,
                         label=f"best {best[1]:.4f} (epoch {best[0]})")
+    per_patient = [(r["epoch"], r["val_dice_patient"]) for r in history
+                   if r.get("val_dice_patient") is not None]
+    if per_patient:
+        ax_dice.plot(*zip(*per_patient), marker=".", color="tab:purple",
+                     label="validation Dice per patient (mean)")
+    if dice:
         ax_dice.legend(loc="lower right")
     ax_dice.set(xlabel="epoch", ylabel="Dice", title="validation Dice (pooled, threshold 0.5)")
     ax_dice.grid(alpha=0.3)
@@ -85,5 +91,7 @@ def format_record(rec: dict[str, Any], epochs: int) -> str:
 
     return (f"epoch {rec['epoch']}/{epochs}  train_loss {f(rec['train_loss'], '.4f')}  "
             f"val_loss {f(rec['val_loss'], '.4f')}  val_dice {f(rec['val_dice'], '.4f')}  "
-            f"lr {rec['lr']:.3g}  {rec['epoch_time_s']:.2f} s  "
+            + (f"per patient {f(rec['val_dice_patient'], '.4f')}  "
+               if rec.get("val_dice_patient") is not None else "")
+            + f"lr {rec['lr']:.3g}  {rec['epoch_time_s']:.2f} s  "
             f"({rec['images_per_s']:.0f} img/s)")

@@ -164,7 +164,9 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
     graphs = G.use_cuda_graphs(cfg.cuda_graphs, device, info.world_size, cfg.compile)
     optimizer = B.build_optimizer(raw.parameters(), s["optimizer"], float(s["lr"]),
                                   float(s["weight_decay"]), device, capturable=graphs)
-    scheduler = B.build_scheduler(optimizer, s["scheduler"], int(s["epochs"]))
+    scheduler = B.build_scheduler(optimizer, s["scheduler"], int(s["epochs"]),
+                                  int(s["warmup_epochs"]))
+    weights = train_data.sample_weights(s["tumour_fraction"])
     loss_fn = get_loss(s["loss"])
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 17 + info.rank)
@@ -204,7 +206,7 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
 
     for epoch in range(prog.epoch + 1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        batches = epoch_batches(len(train_data), batch_size, shuffle_gen, device, info)
+        batches = epoch_batches(len(train_data), batch_size, shuffle_gen, device, info, weights)
         with P.progress_bar(len(batches), f"epoch {epoch}/{epochs}", cfg.progress and main) as bar:
             t = train_epoch(train_model, train_data, batches, optimizer, loss_fn,
                             amp_dtype=amp_dtype, augment=augment, aug_generator=aug_gen,
@@ -214,13 +216,14 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
         if scheduler is not None:
             scheduler.step()
         record = {"epoch": epoch, "train_loss": t.loss, "val_loss": v.loss, "val_dice": v.dice,
+                  "val_dice_patient": v.dice_patient,
                   "lr": lr, "epoch_time_s": t.seconds + v.seconds, "train_time_s": t.seconds,
                   "val_time_s": v.seconds, "images_per_s": t.images / max(t.seconds, 1e-9),
                   "train_images": t.images, "checkpoint_time_s": None,
                   "cuda_graphs": step is not None and step.failed is None}
         rngs = D.gather_objects(C.rng_state(device, generators), info)
         prog.end_epoch(record, raw, optimizer, scheduler, rngs, info, meta,
-                       title=f"{cfg.model}  ({run_dir.name})")
+                       title=f"{cfg.model}  ({run_dir.name})", select=s["select"])
         if main and on_epoch_end is not None:
             on_epoch_end(record, epochs)
     D.barrier(info)
@@ -294,9 +297,11 @@ class _Progress:
                 **meta, "epoch": self.epoch, "val_dice": last["val_dice"],
                 "val_loss": last["val_loss"]}})
 
-    def end_epoch(self, record, raw, optimizer, scheduler, rngs, info, meta, title) -> None:
-        """Track the best epoch; on rank 0 write last/ (then best/ if improved), metrics, plot."""
-        dice = record["val_dice"]
+    def end_epoch(self, record, raw, optimizer, scheduler, rngs, info, meta, title,
+                  select: str = "dice") -> None:
+        """Track the best epoch by the validation score ``select`` (``val_dice`` or
+        ``val_dice_patient``); on rank 0 write last/ (then best/ if improved), metrics, plot."""
+        dice = record[f"val_{select}"]
         improved = dice is not None and (self.best_dice is None or dice > self.best_dice)
         if improved:
             self.best_dice, self.best_epoch = dice, record["epoch"]
