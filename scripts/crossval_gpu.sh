@@ -11,7 +11,11 @@
 # models of at most 1 M parameters) into $OUT as tar files.
 set -u
 CV=${CV:-/root/cv}
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+SRC=${SRC:-$PWD/src}           # the package to run; `start` runs a frozen copy of it
+if [ "${1:-}" = start ]; then
+  mkdir -p "$CV" && rm -rf "$CV/src" && cp -r "$SRC" "$CV/src" && cp "$0" "$CV/crossval_gpu.sh"
+fi
+export PYTHONPATH="$CV/src" PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 ms="python3 -m mambaseg"
 mkdir -p "$CV/logs"
@@ -35,7 +39,7 @@ start)
       --preset recommended -o "$CV/$m" --parallel 5 --no-progress ${EPOCHS:+--epochs $EPOCHS} \
       $([ -d "$CV/$m" ] && echo --resume) > "$CV/logs/$m.log" 2>&1 < /dev/null &
   done
-  setsid nohup bash "$0" ablation "$DATA" > /dev/null 2>&1 < /dev/null &
+  setsid nohup bash "$CV/crossval_gpu.sh" ablation "$DATA" > /dev/null 2>&1 < /dev/null &
   echo started; date
   ;;
 ablation)  # the recipe's steps, one row each (started by `start`)

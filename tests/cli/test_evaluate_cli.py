@@ -169,3 +169,139 @@ def test_cuda_asked_for_without_cuda(dataset, ckpt, capsys):
                        "--device", "cuda")
     assert code == 2 and "CUDA is not available" in err
     assert not (ckpt / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+def test_two_checkpoints_average_their_probabilities(dataset, ckpt, capsys, tmp_path):
+    from mambaseg.data.dataset import load_arrays
+    from mambaseg.data.splits import resolve_split
+    from mambaseg.engine.inference import load_checkpoint, predict_probs
+    from mambaseg.models import create_model
+
+    data, split = dataset
+    torch.manual_seed(1)
+    other = create_model("unet", features=(4, 8)).save_pretrained(tmp_path / "other")
+    images, _ = load_arrays(resolve_split(data, str(split))["test"], progress=False)
+    probs = [predict_probs(load_checkpoint(c), images)[:, 0] for c in (ckpt, other)]
+    mean = (probs[0] + probs[1]) / 2
+    t = round(float(mean.median()), 4)                           # about half the pixels above
+    code, out, _ = run(capsys, "--checkpoint", ckpt, other, "--data", data, "--split", split,
+                       "--device", "cpu", "--save-predictions", "--threshold", t)
+    assert code == 0 and "ensemble of 2" in out
+    s = json.loads((ckpt / "summary.json").read_text())         # beside the first checkpoint
+    assert s["checkpoints"] == [str(ckpt), str(other)] and s["ensemble_members"] == 2
+    assert not (other / "summary.json").exists()
+    pred = load_predictions(ckpt / "predictions.npz")["masks"] > 0
+    sure = ((mean - t).abs() > 1e-6).numpy()                     # away from the threshold
+    assert sure.mean() > 0.8 and 0.2 < pred.mean() < 0.8
+    assert np.array_equal(pred[sure], (mean > t).numpy()[sure])
+    for p in probs:                                              # not one member's masks
+        assert not np.array_equal(pred, (p > t).numpy())
+    # one checkpoint: as before
+    code, _, _ = run(capsys, "--checkpoint", other, "--data", data, "--split", split,
+                     "--device", "cpu")
+    s = json.loads((other / "summary.json").read_text())
+    assert code == 0 and s["checkpoint"] == str(other) and "ensemble_members" not in s
+
+
+def test_checkpoints_of_different_channels_are_refused(dataset, ckpt, capsys, tmp_path):
+    from mambaseg.models import create_model
+
+    data, split = dataset
+    gray = create_model("unet", features=(4, 8), in_channels=1).save_pretrained(tmp_path / "gray")
+    code, _, err = run(capsys, "--checkpoint", ckpt, gray, "--data", data, "--split", split,
+                       "--device", "cpu")
+    assert code == 2 and str(ckpt) in err and str(gray) in err and "channels" in err
+    assert not (ckpt / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+class Oracle(torch.nn.Module):
+    """Predicts tumour exactly where channel 0 of the image is bright."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return (x[:, :1] - 0.5) * 40 * self.w
+
+
+@pytest.fixture
+def blobs(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """One patient: an 8x8 tumour on slices 1-3 predicted exactly and a false 2x2 blob alone
+    on slice 4 (tumour-free); the checkpoint loader is replaced by the oracle."""
+    root = tmp_path / "blobs" / "kaggle_3m" / "TCGA_AA_0001"
+    root.mkdir(parents=True)
+    rels = []
+    for i in range(1, 5):
+        image, mask = np.zeros((S, S, 3), np.uint8), np.zeros((S, S), np.uint8)
+        if i < 4:
+            image[4:12, 4:12, 0] = 255
+            mask[4:12, 4:12] = 255
+        else:
+            image[24:26, 24:26, 0] = 255
+        tifffile.imwrite(root / f"TCGA_AA_0001_{i}.tif", image)
+        tifffile.imwrite(root / f"TCGA_AA_0001_{i}_mask.tif", mask)
+        rels.append(f"TCGA_AA_0001/TCGA_AA_0001_{i}.tif")
+    split = tmp_path / "blobs" / "split.json"
+    split.write_text(json.dumps({"train": [], "val": [], "test": rels}))
+    monkeypatch.setattr("mambaseg.engine.evaluate.load_models", lambda paths, dev: Oracle())
+    return tmp_path / "blobs", split
+
+
+def test_lcc_option_and_the_raw_numbers(blobs, capsys, tmp_path):
+    data, split = blobs
+    out = tmp_path / "s.json"
+    code, text, _ = run(capsys, "--checkpoint", tmp_path / "ck", "--data", data, "--split",
+                        split, "--out", out, "--lcc")
+    assert code == 0
+    assert "post-processing: 3-D largest component (from the options)" in text
+    assert "without post-processing: dice_patient 0.9897" in text
+    s = json.loads(out.read_text())
+    # raw: tp 192, fp 4 -> Dice 384/388; the blob removed -> 1
+    assert s["without_postprocess"]["dice_patient"]["mean"] == pytest.approx(384 / 388)
+    assert s["dice_patient"]["mean"] - s["without_postprocess"]["dice_patient"]["mean"] \
+        == pytest.approx(4 / 388)
+    assert s["fpr_empty"]["mean"] == 0.0 and s["without_postprocess"]["fpr_empty"]["mean"] == 1.0
+    code, text, _ = run(capsys, "--checkpoint", tmp_path / "ck", "--data", data, "--split",
+                        split, "--out", out, "--overwrite")
+    s = json.loads(out.read_text())
+    assert code == 0 and "post-processing: none" in text and "without_postprocess" not in s
+    assert s["dice_patient"]["mean"] == pytest.approx(384 / 388)
+    code, _, _ = run(capsys, "--checkpoint", tmp_path / "ck", "--data", data, "--split",
+                     split, "--out", out, "--overwrite", "--min-area", "5")
+    assert code == 0 and json.loads(out.read_text())["dice_patient"]["mean"] == 1.0
+
+
+def test_recommended_postprocess_is_the_default(dataset, capsys, tmp_path):
+    from mambaseg.models import create_model
+
+    data, split = dataset
+    ck = create_model("unet", features=(4, 8)).save_pretrained(
+        tmp_path / "ck", metadata={"postprocess": {"lcc": True, "min_area": 3}})
+    code, text, _ = run(capsys, "--checkpoint", ck, "--data", data, "--split", split,
+                        "--device", "cpu")
+    s = json.loads((ck / "summary.json").read_text())
+    assert code == 0 and "recommended by the checkpoint" in text
+    assert s["postprocess"] == {"lcc": True, "min_volume": 0, "min_area": 3}
+    code, text, _ = run(capsys, "--checkpoint", ck, "--data", data, "--split", split,
+                        "--device", "cpu", "--overwrite", "--no-postprocess")
+    s = json.loads((ck / "summary.json").read_text())
+    assert code == 0 and s["postprocess"]["lcc"] is False and "post-processing: none" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-area", "-3"], "--min-area must be 0 or more, got -3"),
+    (["--lcc", "--min-volume", "-1"], "--min-volume must be 0 or more, got -1"),
+    (["--min-volume", "10"], "add --lcc"),
+    (["--lcc", "--no-postprocess"], "--no-postprocess cannot be combined"),
+])
+def test_bad_postprocess_options(dataset, ckpt, capsys, args, message):
+    data, split = dataset
+    code, _, err = run(capsys, "--checkpoint", ckpt, "--data", data, "--split", split,
+                       "--device", "cpu", *args)
+    assert code == 2 and message in err
+    assert not (ckpt / "summary.json").exists()

@@ -245,3 +245,101 @@ def test_shipped_model_by_name_and_best_by_default(tmp_path, capsys, monkeypatch
     code, out, _ = run(capsys, "-i", img, "-o", tmp_path / "o2", "--device", "cpu")
     assert code == 0
     assert json.loads((tmp_path / "o2" / "summary.json").read_text())["checkpoint"] == "shipped:unet"
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+def test_two_checkpoints_average_their_probabilities(tmp_path, capsys, ckpt):
+    from mambaseg.engine.inference import load_checkpoint, predict_probs
+    from mambaseg.models import create_model
+
+    torch.manual_seed(1)
+    other = create_model("unet", features=(4, 8, 16)).save_pretrained(tmp_path / "other")
+    img = _png(tmp_path / "in" / "s.png", 40, 48)
+    x = torch.from_numpy(np.array(Image.open(img))).permute(2, 0, 1)[None]
+    mean = sum(predict_probs(load_checkpoint(c), x)[0, 0] for c in (ckpt, other)) / 2
+    t = round(float(mean.median()), 4)
+    code, out, _ = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", ckpt, other,
+                       "--device", "cpu", "--threshold", t)
+    assert code == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["checkpoints"] == [str(ckpt), str(other)] and s["ensemble_members"] == 2
+    assert s["checkpoint"] == f"{ckpt} + {other}"
+    mask = np.array(Image.open(tmp_path / "out" / "s_mask.png")) > 0
+    sure = ((mean - t).abs() > 1e-6).numpy()
+    assert sure.mean() > 0.8 and 0.2 < mask.mean() < 0.8
+    assert np.array_equal(mask[sure], (mean > t).numpy()[sure])
+
+
+def test_checkpoints_of_different_input_sizes_are_refused(tmp_path, capsys, ckpt):
+    from mambaseg.models import create_model
+
+    model = create_model("unet", features=(4, 8, 16))
+    model.input_size = 224
+    small = model.save_pretrained(tmp_path / "small")
+    img = _png(tmp_path / "in" / "s.png")
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", ckpt, small,
+                       "--device", "cpu")
+    assert code == 2 and str(ckpt) in err and str(small) in err and "input_size 224" in err
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+class Bright(torch.nn.Module):
+    """Tumour where channel 0 is bright."""
+
+    in_channels = 3
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return (x[:, :1] - 0.5) * 40 * self.w
+
+
+def _slice(path: Path, box) -> Path:
+    img = np.full((32, 32, 3), 40, np.uint8)
+    r0, r1, c0, c1 = box
+    img[r0:r1, c0:c1, 0] = 250
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def test_lcc_and_min_area_write_postprocessed_masks(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("mambaseg.engine.predict.load_models", lambda paths, dev: Bright())
+    for i in (1, 2, 3):                                   # a 6x6 blob through slices 1-3
+        _slice(tmp_path / "in" / "P1" / f"P1_{i}.png", (4, 10, 4, 10))
+    _slice(tmp_path / "in" / "P1" / "P1_4.png", (24, 26, 24, 27))   # 6 px alone on slice 4
+    args = ["-i", tmp_path / "in", "--checkpoint", tmp_path / "ck", "--batch-size", "1"]
+    code, out, _ = run(capsys, *args, "-o", tmp_path / "lcc", "--lcc")
+    assert code == 0 and "post-processing: 3-D largest component" in out and "6 predicted" in out
+    masks = [np.array(Image.open(tmp_path / "lcc" / "P1" / f"P1_{i}_mask.png")) for i in range(1, 5)]
+    assert [int((m > 0).sum()) for m in masks] == [36, 36, 36, 0]
+    assert set(np.unique(masks[0])) == {0, 255}
+    s = json.loads((tmp_path / "lcc" / "summary.json").read_text())
+    assert s["postprocess"] == {"lcc": True, "min_volume": 0, "min_area": 0}
+    assert s["postprocess_removed_pixels"] == 6
+    code, _, _ = run(capsys, *args, "-o", tmp_path / "area", "--min-area", "7")
+    m4 = np.array(Image.open(tmp_path / "area" / "P1" / "P1_4_mask.png"))
+    assert code == 0 and (m4 > 0).sum() == 0
+    code, _, _ = run(capsys, *args, "-o", tmp_path / "vol", "--lcc", "--min-volume", "6")
+    m4 = np.array(Image.open(tmp_path / "vol" / "P1" / "P1_4_mask.png"))
+    assert code == 0 and (m4 > 0).sum() == 6
+    code, out, _ = run(capsys, *args, "-o", tmp_path / "raw")
+    m4 = np.array(Image.open(tmp_path / "raw" / "P1" / "P1_4_mask.png"))
+    assert code == 0 and (m4 > 0).sum() == 6 and "post-processing: none" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-area", "-1"], "--min-area must be 0 or more"),
+    (["--lcc", "--min-volume", "-5"], "--min-volume must be 0 or more"),
+    (["--no-postprocess", "--min-area", "3"], "cannot be combined"),
+])
+def test_bad_postprocess_options(tmp_path, capsys, ckpt, args, message):
+    img = _png(tmp_path / "in" / "s.png")
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", ckpt, *args)
+    assert code == 2 and message in err
+    assert not (tmp_path / "out").exists()

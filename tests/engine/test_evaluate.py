@@ -253,3 +253,96 @@ def test_output_names():
     assert E.predictions_path("c/summary-val.json").as_posix() == "c/predictions-val.npz"
     assert E.predictions_path("c/out.json").as_posix() == "c/out-predictions.npz"
     assert E.json_ready({"a": [float("nan"), np.float32(1.5)]}) == {"a": [None, 1.5]}
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+def _blob(cells):
+    m = np.zeros((S, S), np.uint8)
+    for r, c in cells:
+        m[r, c] = 1
+    return m
+
+
+@pytest.fixture
+def blobs(tmp_path):
+    """Patient A: an 8x8 tumour on slices 1-3 predicted exactly, a 4-pixel false blob alone on
+    slice 4 and 3 stray pixels on slice 5 (both tumour-free, isolated in 3-D); patient B: a
+    6x6 tumour on 2 slices, predicted exactly (smaller than A's: merging the patients into one
+    volume would drop it)."""
+    root = tmp_path / "kaggle_3m"
+    empty = np.zeros((S, S), np.uint8)
+    big, small = _square(4, 4, 8), _square(24, 24, 2)
+    stray = _blob([(28, 0), (28, 1), (29, 0)])
+    cases = [("TCGA_AA_0001", big, big)] * 3 + [("TCGA_AA_0001", small, empty),
+                                                  ("TCGA_AA_0001", stray, empty)]
+    cases += [("TCGA_BB_0002", _square(10, 10, 6), _square(10, 10, 6))] * 2
+    idx = [1, 2, 3, 4, 5, 1, 2]
+    rels = [_write_case(root, p, i, pred, truth) for i, (p, pred, truth) in zip(idx, cases)]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [], "val": [], "test": rels}))
+    return root, split
+
+
+def test_lcc_removes_isolated_false_positives_per_patient(blobs):
+    from mambaseg.engine.postprocess import PostProcess
+
+    root, split = blobs
+    slices = _test_slices(root, split)
+    raw = E.evaluate_slices(Oracle(), slices, batch_size=1, n_boot=50).summary
+    s = E.evaluate_slices(Oracle(), slices, batch_size=1, n_boot=50,
+                          postprocess=PostProcess(lcc=True)).summary
+    # raw: A tp 192, fp 4 + 3; B tp 72
+    assert [(p["tp"], p["fp"], p["fn"]) for p in raw["per_patient"]] == [(192, 7, 0), (72, 0, 0)]
+    assert [(p["tp"], p["fp"], p["fn"]) for p in s["per_patient"]] == [(192, 0, 0), (72, 0, 0)]
+    assert raw["dice_patient"]["mean"] == pytest.approx((384 / 391 + 1) / 2)
+    assert s["dice_patient"]["mean"] == pytest.approx(1.0)
+    assert s["dice_patient"]["mean"] - raw["dice_patient"]["mean"] == pytest.approx(7 / 782)
+    assert s["dice_global"]["mean"] - raw["dice_global"]["mean"] == pytest.approx(1 - 528 / 535)
+    assert s["fpr_empty"]["mean"] == 0.0 and raw["fpr_empty"]["mean"] == 1.0
+    # the raw numbers are kept beside the post-processed ones
+    w = s["without_postprocess"]
+    assert w["dice_patient"]["mean"] == pytest.approx(raw["dice_patient"]["mean"])
+    assert w["dice_global"]["mean"] == pytest.approx(528 / 535)
+    assert w["dice_slice"]["mean"] == pytest.approx(5 / 7)
+    assert w["fpr_empty"] == raw["fpr_empty"]
+    assert s["postprocess"] == {"lcc": True, "min_volume": 0, "min_area": 0}
+    assert "without_postprocess" not in raw and raw["postprocess"]["lcc"] is False
+
+
+def test_min_area_and_min_volume(blobs):
+    from mambaseg.engine.postprocess import PostProcess
+
+    root, split = blobs
+    slices = _test_slices(root, split)
+    for pp in (PostProcess(min_area=4), PostProcess(lcc=True, min_volume=4)):
+        ev = E.evaluate_slices(Oracle(), slices, n_boot=50, postprocess=pp,
+                               keep_predictions=True)
+        per = ev.summary["per_slice"]
+        assert [r["fp"] for r in per] == [0, 0, 0, 4, 0, 0, 0]     # the 3 stray pixels emptied
+        assert ev.summary["fpr_empty"]["mean"] == 0.5
+        assert ev.summary["dice_global"]["mean"] == pytest.approx(528 / 532)
+        masks = np.unpackbits(ev.packed, axis=-1, count=S).reshape(ev.shape)
+        assert masks[4].sum() == 0 and masks[3].sum() == 4         # saved predictions too
+
+
+def test_run_evaluation_with_two_checkpoints_and_a_recommended_postprocess(blobs, tmp_path):
+    from mambaseg.engine.postprocess import PostProcess
+    from mambaseg.models import create_model
+
+    root, split = blobs
+    torch.manual_seed(0)
+    a = create_model("unet", features=(4, 8)).save_pretrained(
+        tmp_path / "a", metadata={"postprocess": {"lcc": True}})
+    b = create_model("unet", features=(4, 8)).save_pretrained(tmp_path / "b")
+    s, out = E.run_evaluation(root, checkpoint=a, split=str(split), device="cpu", n_boot=20)
+    assert s["postprocess"]["lcc"] is True and s["postprocess_source"] == "checkpoint"
+    assert s["checkpoint"] == str(a) and s["checkpoints"] == [str(a)]
+    s, out = E.run_evaluation(root, checkpoint=[a, b], split=str(split), device="cpu",
+                              n_boot=20, overwrite=True, postprocess=None)
+    assert out == a / "summary.json" and s["checkpoints"] == [str(a), str(b)]
+    assert s["ensemble_members"] == 2 and s["postprocess_source"] == "none"
+    assert s["parameters"] == 2 * sum(p.numel() for p in create_model("unet", features=(4, 8)).parameters())
+    s, _ = E.run_evaluation(root, checkpoint=[a, b], split=str(split), device="cpu", n_boot=20,
+                            overwrite=True, postprocess=PostProcess(min_area=2))
+    assert s["postprocess"]["min_area"] == 2 and s["postprocess_source"] == "options"

@@ -161,3 +161,75 @@ def test_sample_kaggle_root_inputs():
     assert items and all("_mask" not in Path(i.rel).stem for i in items)
     assert all(i.truth is not None for i in items)
     assert all(i.rel.startswith("kaggle_3m/") for i in items)
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+def _patient_folder(src):
+    """``P1``: a 6x6 blob on slices 1-3, a 2x2 blob alone on slice 4 (isolated in 3-D) and 3
+    stray pixels on slice 5; a loose image in the root with only a 2x2 blob (its own group)."""
+    (src / "P1").mkdir(parents=True)
+    for i in (1, 2, 3):
+        Image.fromarray(_rgb(32, 32, (4, 10, 4, 10))).save(src / "P1" / f"P1_{i}.png")
+    Image.fromarray(_rgb(32, 32, (24, 26, 24, 26))).save(src / "P1" / "P1_4.png")
+    stray = _rgb(32, 32)
+    stray[28, 0, 0] = stray[28, 1, 0] = stray[29, 0, 0] = 250
+    Image.fromarray(stray).save(src / "P1" / "P1_5.png")
+    Image.fromarray(_rgb(32, 32, (0, 2, 0, 2))).save(src / "loose.png")
+
+
+def _mask(path):
+    return np.array(Image.open(path)) > 0
+
+
+def test_run_predict_postprocesses_each_patient_as_one_volume(tmp_path):
+    from mambaseg.engine.postprocess import PostProcess
+
+    _patient_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    res = P.run_predict(tmp_path / "in", out, model=Bright(), device="cpu", batch_size=1,
+                        postprocess=PostProcess(lcc=True))
+    assert _mask(out / "P1" / "P1_2_mask.png").sum() == 36
+    assert _mask(out / "P1" / "P1_4_mask.png").sum() == 0      # cut although batch_size=1
+    assert _mask(out / "P1" / "P1_5_mask.png").sum() == 0
+    assert _mask(out / "loose_mask.png").sum() == 4            # its own group: kept
+    s = json.loads((out / "summary.json").read_text())
+    assert s["postprocess"] == {"lcc": True, "min_volume": 0, "min_area": 0}
+    assert s["postprocess_source"] == "options" and s["postprocess_removed_pixels"] == 7
+    pixels = {r["input"]: r["tumour_pixels"] for r in res.written}
+    assert pixels == {"P1/P1_1.png": 36, "P1/P1_2.png": 36, "P1/P1_3.png": 36,
+                      "P1/P1_4.png": 0, "P1/P1_5.png": 0, "loose.png": 4}
+    raw = P.run_predict(tmp_path / "in", tmp_path / "raw", model=Bright(), device="cpu")
+    assert raw.summary["postprocess_source"] == "none"
+    assert _mask(tmp_path / "raw" / "P1" / "P1_4_mask.png").sum() == 4
+
+
+def test_run_predict_min_area_and_the_recommended_default(tmp_path):
+    from mambaseg.engine.postprocess import PostProcess
+
+    _patient_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    P.run_predict(tmp_path / "in", out, model=Bright(), device="cpu",
+                  postprocess=PostProcess(min_area=4))
+    assert _mask(out / "P1" / "P1_5_mask.png").sum() == 0      # 3 stray pixels < 4
+    assert _mask(out / "P1" / "P1_4_mask.png").sum() == 4
+    model = Bright()
+    model.checkpoint_config = {"metadata": {"postprocess": {"lcc": True}}}
+    res = P.run_predict(tmp_path / "in", tmp_path / "o2", model=model, device="cpu")
+    assert res.summary["postprocess_source"] == "checkpoint"
+    assert _mask(tmp_path / "o2" / "P1" / "P1_4_mask.png").sum() == 0
+    res = P.run_predict(tmp_path / "in", tmp_path / "o3", model=model, device="cpu",
+                        postprocess=None)
+    assert _mask(tmp_path / "o3" / "P1" / "P1_4_mask.png").sum() == 4
+
+
+def test_segment_postprocesses_the_inputs_as_one_volume():
+    from mambaseg.engine.postprocess import PostProcess
+
+    imgs = [_rgb(32, 32, (4, 10, 4, 10)), _rgb(32, 32, (4, 10, 4, 10)), _rgb(32, 32, (24, 26, 24, 26))]
+    masks = P.segment(imgs, model=Bright(), device="cpu", postprocess=PostProcess(lcc=True))
+    assert [int(m.sum()) for m in masks] == [36, 36, 0] and masks[0].dtype == np.uint8
+    assert [int(m.sum()) for m in P.segment(imgs, model=Bright(), device="cpu")] == [36, 36, 4]
+    with pytest.raises(MambasegError, match="return_probs"):
+        P.segment(imgs, model=Bright(), device="cpu", return_probs=True,
+                  postprocess=PostProcess(lcc=True))

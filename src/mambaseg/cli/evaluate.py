@@ -1,4 +1,5 @@
-"""`mambaseg evaluate`: score a checkpoint on a split part and write summary.json."""
+"""`mambaseg evaluate`: score a checkpoint (or an ensemble of several) on a split part and write
+summary.json. Also home of the post-processing options shared with `mambaseg predict`."""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,10 @@ def register(sub) -> None:
                     "mambaseg evaluate --checkpoint runs/ulvm_unet_v5/last --data ~/data/lgg "
                     "--split paper --part test")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, metavar="DIR",
-                     help="checkpoint directory (written by 'mambaseg train')")
+    src.add_argument("--checkpoint", type=Path, metavar="DIR", nargs="+",
+                     help="checkpoint directory (written by 'mambaseg train') or ensemble "
+                     "folder; several: average their probabilities (an ensemble; the first "
+                     "gives the default --out and the training run's settings)")
     src.add_argument("--model", metavar="NAME", help="use the shipped weights of this model "
                      "(needs --out)")
     p.add_argument("--data", type=Path, metavar="PATH", help="dataset folder (kaggle_3m or its "
@@ -39,8 +42,56 @@ def register(sub) -> None:
     p.add_argument("--amp", action="store_true", help="mixed precision (faster on GPU)")
     p.add_argument("--save-predictions", action="store_true",
                    help="also write predictions.npz (bit-packed binary masks) beside the summary")
+    add_postprocess_options(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
+
+
+def add_postprocess_options(p: argparse.ArgumentParser) -> None:
+    """The post-processing options of evaluate and predict (see ``engine.postprocess``)."""
+    g = p.add_argument_group("post-processing (default: the checkpoint's recommended "
+                             "post-processing if it records one, else none)")
+    g.add_argument("--lcc", action="store_true", help="keep only the largest 3-D connected "
+                   "component of each patient's predicted masks")
+    g.add_argument("--min-volume", type=int, metavar="N", help="with --lcc, also keep the "
+                   "other components of at least N voxels")
+    g.add_argument("--min-area", type=int, metavar="N", help="empty the slices with fewer than "
+                   "N predicted pixels")
+    g.add_argument("--no-postprocess", action="store_true", help="no post-processing, not even "
+                   "the checkpoint's recommended one")
+
+
+def postprocess_from_args(args: argparse.Namespace):
+    """``"auto"`` (no option given), or the PostProcess the options ask for; MambasegError for
+    negative sizes, --min-volume without --lcc, and --no-postprocess with another option."""
+    from mambaseg.engine.postprocess import PostProcess
+    from mambaseg.errors import MambasegError
+
+    for flag, value in (("--min-volume", args.min_volume), ("--min-area", args.min_area)):
+        if value is not None and value < 0:
+            raise MambasegError(f"{flag} must be 0 or more, got {value}")
+    given = args.lcc or args.min_volume is not None or args.min_area is not None
+    if args.no_postprocess:
+        if given:
+            raise MambasegError("--no-postprocess cannot be combined with --lcc, --min-volume "
+                                "or --min-area")
+        return PostProcess()
+    if not given:
+        return "auto"
+    if args.min_volume and not args.lcc:
+        raise MambasegError("--min-volume applies to the 3-D component filter: add --lcc")
+    return PostProcess(lcc=args.lcc, min_volume=args.min_volume or 0,
+                       min_area=args.min_area or 0)
+
+
+def describe_postprocess(summary: dict) -> str:
+    """One line saying which post-processing was applied and where it came from."""
+    from mambaseg.engine.postprocess import PostProcess
+
+    pp = PostProcess.from_dict(summary.get("postprocess"))
+    source = {"checkpoint": " (recommended by the checkpoint; --no-postprocess turns it off)",
+              "options": " (from the options)"}.get(summary.get("postprocess_source"), "")
+    return f"post-processing: {pp.describe()}" + (source if pp.active else "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,11 +103,16 @@ def run(args: argparse.Namespace) -> int:
         part=args.part, out=args.out, device=args.device, batch_size=args.batch_size,
         threshold=args.threshold, save_predictions=args.save_predictions,
         overwrite=args.overwrite, seed=args.seed, fold=args.fold, amp=args.amp,
-        progress=not args.no_progress)
-    print(f"{summary['model']} ({summary['parameters']:,} parameters) on the {summary['part']} "
+        progress=not args.no_progress, postprocess=postprocess_from_args(args))
+    members = summary.get("ensemble_members")
+    print(f"{summary['model']}" + (f" ensemble of {members}" if members else "")
+          + f" ({summary['parameters']:,} parameters) on the {summary['part']} "
           f"part of split {summary['split']}: {summary['n_slices']} slice(s) of "
           f"{summary['n_patients']} patient(s), device {summary['device']}")
+    print(describe_postprocess(summary))
     print(format_table(summary))
+    if summary.get("without_postprocess"):
+        print(format_raw(summary["without_postprocess"]))
     print(f"wrote {out}" + (f" and {out.parent / summary['predictions']}"
                             if summary.get("predictions") else ""))
     return 0
@@ -66,6 +122,15 @@ def _num(v, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{v:.{digits}f}"
+
+
+def format_raw(raw: dict) -> str:
+    """The ``without_postprocess`` numbers of a summary, on one line."""
+    f = raw["fpr_empty"]
+    return (f"without post-processing: dice_patient {_num(raw['dice_patient']['mean'])}, "
+            f"dice_global {_num(raw['dice_global']['mean'])}, dice_slice "
+            f"{_num(raw['dice_slice']['mean'])}, fpr_empty {_num(f['mean'])} "
+            f"({f['n_false_positive_slices']}/{f['n_empty_slices']})")
 
 
 def format_table(summary: dict) -> str:

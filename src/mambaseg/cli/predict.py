@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 from mambaseg.cli._common import add_command, check_threshold_and_batch
+from mambaseg.cli.evaluate import (add_postprocess_options, describe_postprocess,
+                                   postprocess_from_args)
 
 #: notes and skipped files listed one by one up to this many, then summarised
 SHOW = 10
@@ -26,8 +28,9 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="NAME", help="use the shipped weights of this model "
                      "(default: the best shipped model)")
-    src.add_argument("--checkpoint", type=Path, metavar="DIR",
-                     help="checkpoint directory written by 'mambaseg train'")
+    src.add_argument("--checkpoint", type=Path, metavar="DIR", nargs="+",
+                     help="checkpoint directory written by 'mambaseg train', or ensemble "
+                     "folder; several: average their probabilities (an ensemble)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     p.add_argument("--probabilities", action="store_true",
                    help="also write <name>_prob.png (probability x 255)")
@@ -39,6 +42,7 @@ def register(sub) -> None:
     p.add_argument("--no-resize", dest="rescale", action="store_false",
                    help="run the model at each image's own scale (zero padding only) instead of "
                         "resizing it to the size the model was trained at and the mask back")
+    add_postprocess_options(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                       threshold=args.threshold, probabilities=args.probabilities,
                       overlay=args.overlay, device=args.device, batch_size=args.batch_size,
                       overwrite=args.overwrite, progress=not args.no_progress,
-                      rescale=args.rescale)
+                      rescale=args.rescale, postprocess=postprocess_from_args(args))
     s = res.summary
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -60,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {item['input']}: {item['reason']}", file=sys.stderr)
     if len(res.skipped) > SHOW:
         print(f"... and {len(res.skipped) - SHOW} more skipped (see summary.json)", file=sys.stderr)
+    removed = s.get("postprocess_removed_pixels")
+    print(describe_postprocess(s) + (f": {removed} predicted pixel(s) removed" if removed else ""))
     c = s["counts"]
     print(f"{s['model']} ({s['checkpoint']}, {s['device']}): {c['written']} of {c['inputs']} "
           f"image(s) segmented into {res.outdir}" + (f", {c['skipped']} skipped" if c["skipped"]

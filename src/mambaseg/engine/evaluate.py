@@ -1,9 +1,11 @@
 """Evaluating a model on one part of a split: run it, count, and assemble ``summary.json``.
 
-``evaluate_slices`` runs a model over slices (chunk by chunk, so memory stays bounded) and
-returns the metrics plus per-slice and per-patient tables; ``run_evaluation`` is what
-``mambaseg evaluate`` calls: it loads the checkpoint and the split, checks the outputs can be
-written, evaluates, and writes ``summary.json`` (and ``predictions.npz``) atomically.
+``evaluate_slices`` runs a model over slices (a few whole patients at a time, so memory stays
+bounded and post-processing sees each patient's stack) and returns the metrics plus per-slice and
+per-patient tables; ``run_evaluation`` is what ``mambaseg evaluate`` calls: it loads the
+checkpoint(s) (several: an ensemble averaging their probabilities) and the split, checks the
+outputs can be written, evaluates, and writes ``summary.json`` (and ``predictions.npz``)
+atomically.
 """
 from __future__ import annotations
 
@@ -17,9 +19,12 @@ import numpy as np
 import torch
 
 from mambaseg.engine import metrics
-from mambaseg.engine.inference import (count_parameters, in_channels, load_checkpoint,
-                                       load_shipped_model, model_name, predict_probs,
-                                       prepare_dir, resolve_device)
+from mambaseg.engine.ensemble import Ensemble
+from mambaseg.engine.inference import (checkpoint_list, count_parameters, in_channels,
+                                       load_models, load_shipped_model, model_name,
+                                       predict_probs, prepare_dir, resolve_device,
+                                       resolve_postprocess)
+from mambaseg.engine.postprocess import PostProcess
 from mambaseg.errors import DataError, MambasegError
 
 #: top-level metric keys of summary.json, in the order tables print them
@@ -40,52 +45,89 @@ class Evaluation:
 def evaluate_slices(model, slices, batch_size: int = 16, device: str | torch.device = "cpu",
                     threshold: float = 0.5, amp: bool = False, keep_predictions: bool = False,
                     n_boot: int = metrics.N_BOOT, seed: int = metrics.BOOT_SEED,
-                    progress: bool = False) -> Evaluation:
+                    progress: bool = False, postprocess: PostProcess | None = None) -> Evaluation:
     """Run ``model`` over ``slices`` (``layout.Slice`` with masks, in split order) and compute
     every metric of docs/metrics.md.
 
-    Returns an :class:`Evaluation` whose ``summary`` holds one key per metric name plus
-    ``per_slice`` ({rel, patient, tp, fp, fn, dice, hd95}) and ``per_patient``
-    ({patient, tp, fp, fn, dice, slices}) tables.
-    """
-    from mambaseg.data.dataset import load_arrays
+    Slices are run a few patients at a time (a patient is never split, so ``postprocess`` sees
+    each patient's whole stack; memory stays bounded). With an active ``postprocess`` the
+    binary predictions are post-processed per patient before counting, and
+    ``summary["without_postprocess"]`` holds the Dice and fpr_empty of the raw predictions.
 
+    Returns an :class:`Evaluation` whose ``summary`` holds one key per metric name, the
+    post-processing applied, and ``per_slice`` ({rel, patient, tp, fp, fn, dice, hd95}) and
+    ``per_patient`` ({patient, tp, fp, fn, dice, slices}) tables.
+    """
     slices = list(slices)
     if not slices:
         raise DataError("no slices to evaluate")
-    chunk = max(1, int(batch_size)) * 4
-    tps, fps, fns, hds, packed = [], [], [], [], []
-    shape = None
+    pp = postprocess or PostProcess()
+    raw, counts = np.zeros((3, len(slices)), np.int64), np.zeros((3, len(slices)), np.int64)
+    hds: list[float | None] = [None] * len(slices)
+    packed: list[np.ndarray | None] = [None] * len(slices)
     bar = _progress(len(slices), progress)
-    for start in range(0, len(slices), chunk):
-        part = slices[start:start + chunk]
-        images, masks = load_arrays(part, progress=False, channels=in_channels(model))
-        probs = predict_probs(model, images, batch_size=batch_size, device=device, amp=amp)
-        pred = (probs > threshold)[:, 0]
-        truth = torch.as_tensor(masks)[:, 0] > 0
-        tp, fp, fn = metrics.dice_counts(pred, truth)
-        tps.append(tp), fps.append(fp), fns.append(fn)
-        for i in range(len(part)):
-            both = tp[i] + fp[i] > 0 and tp[i] + fn[i] > 0
-            hds.append(metrics.hd95(pred[i], truth[i]) if both else None)
-        if keep_predictions:
-            arr = pred.numpy().astype(np.uint8)
-            if shape is not None and arr.shape[1:] != shape[1:]:
-                raise DataError("--save-predictions needs slices of one size")
-            shape = (0, *arr.shape[1:])
-            packed.append(np.packbits(arr, axis=-1))
+    for rows in patient_units(slices, max(1, int(batch_size)) * 4):
+        part = [slices[i] for i in rows]
+        pred, truth = _predict_part(model, part, batch_size, device, threshold, amp)
+        raw[:, rows] = metrics.dice_counts(pred, truth)
+        if pp.active:
+            pred = pp(pred, [s.patient for s in part])
+        counts[:, rows] = metrics.dice_counts(pred, truth)
+        for j, i in enumerate(rows):
+            tp, fp, fn = counts[:, i]
+            hds[i] = metrics.hd95(pred[j], truth[j]) if tp + fp > 0 and tp + fn > 0 else None
+            if keep_predictions:
+                packed[i] = np.packbits(pred[j].astype(np.uint8), axis=-1)
         bar.update(len(part))
     bar.close()
-    tp, fp, fn = (np.concatenate(a) for a in (tps, fps, fns))
+    tp, fp, fn = counts
     patients = [s.patient for s in slices]
     summary = metrics.summarize(tp, fp, fn, patients, hds, n_boot=n_boot, seed=seed)
+    summary["postprocess"] = pp.to_dict()
+    summary["postprocess_description"] = pp.describe()
+    if pp.active:
+        summary["without_postprocess"] = _raw_metrics(*raw, patients, n_boot, seed)
     summary["per_slice"] = _per_slice(slices, tp, fp, fn, hds)
     summary["per_patient"] = _per_patient(tp, fp, fn, patients)
     ev = Evaluation(summary, [s.rel for s in slices])
     if keep_predictions:
-        ev.packed = np.concatenate(packed)
-        ev.shape = (len(slices), shape[1], shape[2])
+        if len({p.shape for p in packed}) != 1:
+            raise DataError("--save-predictions needs slices of one size")
+        ev.packed = np.stack(packed)
+        ev.shape = (len(slices), *pred.shape[1:])
     return ev
+
+
+def patient_units(slices, size: int) -> list[list[int]]:
+    """Indices of ``slices`` in units of whole patients (in order of first appearance), each
+    unit gathering patients until it holds at least ``size`` slices."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(slices):
+        groups.setdefault(s.patient, []).append(i)
+    units, unit = [], []
+    for rows in groups.values():
+        unit = unit + rows
+        if len(unit) >= size:
+            units.append(unit)
+            unit = []
+    return units + ([unit] if unit else [])
+
+
+def _predict_part(model, part, batch_size, device, threshold, amp) -> tuple[np.ndarray, np.ndarray]:
+    """Binary predictions and truths, bool (N, H, W), of the slices ``part``."""
+    from mambaseg.data.dataset import load_arrays
+
+    images, masks = load_arrays(part, progress=False, channels=in_channels(model))
+    probs = predict_probs(model, images, batch_size=batch_size, device=device, amp=amp)
+    return (probs > threshold)[:, 0].numpy(), masks[:, 0].numpy() > 0
+
+
+def _raw_metrics(tp, fp, fn, patients, n_boot, seed) -> dict:
+    """The Dice scores and fpr_empty of predictions before post-processing."""
+    return {"dice_patient": metrics.dice_patient(tp, fp, fn, patients, n_boot, seed),
+            "dice_global": metrics.global_scores(tp, fp, fn)["dice_global"],
+            "dice_slice": metrics.dice_slice(tp, fp, fn),
+            "fpr_empty": metrics.fpr_empty(tp, fp, fn)}
 
 
 def _per_slice(slices, tp, fp, fn, hds) -> list[dict]:
@@ -186,18 +228,23 @@ def run_settings(checkpoint: str | Path | None) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def run_evaluation(data: str | Path | None, checkpoint: str | Path | None = None,
+def run_evaluation(data: str | Path | None, checkpoint=None,
                    model: str | None = None, split: str | None = None, part: str = "test",
                    out: str | Path | None = None,
                    device: str = "auto", batch_size: int = 16, threshold: float = 0.5,
                    save_predictions: bool = False, overwrite: bool = False,
                    seed: int | None = None, fold: int | None = None, amp: bool = False,
-                   n_boot: int = metrics.N_BOOT, progress: bool = False) -> tuple[dict, Path]:
+                   n_boot: int = metrics.N_BOOT, progress: bool = False,
+                   postprocess="auto") -> tuple[dict, Path]:
     """Evaluate a checkpoint (or the shipped weights of ``model``) on ``part`` of ``split`` of
     the dataset at ``data``; write the summary (default ``default_out(checkpoint, part)``).
 
+    ``checkpoint``: a directory (a checkpoint or an ensemble folder) or a list of them (the mean
+    of their probabilities; the first gives the default output and the run settings).
     ``data``, ``split``, ``seed`` and ``fold`` left None come from the training run of the
-    checkpoint (``run_settings``); ``split`` then defaults to ``paper``.
+    (first) checkpoint (``run_settings``); ``split`` then defaults to ``paper``.
+    ``postprocess``: ``"auto"`` (the checkpoint's recommended post-processing, if any), None
+    (none) or a PostProcess (see ``inference.resolve_postprocess``).
 
     Every check (paths, split, device, checkpoint, existing outputs, writable folder) runs before
     the model does; nothing is written unless the evaluation succeeds. Returns (summary, path).
@@ -206,19 +253,15 @@ def run_evaluation(data: str | Path | None, checkpoint: str | Path | None = None
 
     if (checkpoint is None) == (model is None):
         raise MambasegError("pass exactly one of --checkpoint DIR and --model NAME")
+    ckpts = checkpoint_list(checkpoint) if checkpoint is not None else []
+    first = ckpts[0] if ckpts else None
     if out is None:
-        if checkpoint is None:
+        if first is None:
             raise MambasegError("--model needs --out FILE (where to write the summary)")
-        out = default_out(checkpoint, part)
+        out = default_out(first, part)
     out = Path(out)
-    targets = [out] + ([predictions_path(out)] if save_predictions else [])
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not overwrite:
-        what = " and ".join(existing) + (" already exist" if len(existing) > 1 else " already exists")
-        raise MambasegError(f"{what}; pass --overwrite to replace, or --out FILE to write elsewhere")
-    if out.exists() and out.is_dir():
-        raise MambasegError(f"--out {out} is a directory; give a file name such as {out}/summary.json")
-    run = run_settings(checkpoint)
+    _check_outputs(out, save_predictions, overwrite)
+    run = run_settings(first)
     if split is None:
         split = run.get("split", "paper")
         seed = run.get("seed") if seed is None else seed
@@ -237,23 +280,27 @@ def run_evaluation(data: str | Path | None, checkpoint: str | Path | None = None
     slices = parts[part]
     if not slices:
         raise DataError(f"the {part} part of split {split!r} is empty")
-    net = load_checkpoint(checkpoint, dev) if checkpoint is not None else load_shipped_model(model, dev)
+    net = load_models(ckpts, dev) if ckpts else load_shipped_model(model, dev)
+    pp, pp_source = resolve_postprocess(postprocess, net)
     prepare_dir(out.parent, "output folder")
 
     t0 = time.perf_counter()
     ev = evaluate_slices(net, slices, batch_size=batch_size, device=dev, threshold=threshold,
                          amp=amp, keep_predictions=save_predictions, n_boot=n_boot,
-                         progress=progress)
+                         progress=progress, postprocess=pp)
     from mambaseg import __version__
 
     head = {
         "model": model_name(net), "parameters": count_parameters(net),
-        "checkpoint": str(checkpoint) if checkpoint is not None else f"shipped:{model}",
+        "checkpoint": " + ".join(map(str, ckpts)) if ckpts else f"shipped:{model}",
+        **({"checkpoints": [str(c) for c in ckpts]} if ckpts else {}),
+        **({"ensemble_members": len(net.members)} if isinstance(net, Ensemble) else {}),
         "data": str(data), "split": str(split), "seed": seed, "fold": fold, "part": part,
         "n_slices": len(slices), "n_patients": len({s.patient for s in slices}),
         "threshold": threshold, "device": str(dev), "amp": amp,
         # inference resizes slices to this size (the training scale) and back; see inference.py
         "model_input_size": getattr(net, "input_size", None),
+        "postprocess_source": pp_source,
         "seconds": round(time.perf_counter() - t0, 3), "mambaseg_version": __version__,
     }
     summary = {**head, **ev.summary}
@@ -262,3 +309,14 @@ def run_evaluation(data: str | Path | None, checkpoint: str | Path | None = None
         write_predictions(predictions_path(out), ev)
     write_json(out, summary)
     return summary, out
+
+
+def _check_outputs(out: Path, save_predictions: bool, overwrite: bool) -> None:
+    """Refuse existing outputs (unless ``overwrite``) and a folder given as ``--out``."""
+    targets = [out] + ([predictions_path(out)] if save_predictions else [])
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not overwrite:
+        what = " and ".join(existing) + (" already exist" if len(existing) > 1 else " already exists")
+        raise MambasegError(f"{what}; pass --overwrite to replace, or --out FILE to write elsewhere")
+    if out.exists() and out.is_dir():
+        raise MambasegError(f"--out {out} is a directory; give a file name such as {out}/summary.json")

@@ -30,11 +30,13 @@ DEFAULT_MULTIPLE = 32
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """Load a model saved with ``save_pretrained`` from the directory ``path``, in eval mode.
+    """Load a model saved with ``save_pretrained`` from the directory ``path``, in eval mode; an
+    ensemble folder (``ensemble.json``, see ``engine.ensemble``) loads as an ``Ensemble``.
 
     Any failure (missing directory, truncated weights, weights of another architecture) is
     raised as CheckpointError naming the directory.
     """
+    from mambaseg.engine.ensemble import is_ensemble_dir, load_ensemble
     from mambaseg.models import from_pretrained
 
     path = Path(path)
@@ -43,6 +45,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     if not path.is_dir():
         raise CheckpointError(f"{path}: a checkpoint is a directory (config.json + "
                               "model.safetensors), not a file")
+    if is_ensemble_dir(path):
+        return load_ensemble(path, device)
     try:
         model = from_pretrained(path)
     except MambasegError:
@@ -50,6 +54,80 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint can fail in many ways
         raise CheckpointError(f"{path}: cannot load checkpoint: {exc}") from None
     return model.to(device).eval()
+
+
+def checkpoint_list(paths) -> list[Path]:
+    """``paths`` (one path or a sequence of them) as a list of Paths; MambasegError when it is
+    empty or names a folder twice."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise MambasegError("no checkpoint directory given")
+    out = [Path(p) for p in items]
+    seen: set[Path] = set()
+    for p in out:
+        key = p.resolve()
+        if key in seen:
+            raise MambasegError(f"checkpoint {p} is given twice")
+        seen.add(key)
+    return out
+
+
+def load_models(paths, device: str | torch.device = "cpu"):
+    """One checkpoint directory (or ensemble folder): its model, as ``load_checkpoint``.
+    Several: an ``Ensemble`` averaging their probabilities (ensemble folders among them
+    contribute their members), checked for equal input channels and input size."""
+    from mambaseg.engine.ensemble import Ensemble
+
+    paths = checkpoint_list(paths)
+    if len(paths) == 1:
+        return load_checkpoint(paths[0], device)
+    models, sources = [], []
+    for p in paths:
+        net = load_checkpoint(p, "cpu")
+        members = list(net.members) if isinstance(net, Ensemble) else [net]
+        models.extend(members)
+        sources.extend(net.sources if isinstance(net, Ensemble) else [str(p)])
+    return Ensemble(models, sources).to(device).eval()
+
+
+def recommended_postprocess(model):
+    """The post-processing a loaded checkpoint recommends: an ensemble folder's ``postprocess``
+    entry, else ``metadata.postprocess`` of the checkpoint's config.json; None when it records
+    none (an ensemble assembled from several folders recommends none)."""
+    from mambaseg.engine.postprocess import PostProcess
+
+    pp = getattr(model, "postprocess", None)
+    if isinstance(pp, PostProcess):
+        return pp
+    cfg = getattr(model, "checkpoint_config", None)
+    entry = ((cfg.get("metadata") or {}).get("postprocess")) if isinstance(cfg, dict) else None
+    if not entry:
+        return None
+    try:
+        return PostProcess.from_dict(entry)
+    except (MambasegError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint's metadata.postprocess is invalid: {exc}") from None
+
+
+def resolve_postprocess(setting, model):
+    """``(PostProcess, source)`` for a ``postprocess`` argument of evaluate / predict.
+
+    ``"auto"``: the checkpoint's recommendation (source ``"checkpoint"``), else none
+    (``"none"``); None: none; a PostProcess or its dict: as given (``"options"``).
+    """
+    from mambaseg.engine.postprocess import PostProcess
+
+    if isinstance(setting, str):
+        if setting != "auto":
+            raise MambasegError(f"postprocess must be 'auto', None or a PostProcess, "
+                                f"got {setting!r}")
+        rec = recommended_postprocess(model)
+        return (rec, "checkpoint") if rec is not None and rec.active else (PostProcess(), "none")
+    if setting is None:
+        return PostProcess(), "none"
+    if isinstance(setting, dict):
+        setting = PostProcess.from_dict(setting)
+    return setting, "options"
 
 
 def load_shipped_model(name: str | None = None, device: str | torch.device = "cpu"):

@@ -6,6 +6,11 @@ For each input image ``<rel>.<ext>`` (``rel`` relative to the input folder, or t
 ``<rel>_prob.png`` (probability x 255) and ``<rel>_overlay.png`` (the image, mask tinted red
 with a red contour), then ``OUTDIR/summary.json``. Every output path is checked before anything
 is written, and every write is atomic.
+
+Post-processing (``engine.postprocess``; by default the checkpoint's recommended one) treats the
+slices of one patient as one volume: inputs come in (patient, slice) order, a patient being an
+image's folder (a loose image is its own patient), and all slices of a patient are predicted
+before they are post-processed and written. Probability maps are written as predicted.
 """
 from __future__ import annotations
 
@@ -19,8 +24,12 @@ import numpy as np
 import torch
 
 from mambaseg.engine import metrics
-from mambaseg.engine.inference import (in_channels, load_checkpoint, load_shipped_model,
-                                       model_name, predict_probs, prepare_dir, resolve_device)
+from mambaseg.engine.ensemble import Ensemble
+from mambaseg.engine.inference import (checkpoint_list, in_channels, load_checkpoint,
+                                       load_models, load_shipped_model, model_name,
+                                       predict_probs, prepare_dir, resolve_device,
+                                       resolve_postprocess)
+from mambaseg.engine.postprocess import PostProcess
 from mambaseg.errors import DataError, MambasegError
 
 #: suffixes of the files written per image
@@ -33,11 +42,13 @@ PROGRESS_MIN = 5
 
 @dataclass(frozen=True)
 class Item:
-    """One input image: its path, its path relative to the input root, its ground-truth mask."""
+    """One input image: its path, its path relative to the input root, its ground-truth mask, and
+    its group (the patient whose slices are post-processed together as one volume)."""
 
     path: Path
     rel: str
     truth: Path | None = None
+    group: str = ""
 
 
 @dataclass
@@ -74,7 +85,8 @@ def collect_inputs(path: str | Path) -> tuple[list[Item], list[str]]:
 
     A file is taken as it is. A folder is searched recursively for images (hidden files and
     ``*_mask.*`` files excluded; a ``<stem>_mask`` file beside an image is its ground truth), in
-    (patient, slice) order. Raises DataError when ``path`` does not exist or holds no image.
+    (patient, slice) order; an item's ``group`` is its patient (``layout.scan``; a single file
+    is its own). Raises DataError when ``path`` does not exist or holds no image.
     """
     from mambaseg.data.layout import scan
 
@@ -82,9 +94,10 @@ def collect_inputs(path: str | Path) -> tuple[list[Item], list[str]]:
     if not path.exists():
         raise DataError(f"input {path} does not exist")
     if path.is_file():
-        return [Item(path, path.name, _truth_beside(path))], []
+        return [Item(path, path.name, _truth_beside(path), path.name)], []
     found = scan(path)
-    items = [Item(s.image, s.image.relative_to(path).as_posix(), s.mask) for s in found.slices]
+    items = [Item(s.image, s.image.relative_to(path).as_posix(), s.mask, s.patient)
+             for s in found.slices]
     warnings = [f"{f}: {why}" for f, why in found.problems]
     if not items:
         from mambaseg.data.io import IMAGE_SUFFIXES
@@ -109,16 +122,17 @@ def _inside(child: Path, parent: Path) -> bool:
 
 # ----------------------------------------------------------------------------- models
 
-def get_model(model=None, checkpoint: str | Path | None = None, device="cpu"):
-    """The model to segment with: a module as given, a checkpoint directory, the shipped weights
-    of a model name, or (nothing given) the best shipped model. A string ``model`` naming an
-    existing directory is taken as a checkpoint."""
+def get_model(model=None, checkpoint=None, device="cpu"):
+    """The model to segment with: a module as given, a checkpoint directory (or ensemble folder;
+    a list of them: their ``Ensemble``), the shipped weights of a model name, or (nothing given)
+    the best shipped model. A string ``model`` naming an existing directory is taken as a
+    checkpoint."""
     if model is not None and checkpoint is not None:
         raise MambasegError("pass either --model NAME or --checkpoint DIR, not both")
     if isinstance(model, torch.nn.Module):
         return model.to(device).eval()
     if checkpoint is not None:
-        return load_checkpoint(checkpoint, device)
+        return load_models(checkpoint, device)
     if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
         return load_checkpoint(model, device)
     return load_shipped_model(None if model is None else str(model), device)
@@ -127,7 +141,7 @@ def get_model(model=None, checkpoint: str | Path | None = None, device="cpu"):
 def _checkpoint_label(model, checkpoint, net) -> str:
     """The checkpoint directory, ``shipped:<name>`` for shipped weights, or ``in-memory``."""
     if checkpoint is not None:
-        return str(checkpoint)
+        return " + ".join(map(str, checkpoint_list(checkpoint)))
     if isinstance(model, torch.nn.Module):
         return "in-memory"
     if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
@@ -166,14 +180,18 @@ def _write_outputs(paths: dict[str, Path], image: np.ndarray, prob: np.ndarray,
 # ----------------------------------------------------------------------------- the command
 
 def run_predict(input: str | Path, outdir: str | Path, model=None,
-                checkpoint: str | Path | None = None, threshold: float = 0.5,
+                checkpoint=None, threshold: float = 0.5,
                 probabilities: bool = False, overlay: bool = False, device: str = "auto",
                 batch_size: int = 8, overwrite: bool = False, amp: bool = False,
-                progress: bool = False, rescale: bool = True) -> PredictResult:
+                progress: bool = False, rescale: bool = True,
+                postprocess="auto") -> PredictResult:
     """Segment every image of ``input`` (a file or a folder) into ``outdir``.
 
     Images are resized to the scale the model was trained at and the masks back to each image's
     size (``rescale=False``: zero padding only; see ``mambaseg.engine.inference``).
+    ``checkpoint``: a directory, an ensemble folder, or a list of directories (an ensemble).
+    ``postprocess``: ``"auto"`` (the checkpoint's recommended post-processing, if any), None or
+    a PostProcess; it is applied to each patient's masks together (see the module docstring).
 
     Checks, in order and before writing anything: the input exists and holds images, ``outdir``
     is not ``input`` or inside it, the device, the model, that no output exists (unless
@@ -187,52 +205,103 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
                             "predict never writes into its input: choose another -o")
     dev = resolve_device(device)
     net = get_model(model, checkpoint, dev)
-    channels = in_channels(net)
+    pp, pp_source = resolve_postprocess(postprocess, net)
     targets = {it.rel: output_paths(outdir, it.rel, probabilities, overlay) for it in items}
     _check_targets(outdir, targets, overwrite)
     prepare_dir(outdir)
 
     t0 = time.perf_counter()
     res = PredictResult({}, outdir, warnings=warnings)
-    records: list[dict] = []
     bar = _bar(len(items), progress and len(items) > PROGRESS_MIN)
-    pending: list[tuple[Item, np.ndarray, str | None]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        batch = torch.from_numpy(np.stack([img for _, img, _ in pending])).permute(0, 3, 1, 2)
-        probs = predict_probs(net, batch, batch_size=batch_size, device=dev, amp=amp,
-                              rescale=rescale)[:, 0].numpy()
-        for (item, img, note), prob in zip(pending, probs):
-            mask = prob > threshold
+    for unit in _units(items, max(1, int(batch_size)), by_group=pp.active):
+        loaded = _read_unit(unit, in_channels(net), res, bar)
+        probs = _probs(net, [img for _, img, _ in loaded], batch_size, dev, amp, rescale)
+        raw = [prob > threshold for prob in probs]
+        masks = postprocess_masks(raw, [it.group for it, _, _ in loaded], pp)
+        for (item, img, note), prob, mask, before in zip(loaded, probs, masks, raw):
             _write_outputs(targets[item.rel], img, prob, mask)
-            records.append(_record(item, outdir, targets[item.rel], mask, note))
+            rec = _record(item, outdir, targets[item.rel], mask, note)
+            if pp.active:
+                rec["removed_pixels"] = int(before.sum()) - int(mask.sum())
+            res.written.append(rec)
             bar.update(1)
-        pending.clear()
+    bar.close()
 
+    res.summary = _summary(input, outdir, net, model, checkpoint, threshold, dev, res.written,
+                           res, time.perf_counter() - t0, rescale)
+    res.summary.update(_pp_summary(pp, pp_source, res.written))
+    from mambaseg.engine.evaluate import write_json
+
+    write_json(outdir / "summary.json", res.summary)
+    return res
+
+
+def _units(items: Sequence[Item], size: int, by_group: bool):
+    """Consecutive items predicted together: about ``size`` of them, cut only between groups
+    (patients) when ``by_group`` so that each patient's masks are post-processed together."""
+    unit: list[Item] = []
+    for item in items:
+        if len(unit) >= size and (not by_group or item.group != unit[-1].group):
+            yield unit
+            unit = []
+        unit.append(item)
+    if unit:
+        yield unit
+
+
+def _read_unit(unit, channels, res: PredictResult, bar) -> list[tuple]:
+    """``(item, image, note)`` for the readable images of ``unit`` (unreadable ones are added
+    to ``res.skipped``)."""
     from mambaseg.data.io import read_image_noted
 
-    for item in items:
+    loaded = []
+    for item in unit:
         try:
             img, note = read_image_noted(item.path, channels=channels)
         except DataError as exc:
             res.skipped.append({"input": item.rel, "reason": _reason(exc, item.path)})
             bar.update(1)
             continue
-        if pending and (img.shape != pending[0][1].shape or len(pending) >= batch_size):
-            flush()
-        pending.append((item, img, note))
-    flush()
-    bar.close()
+        loaded.append((item, img, note))
+    return loaded
 
-    res.written = records
-    res.summary = _summary(input, outdir, net, model, checkpoint, threshold, dev, records,
-                           res, time.perf_counter() - t0, rescale)
-    from mambaseg.engine.evaluate import write_json
 
-    write_json(outdir / "summary.json", res.summary)
-    return res
+def _probs(net, images: list[np.ndarray], batch_size, device, amp, rescale) -> list[np.ndarray]:
+    """Probabilities (H, W) of each (H, W, C) image; images of one size run in batches."""
+    out: list[np.ndarray | None] = [None] * len(images)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    for rows in by_shape.values():
+        batch = torch.from_numpy(np.stack([images[i] for i in rows])).permute(0, 3, 1, 2)
+        probs = predict_probs(net, batch, batch_size=batch_size, device=device, amp=amp,
+                              rescale=rescale)[:, 0].numpy()
+        for i, prob in zip(rows, probs):
+            out[i] = prob
+    return out
+
+
+def postprocess_masks(masks: Sequence[np.ndarray], groups: Sequence[str],
+                      pp: PostProcess | None) -> list[np.ndarray]:
+    """``pp`` applied to 2-D ``masks`` (bool; sizes may differ): the masks of one group and one
+    size form one volume. Returns the masks unchanged when ``pp`` is None or inactive."""
+    out = [np.asarray(m, dtype=bool) for m in masks]
+    if pp is None or not pp.active:
+        return out
+    volumes: dict[tuple, list[int]] = {}
+    for i, (m, g) in enumerate(zip(out, groups)):
+        volumes.setdefault((g, m.shape), []).append(i)
+    for (g, _), rows in volumes.items():
+        done = pp(np.stack([out[i] for i in rows]), [g] * len(rows))
+        for i, m in zip(rows, done):
+            out[i] = m
+    return out
+
+
+def _pp_summary(pp: PostProcess, source: str, records: list[dict]) -> dict:
+    return {"postprocess": pp.to_dict(), "postprocess_description": pp.describe(),
+            "postprocess_source": source,
+            "postprocess_removed_pixels": sum(r.get("removed_pixels", 0) for r in records)}
 
 
 def _check_targets(outdir: Path, targets: dict[str, dict[str, Path]], overwrite: bool) -> None:
@@ -310,7 +379,11 @@ def _summary(input, outdir, net, model, checkpoint, threshold, dev, records, res
 
     return {
         "input": str(input), "output": str(outdir), "model": model_name(net),
-        "checkpoint": _checkpoint_label(model, checkpoint, net), "threshold": threshold,
+        "checkpoint": _checkpoint_label(model, checkpoint, net),
+        **({"checkpoints": [str(c) for c in checkpoint_list(checkpoint)]}
+           if checkpoint is not None else {}),
+        **({"ensemble_members": len(net.members)} if isinstance(net, Ensemble) else {}),
+        "threshold": threshold,
         "device": str(dev),
         "model_input_size": getattr(net, "input_size", None), "rescale": bool(rescale),
         "counts": {"inputs": len(records) + len(res.skipped), "written": len(records),
@@ -343,17 +416,24 @@ def _as_image(x, channels: int) -> tuple[np.ndarray, str | None]:
 
 
 def segment(images_or_paths, model=None, threshold: float = 0.5, device: str = "auto",
-            batch_size: int = 8, return_probs: bool = False, rescale: bool = True):
+            batch_size: int = 8, return_probs: bool = False, rescale: bool = True,
+            postprocess: PostProcess | dict | None = None):
     """Segment images: returns uint8 (H, W) masks in {0, 1}, one per input (each the input's size).
 
     ``images_or_paths``: a path, an (H, W) / (H, W, C) array (uint8, or float in [0, 1]), or a
     list of those; a single input gives a single mask. ``model``: None (the best shipped
-    model), a model name (its shipped weights), a checkpoint directory, or a loaded model.
-    ``return_probs=True`` returns float32 probabilities instead of masks; ``rescale=False`` runs
-    the model at each image's own scale (zero padding only) instead of its training scale.
+    model), a model name (its shipped weights), a checkpoint directory or ensemble folder, or a
+    loaded model. ``return_probs=True`` returns float32 probabilities instead of masks;
+    ``rescale=False`` runs the model at each image's own scale (zero padding only) instead of
+    its training scale. ``postprocess`` (a PostProcess; None: none) is applied to the masks of
+    all inputs as one patient's slices, in the order given.
     """
     single = isinstance(images_or_paths, (str, os.PathLike, np.ndarray, torch.Tensor))
     inputs = [images_or_paths] if single else list(images_or_paths)
+    if isinstance(postprocess, dict):
+        postprocess = PostProcess.from_dict(postprocess)
+    if return_probs and postprocess is not None and postprocess.active:
+        raise MambasegError("post-processing applies to masks: not with return_probs=True")
     dev = resolve_device(device)
     net = get_model(model, None, dev)
     channels = in_channels(net)
@@ -363,5 +443,8 @@ def segment(images_or_paths, model=None, threshold: float = 0.5, device: str = "
         batch = torch.from_numpy(img).permute(2, 0, 1)[None]
         prob = predict_probs(net, batch, batch_size=batch_size, device=dev,
                              rescale=rescale)[0, 0].numpy()
-        outs.append(prob if return_probs else (prob > threshold).astype(np.uint8))
+        outs.append(prob if return_probs else prob > threshold)
+    if not return_probs:
+        outs = [m.astype(np.uint8) for m in
+                postprocess_masks(outs, ["segment"] * len(outs), postprocess)]
     return outs[0] if single else outs
