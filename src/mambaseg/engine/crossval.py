@@ -89,7 +89,7 @@ def prepare(cfg: TrainConfig, out: Path, folds: int | None, resume: bool, overwr
     else:
         split = make_split(find_slices(root), "patient", seed=cfg.split_seed,
                            folds=5 if folds is None else folds)
-    _check_resolvable(root, split, out)
+    _check_resolvable(root, split, cfg.split if cfg.split not in (None, "patient") else "the split")
     if overwrite and out.exists():
         _clear(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,19 +99,22 @@ def prepare(cfg: TrainConfig, out: Path, folds: int | None, resume: bool, overwr
     return cfg, split
 
 
-def _check_resolvable(root: Path, split: dict, out: Path) -> None:
-    """Every fold's files exist under ``root`` and no patient is in two folds (DataError)."""
-    from mambaseg.data.splits import check_folds, resolve_split
-    from mambaseg.files import write_json
+def _check_resolvable(root: Path, split: dict, name: str | Path) -> None:
+    """Every fold's images exist under ``root`` with masks, and no patient is in two folds or
+    parts (DataError naming the split ``name`` and every problem)."""
+    from mambaseg.data.layout import find_slices
+    from mambaseg.data.splits import PARTS, check_folds
+    from mambaseg.errors import DataError
 
-    probe = out.parent / f".{out.name}.split-check.json"
-    try:
-        write_json(probe, split)
-        for i in range(len(split["folds"])):
-            resolve_split(root, str(probe), fold=i)
-    finally:
-        probe.unlink(missing_ok=True)
-    check_folds(split, lambda r: r.rsplit("/", 1)[0], "the split")
+    known = {s.rel: s for s in find_slices(root)}
+    check_folds(split, lambda r: known[r].patient if r in known else r.rsplit("/", 1)[0], name)
+    listed = {r for fold in split["folds"] for p in PARTS for r in fold[p]}
+    missing = sorted(r for r in listed if r not in known)
+    no_mask = sorted(r for r in listed if r in known and known[r].mask is None)
+    for what, rels in (("not found under " + str(root), missing), ("without a mask", no_mask)):
+        if rels:
+            raise DataError(f"{name}: {len(rels)} listed image(s) {what}:\n  "
+                            + "\n  ".join(rels[:10]))
 
 
 def _clear(out: Path) -> None:
