@@ -67,7 +67,7 @@ PAPER: dict[str, dict[str, Any]] = {
 }
 
 _RECOMMENDED_COMMON: dict[str, Any] = {
-    "epochs": 40, "batch_size": 16, "optimizer": "adamw", "loss": "bce_dice",
+    "epochs": 30, "batch_size": 16, "optimizer": "adamw", "loss": "bce_dice",
     "scheduler": "cosine", "warmup_epochs": 2, "augment": True, "tumour_fraction": 0.5,
     "image_size": None, "checkpoint": "best", "select": "dice_patient",
 }
