@@ -10,7 +10,8 @@ from mambaseg.cli._common import add_command
 def register(sub) -> argparse.ArgumentParser:
     p = add_command(
         sub, "report",
-        help="Regenerate README.md (Table I vs the paper) and Figs. 1-3 from a results folder's saved runs.",
+        help="Regenerate README.md (Table I vs the paper) and Figs. 1-3 from a results folder's saved runs "
+             "(and cv/README.md, the cross-validation results, when RESULTS_DIR/cv/ exists).",
         example="mambaseg report results --data /root/lgg/kaggle_3m --slices 4",
     )
     p.add_argument("results", metavar="RESULTS_DIR",
@@ -35,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(result.table)
         print()
+        if result.cv_table is not None:
+            print("Cross-validation (cv/README.md):")
+            print(result.cv_table)
+            print()
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     for path in result.written:

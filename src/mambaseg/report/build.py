@@ -7,6 +7,7 @@ from pathlib import Path
 from mambaseg.errors import DataError, MambasegError
 from mambaseg import files as atomic
 from mambaseg.report.collect import load_runs, read_json
+from mambaseg.report.cv import CV_DIR, make_cv_report
 from mambaseg.report.datastats import (
     DATA_STATS, compute_data_stats, load_data_stats, load_split, natural_order, split_path, tumour_flags,
 )
@@ -34,6 +35,8 @@ class ReportResult:
     table: str
     written: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: the cross-validation main table as text, when ``results_dir/cv/`` exists
+    cv_table: str | None = None
 
 
 def make_report(results_dir: str | Path, data: str | Path | None = None, out: str | Path | None = None,
@@ -43,7 +46,9 @@ def make_report(results_dir: str | Path, data: str | Path | None = None, out: st
     With ``data`` (the dataset folder), Fig. 1's counts and Fig. 3's images are read from the
     dataset and saved as ``data_stats.json`` and ``fig3_inputs.npz``, so later reports need only
     the results folder. ``slices`` chooses Fig. 3's slices: a count or a list of slice paths.
-    Missing runs, figures or inputs are reported, never fatal.
+    Missing runs, figures or inputs are reported, never fatal. When ``results_dir/cv/`` exists,
+    its ``README.md`` (the cross-validation results, :mod:`mambaseg.report.cv`) is written too,
+    as ``out/cv/README.md``.
     """
     results = Path(results_dir)
     out_dir = Path(out) if out is not None else results
@@ -100,8 +105,14 @@ def make_report(results_dir: str | Path, data: str | Path | None = None, out: st
     text = render(results, out_dir, rows, runs, paper, notes, figures, log, data is not None, warnings)
     readme = atomic.write_text(out_dir / README, text)
     written.append(readme)
+
+    # cv/README.md ------------------------------------------------------------------------
+    cv_table = None
+    if (results / CV_DIR).is_dir():
+        cv_readme, cv_table = make_cv_report(results / CV_DIR, out_dir / CV_DIR)
+        written.append(cv_readme)
     return ReportResult(readme=readme, figures=figures, table=text_table(HEADER, [r.cells() for r in rows]),
-                        written=written, warnings=warnings)
+                        written=written, warnings=warnings, cv_table=cv_table)
 
 
 def _fig3_inputs(results: Path, out_dir: Path, data, chosen, predictions: dict[str, Predictions],

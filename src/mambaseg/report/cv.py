@@ -1,0 +1,576 @@
+"""``results/cv/README.md``: the cross-validation results, generated from the saved files only.
+
+``results/cv/`` holds one folder per cross-validated model, as ``mambaseg crossval`` writes it
+(``crossval.json``, ``split.json``, ``fold_<i>/`` and, once every fold is done, the out-of-fold
+``summary.json``); ``<model>-paper/`` is the same model under the paper preset. ``ablation/<row>/``
+holds single training runs (``config.json`` + ``metrics.jsonl`` of ``mambaseg train``), and the
+optional ``notes.md`` (hand-written, copied verbatim at the end) and ``machine.json``
+(``{"device", "date", "command"}``) describe the runs.
+
+:func:`make_cv_report` writes the README: the main out-of-fold (OOF) table, the per-fold and
+post-processing tables of each model, paired per-patient comparisons (each model against
+``unet`` under the same preset, and each model's recommended recipe against its paper preset),
+the ablation table and the published targets. Missing pieces are said in a sentence, never
+fatal.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mambaseg import files as atomic
+from mambaseg.errors import MambasegError
+from mambaseg.report.collect import Run, load_run, read_json
+from mambaseg.report.tables import (
+    MISSING, fmt_ci, fmt_delta, fmt_dice, fmt_epochs, fmt_int, markdown_table, text_table,
+)
+
+#: the cross-validation folder inside a results folder
+CV_DIR = "cv"
+README = "README.md"
+NOTES_FILE = "notes.md"
+MACHINE_FILE = "machine.json"
+ABLATION_DIR = "ablation"
+#: files of a cross-validation folder (see mambaseg.engine.crossval)
+SETTINGS = "crossval.json"
+SUMMARY = "summary.json"
+PREDICTIONS = "predictions.npz"
+#: the model every other one is compared with
+BASELINE = "unet"
+#: the command that regenerates this README
+COMMAND = "mambaseg report results"
+#: published targets for U-Net on this dataset
+AUTHORS_DICE = 0.836
+AUTHORS_SOURCE = "Buda et al. 2019, 22-fold cross-validation"
+INTER_READER_DICE = 0.84
+
+MAIN_HEADER = [
+    "Model", "Preset", "Params", "OOF per-patient Dice [95 % CI]", "Median", "Global Dice",
+    "Tumour-slice Dice", "HD95 (px)", "False positives on tumour-free slices",
+    "Post-processing", "Per-patient Dice without post-processing", "GPU minutes", "Epochs",
+]
+FOLD_HEADER = ["Fold", "Test patients", "Per-patient Dice", "Global Dice", "Best epoch",
+               "Epochs run", "Minutes"]
+POST_HEADER = ["Post-processing", "OOF per-patient Dice", "Global Dice", "Tumour-slice Dice",
+               "False positives on tumour-free slices", "Chosen"]
+COMPARE_HEADER = ["A", "B", "Patients", "Mean A", "Mean B", "Mean diff (A − B)",
+                  "Paired 95 % CI", "Median diff", "Wilcoxon p", "Wins/ties/losses of A",
+                  "Verdict"]
+ABLATION_HEADER = ["Run", "Settings", "Changed from the previous row", "Epochs run/planned",
+                   "Best val per-patient Dice (epoch)", "Last-epoch val per-patient Dice",
+                   "Δ best vs previous row"]
+#: config.json keys whose change the ablation table reports, in this order
+ABLATION_KEYS = ("model", "augment", "scheduler", "warmup_epochs", "tumour_fraction", "select",
+                 "epochs", "lr", "batch_size", "optimizer", "weight_decay", "loss", "image_size",
+                 "seed")
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _number(x: Any) -> float | None:
+    """``x`` as a finite float, else None (missing, NaN, not a number)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def _dict(x: Any) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+@dataclass
+class CVModel:
+    """One cross-validation folder: ``cv/<name>/``."""
+
+    name: str
+    path: Path
+    crossval: dict = field(default_factory=dict)
+    summary: dict | None = None
+    #: config.json of the first fold run found (the resolved settings)
+    fold_config: dict = field(default_factory=dict)
+
+    @property
+    def settings(self) -> dict:
+        return _dict(self.crossval.get("settings")) or _dict((self.summary or {}).get("settings"))
+
+    @property
+    def model(self) -> str:
+        for src in (self.summary or {}, self.settings, self.fold_config):
+            if isinstance(src.get("model"), str) and src["model"]:
+                return src["model"]
+        return self.name[: -len("-paper")] if self.name.endswith("-paper") else self.name
+
+    @property
+    def preset(self) -> str:
+        for src in (self.settings, self.fold_config):
+            if isinstance(src.get("preset"), str) and src["preset"]:
+                return src["preset"]
+        return "paper" if self.name.endswith("-paper") else "none"
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def n_folds(self) -> int | None:
+        k = self.crossval.get("folds")
+        if isinstance(k, int) and not isinstance(k, bool):
+            return k
+        rows = (self.summary or {}).get("folds")
+        return len(rows) if isinstance(rows, list) else None
+
+    def fold_indices(self) -> list[int]:
+        """0..K-1 when K is known, else the ``fold_<i>`` folders present."""
+        if self.n_folds is not None:
+            return list(range(self.n_folds))
+        found = []
+        for p in self.path.glob("fold_*"):
+            suffix = p.name[len("fold_"):]
+            if p.is_dir() and suffix.isdigit():
+                found.append(int(suffix))
+        return sorted(found)
+
+    def folds_done(self) -> list[int]:
+        """Folds whose test summary and predictions are written (as crossval.fold_done)."""
+        return [i for i in self.fold_indices()
+                if (self.path / f"fold_{i}" / SUMMARY).is_file()
+                and (self.path / f"fold_{i}" / PREDICTIONS).is_file()]
+
+    @property
+    def epochs(self) -> int | None:
+        for src in (self.fold_config, self.settings):
+            n = _number(src.get("epochs"))
+            if n is not None:
+                return int(n)
+        runs = [_number(r.get("epochs")) for r in self.fold_rows()]
+        runs = [int(r) for r in runs if r is not None]
+        return max(runs) if runs else None
+
+    def fold_rows(self) -> list[dict]:
+        rows = (self.summary or {}).get("folds")
+        return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+    def metric(self, name: str) -> dict:
+        return _dict((self.summary or {}).get(name))
+
+
+def _sort_key(m: CVModel) -> tuple:
+    return (m.model != BASELINE, m.name != BASELINE, m.name)
+
+
+def load_cv_models(cv_dir: Path) -> list[CVModel]:
+    """Every cross-validation folder under ``cv_dir`` (``unet`` first, then by name)."""
+    models = []
+    for d in sorted(p for p in cv_dir.iterdir() if p.is_dir()):
+        if d.name == ABLATION_DIR or d.name.startswith("."):
+            continue
+        has_folds = any(p.is_dir() for p in d.glob("fold_*"))
+        if not ((d / SETTINGS).is_file() or (d / SUMMARY).is_file() or has_folds):
+            continue
+        m = CVModel(name=d.name, path=d)
+        if (d / SETTINGS).is_file():
+            m.crossval = _dict(read_json(d / SETTINGS))
+        if (d / SUMMARY).is_file():
+            m.summary = _dict(read_json(d / SUMMARY))
+        for i in m.fold_indices():
+            cfg = d / f"fold_{i}" / "config.json"
+            if cfg.is_file():
+                m.fold_config = _dict(read_json(cfg))
+                break
+        models.append(m)
+    return sorted(models, key=_sort_key)
+
+
+def load_ablation(cv_dir: Path) -> list[Run] | None:
+    """The runs under ``cv_dir/ablation/`` sorted by folder name; None without that folder."""
+    root = cv_dir / ABLATION_DIR
+    if not root.is_dir():
+        return None
+    runs = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        run = load_run(d, ABLATION_DIR, d.name)
+        if run is not None:
+            runs.append(run)
+    return runs
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def fmt_fpr(fpr: dict | None) -> str:
+    """'12/222 slices (5.4 %)': tumour-free slices with any predicted pixel."""
+    fpr = _dict(fpr)
+    n, x, mean = (fpr.get("n_empty_slices"), fpr.get("n_false_positive_slices"),
+                  _number(fpr.get("mean")))
+    if isinstance(n, int) and isinstance(x, int) and n > 0:
+        return f"{x}/{n} slices ({100.0 * x / n:.1f} %)"
+    return MISSING if mean is None else f"{100.0 * mean:.1f} %"
+
+
+def fmt_fpr_rate(mean: Any, n_empty: Any) -> str:
+    """A variant's fpr_empty (a rate only) as 'x/y slices (z %)' given the number of slices."""
+    mean = _number(mean)
+    if mean is None:
+        return MISSING
+    if isinstance(n_empty, int) and n_empty > 0:
+        return fmt_fpr({"mean": mean, "n_empty_slices": n_empty,
+                        "n_false_positive_slices": int(round(mean * n_empty))})
+    return f"{100.0 * mean:.1f} %"
+
+
+def _dice(x: Any) -> str:
+    return fmt_dice(_number(x))
+
+
+def _minutes(x: Any) -> str:
+    x = _number(x)
+    return MISSING if x is None else f"{x:.1f}"
+
+
+def _name(m: CVModel) -> str:
+    return f"`{m.name}`"
+
+
+def not_finished(m: CVModel) -> str:
+    done = m.folds_done()
+    return f"not finished (folds done: {', '.join(map(str, done)) if done else 'none'})"
+
+
+def main_row(m: CVModel) -> list[str]:
+    """The model's cells of the main table (:data:`MAIN_HEADER`)."""
+    if not m.finished:
+        return [_name(m), m.preset, MISSING, not_finished(m)] + [MISSING] * (len(MAIN_HEADER) - 5) \
+            + [fmt_int(m.epochs)]
+    s = m.summary
+    dp, hd = m.metric("dice_patient"), m.metric("hd95")
+    params = _number(s.get("parameters"))
+    hd_mean = _number(hd.get("mean"))
+    return [
+        _name(m), m.preset, fmt_int(None if params is None else int(params)),
+        fmt_ci(dp) if _number(dp.get("mean")) is not None else MISSING,
+        _dice(dp.get("median")),
+        _dice(m.metric("dice_global").get("mean")),
+        _dice(m.metric("dice_slice").get("tumour_mean")),
+        MISSING if hd_mean is None else f"{hd_mean:.1f}",
+        fmt_fpr(m.metric("fpr_empty")),
+        str(s.get("postprocess_describe") or MISSING),
+        _dice(_dict(s.get("without_postprocess")).get("dice_patient")),
+        _minutes(s.get("train_minutes")),
+        fmt_int(m.epochs),
+    ]
+
+
+def fold_table(m: CVModel) -> str:
+    rows = []
+    for r in m.fold_rows():
+        best = r.get("best_epoch")
+        rows.append([str(r.get("fold", MISSING)), fmt_int(r.get("n_patients")),
+                     _dice(r.get("dice_patient")), _dice(r.get("dice_global")),
+                     MISSING if best is None else str(best), fmt_int(r.get("epochs")),
+                     _minutes(r.get("train_minutes"))])
+    return markdown_table(FOLD_HEADER, rows)
+
+
+def post_table(m: CVModel) -> str:
+    n_empty = m.metric("fpr_empty").get("n_empty_slices")
+    chosen = _dict(m.summary.get("postprocess"))
+    rows = []
+    for v in m.summary.get("postprocess_variants") or []:
+        v = _dict(v)
+        rows.append([str(v.get("describe") or MISSING), _dice(v.get("dice_patient")),
+                     _dice(v.get("dice_global")), _dice(v.get("dice_slice_tumour")),
+                     fmt_fpr_rate(v.get("fpr_empty"), n_empty),
+                     "✓" if chosen and _dict(v.get("postprocess")) == chosen else ""])
+    return markdown_table(POST_HEADER, rows)
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+def per_patient(m: CVModel) -> dict[str, float]:
+    """{patient: dice} of the model's OOF summary (after its chosen post-processing)."""
+    from mambaseg.engine.compare import load_per_patient
+
+    return load_per_patient(m.path / SUMMARY)[1]
+
+
+def compare(a: CVModel, b: CVModel) -> tuple[list[str] | None, str | None]:
+    """A table row comparing A's per-patient Dice with B's, or None and why not."""
+    from mambaseg.engine.compare import format_p, paired_comparison, patient_mismatch
+
+    try:
+        pa, pb = per_patient(a), per_patient(b)
+        msg = patient_mismatch(pa, pb, a.name, b.name)
+        if msg:
+            return None, f"`{a.name}` vs `{b.name}`: not compared, {msg}."
+        c = paired_comparison(pa, pb)
+    except MambasegError as exc:
+        return None, f"`{a.name}` vs `{b.name}`: not compared ({exc})."
+    verdict = c["verdict"].replace("A better", f"{a.name} better", 1).replace(
+        "B better", f"{b.name} better", 1)
+    row = [_name(a), _name(b), str(c["n"]), fmt_dice(c["mean_a"]), fmt_dice(c["mean_b"]),
+           fmt_delta(c["mean_diff"]), f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]",
+           fmt_delta(c["median_diff"]), format_p(c["p_wilcoxon"]),
+           f"{c['wins']}/{c['ties']}/{c['losses']}", verdict]
+    return row, None
+
+
+def _pick(models: list[CVModel], preferred: str) -> CVModel | None:
+    """The folder named ``preferred`` among ``models``, else the first."""
+    for m in models:
+        if m.name == preferred:
+            return m
+    return models[0] if models else None
+
+
+def _preset_folder(model: str, preset: str) -> str:
+    return f"{model}-paper" if preset == "paper" else model
+
+
+def comparisons_section(models: list[CVModel]) -> str:
+    out = ["## Paired comparisons (per-patient Dice)", "",
+           "Each model's out-of-fold per-patient Dice (after its chosen post-processing, as in the "
+           "main table) minus that of the other result, patient by patient over the same patients: "
+           "the interval is a paired bootstrap of the mean difference (10,000 resamples of "
+           "patients), the test the two-sided Wilcoxon signed-rank test; *wins* are patients where "
+           "A's Dice is higher. Models are compared with the `unet` cross-validated under the same "
+           "preset, and a model's recommended recipe with its paper preset.", ""]
+    finished = [m for m in models if m.finished]
+    baselines: dict[str, list[CVModel]] = {}
+    for m in finished:
+        if m.model == BASELINE:
+            baselines.setdefault(m.preset, []).append(m)
+    pairs: list[tuple[CVModel, CVModel]] = []
+    skipped: list[str] = []
+    for m in finished:
+        if m.model == BASELINE:
+            continue
+        base = _pick(baselines.get(m.preset, []), _preset_folder(BASELINE, m.preset))
+        if base is None:
+            skipped.append(f"`{m.name}`: no finished `{BASELINE}` cross-validation under the "
+                           f"{m.preset} preset to compare with.")
+        else:
+            pairs.append((m, base))
+    by_model: dict[str, dict[str, list[CVModel]]] = {}
+    for m in finished:
+        by_model.setdefault(m.model, {}).setdefault(m.preset, []).append(m)
+    for model, presets in by_model.items():
+        rec = _pick(presets.get("recommended", []), model)
+        pap = _pick(presets.get("paper", []), f"{model}-paper")
+        if rec is not None and pap is not None:
+            pairs.append((rec, pap))
+    skipped += [f"`{m.name}`: {not_finished(m)}, not compared yet." for m in models
+                if not m.finished]
+    rows = []
+    for a, b in pairs:
+        row, why = compare(a, b)
+        if row is not None:
+            rows.append(row)
+        else:
+            skipped.append(why)
+    if rows:
+        out.append(markdown_table(COMPARE_HEADER, rows))
+    elif not finished:
+        out.append("No finished cross-validation to compare yet.")
+    elif not any(m.model == BASELINE for m in finished):
+        out.append(f"No comparison: no finished `{BASELINE}` cross-validation here, and no model "
+                   "with both a recommended and a paper-preset cross-validation.")
+    else:
+        out.append("No pair of finished cross-validations to compare yet.")
+    if skipped:
+        out += [""] + [f"- {s}" for s in skipped]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- ablation
+
+def describe_settings(cfg: dict) -> str:
+    """Augmentation, schedule, oversampling and checkpoint selection of a run's config.json."""
+    parts = []
+    aug = cfg.get("augment")
+    parts.append(MISSING if aug is None else ("augmentation" if aug else "no augmentation"))
+    sched, warm = cfg.get("scheduler"), cfg.get("warmup_epochs")
+    if sched == "cosine":
+        parts.append(f"cosine lr, {warm} warm-up epochs" if warm else "cosine lr, no warm-up")
+    elif sched is not None:
+        parts.append("constant lr" if sched == "none" else f"{sched} lr")
+    tf = _number(cfg.get("tumour_fraction"))
+    parts.append(f"tumour slices {tf:g} of each epoch" if tf else "no oversampling")
+    sel = cfg.get("select")
+    if sel is not None:
+        parts.append("best by per-patient Dice" if sel == "dice_patient"
+                     else "best by pooled Dice" if sel == "dice" else f"best by {sel}")
+    return "; ".join(parts)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return "none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def changed(prev: dict | None, cfg: dict) -> str:
+    if prev is None:
+        return "(first row)"
+    diffs = [f"{k}: {_value(prev.get(k))} → {_value(cfg.get(k))}" for k in ABLATION_KEYS
+             if prev.get(k) != cfg.get(k)]
+    return "; ".join(diffs) or "nothing"
+
+
+def best_val(run: Run) -> tuple[float | None, Any, float | None]:
+    """(best val_dice_patient, its epoch, last epoch's val_dice_patient)."""
+    best, epoch = None, None
+    rows = run.epochs
+    for i, r in enumerate(rows):
+        v = _number(r.get("val_dice_patient"))
+        if v is not None and (best is None or v > best):
+            best, epoch = v, r.get("epoch", i + 1)
+    last = _number(rows[-1].get("val_dice_patient")) if rows else None
+    return best, epoch, last
+
+
+def ablation_section(runs: list[Run] | None) -> str:
+    out = ["## Ablation of the recipe", ""]
+    if runs is None:
+        out.append(f"No ablation here (no `{ABLATION_DIR}/` folder).")
+        return "\n".join(out)
+    if not runs:
+        out.append(f"`{ABLATION_DIR}/` holds no run yet.")
+        return "\n".join(out)
+    folds = sorted({str(r.config["fold"]) for r in runs
+                    if r.config and r.config.get("fold") is not None})
+    fold = ", ".join(folds) if folds else "0"
+    rows, prev_cfg, prev_best = [], None, None
+    for run in runs:
+        cfg = run.config or {}
+        best, epoch, last = best_val(run)
+        rows.append([
+            f"`{run.model}`", describe_settings(cfg) if cfg else MISSING,
+            changed(prev_cfg, cfg) if cfg else MISSING, fmt_epochs(run),
+            MISSING if best is None else f"{best:.4f} ({epoch})", fmt_dice(last),
+            fmt_delta(None if best is None or prev_best is None else best - prev_best),
+        ])
+        prev_cfg, prev_best = cfg, best
+    out += [
+        "Single training runs (`mambaseg train`), in the order of their folder names; the third "
+        "column says which settings differ from the row above. The scores are the "
+        f"validation per-patient Dice on fold {fold}'s *validation* patients (carved out of the "
+        "training patients), not on the test fold: they chose the recipe, so they are not a test "
+        "result. **Δ** = this row's best minus the previous row's.", "",
+        markdown_table(ABLATION_HEADER, rows),
+    ]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- the README
+
+def targets_section(models: list[CVModel]) -> str:
+    out = ["## Targets", ""]
+    unets = [m for m in models if m.model == BASELINE and m.finished]
+    if not unets:
+        out.append(f"No finished `{BASELINE}` cross-validation yet: nothing to compare with the "
+                   f"published {AUTHORS_DICE} ({AUTHORS_SOURCE}) and the inter-reader "
+                   f"{INTER_READER_DICE}.")
+        return "\n".join(out)
+    for m in unets:
+        dp = m.metric("dice_patient")
+        mean = _number(dp.get("mean"))
+        if mean is None:
+            out.append(f"- `{m.name}`: its summary has no per-patient Dice.")
+            continue
+        ci = dp.get("ci95")
+        where = ""
+        if isinstance(ci, list) and len(ci) == 2 and all(_number(v) is not None for v in ci):
+            inside = ci[0] <= AUTHORS_DICE <= ci[1]
+            where = (f"; {AUTHORS_DICE} is {'inside' if inside else 'outside'} our 95 % interval "
+                     f"[{ci[0]:.3f}, {ci[1]:.3f}]")
+        out.append(f"- `{m.name}` ({m.preset} preset): OOF per-patient Dice {mean:.4f} vs "
+                   f"{AUTHORS_DICE} of the authors ({AUTHORS_SOURCE}; Δ {mean - AUTHORS_DICE:+.4f})"
+                   f" and {INTER_READER_DICE} between human readers "
+                   f"(Δ {mean - INTER_READER_DICE:+.4f}){where}.")
+    return "\n".join(out)
+
+
+def machine_line(cv_dir: Path) -> list[str]:
+    path = cv_dir / MACHINE_FILE
+    if not path.is_file():
+        return [f"(No `{MACHINE_FILE}`: the machine and command were not recorded.)", ""]
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        return [f"(`{MACHINE_FILE}` is not an object: the machine is not shown.)", ""]
+    out = [f"Run on **{doc.get('device') or MISSING}**"
+           + (f", {doc['date']}" if doc.get("date") else "") + "."]
+    if doc.get("command"):
+        out += ["", "```sh", str(doc["command"]).rstrip(), "```"]
+    return out + [""]
+
+
+def render(cv_dir: Path, models: list[CVModel], ablation: list[Run] | None) -> str:
+    from mambaseg import __version__
+
+    finished = [m for m in models if m.finished]
+    parts = [
+        "# Cross-validation results",
+        "",
+        f"_Generated by `{COMMAND}` (mambaseg {__version__}) from the saved `crossval.json`, "
+        "`summary.json`, `fold_<i>/` and `ablation/` files under `results/cv/`; do not edit by "
+        f"hand — notes go in `cv/{NOTES_FILE}`._",
+        "",
+        *machine_line(cv_dir),
+        "Patient-level K-fold cross-validation (`mambaseg crossval`): every patient is in exactly "
+        "one test fold and is predicted by the one fold model that never saw it; the out-of-fold "
+        "(OOF) predictions of all patients are scored as one result.",
+        "",
+        "## Main table",
+        "",
+    ]
+    if models:
+        parts += [
+            f"{len(finished)} of {len(models)} cross-validations finished.",
+            "",
+            markdown_table(MAIN_HEADER, [main_row(m) for m in models]),
+            "",
+            "- **OOF per-patient Dice**: mean over patients of each patient's Dice (all its slices "
+            "pooled), with the 95 % bootstrap interval over patients; **global Dice** pools every "
+            "pixel; **tumour-slice Dice**: mean over slices with tumour; **HD95**: mean 95 % "
+            "Hausdorff distance (pixels) over tumour slices with a non-empty prediction.",
+            "- **False positives on tumour-free slices**: tumour-free slices with any predicted "
+            "pixel.",
+            "- **Post-processing**: the candidate with the highest OOF per-patient Dice, applied to "
+            "every number of the row; it is chosen on the same OOF predictions, so those numbers "
+            "are slightly optimistic — the per-patient Dice *without* post-processing is the "
+            "unbiased one.",
+            "- **GPU minutes**: the sum of the folds' training wall times; the folds ran side by "
+            "side, so this is not the elapsed time. **Epochs**: planned per fold.",
+        ]
+    else:
+        parts.append("No cross-validation saved yet.")
+    parts.append("")
+    if finished:
+        parts += ["## Per-fold results", ""]
+        for m in finished:
+            parts += [f"### `{m.name}`", "", fold_table(m), ""]
+        parts += ["## Post-processing", "",
+                  "Every post-processing candidate scored on the OOF predictions (✓: the one "
+                  "chosen).", ""]
+        for m in finished:
+            parts += [f"### `{m.name}`", "", post_table(m), ""]
+    parts += [comparisons_section(models), "", ablation_section(ablation), "",
+              targets_section(models), ""]
+    notes = cv_dir / NOTES_FILE
+    if notes.is_file():
+        parts += [f"## Notes (`{NOTES_FILE}`, written by hand)", "",
+                  notes.read_text(encoding="utf-8").strip(), ""]
+    return "\n".join(parts)
+
+
+def make_cv_report(cv_dir: str | Path, out: str | Path | None = None) -> tuple[Path, str]:
+    """Write ``README.md`` of the cross-validation folder ``cv_dir`` (into ``out``, default
+    ``cv_dir``); returns its path and the main table as plain text."""
+    cv_dir = Path(cv_dir)
+    models = load_cv_models(cv_dir)
+    text = render(cv_dir, models, load_ablation(cv_dir))
+    path = atomic.write_text(Path(out if out is not None else cv_dir) / README, text)
+    table = text_table(MAIN_HEADER, [main_row(m) for m in models]) if models else \
+        "No cross-validation saved yet."
+    return path, table

@@ -1,0 +1,213 @@
+"""``results/cv/README.md`` (mambaseg.report.cv) from a synthetic cross-validation folder."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import fake_cv
+import fake_results
+from mambaseg.engine.compare import format_p, paired_comparison
+from mambaseg.report import make_cv_report, make_report
+
+
+def row(readme: str, first: str, second: str | None = None) -> list[str]:
+    """The cells of the first table row starting with ``| `first` |`` (and ``second``)."""
+    head = f"| `{first}` |" + (f" `{second}` |" if second else "")
+    line = next(ln for ln in readme.splitlines() if ln.startswith(head))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def section(readme: str, heading: str) -> str:
+    start = readme.index(heading)
+    nxt = readme.find("\n## ", start + len(heading))
+    return readme[start: nxt if nxt >= 0 else len(readme)]
+
+
+def report(cv: Path) -> str:
+    path, _ = make_cv_report(cv)
+    assert path == cv / "README.md"
+    return path.read_text(encoding="utf-8")
+
+
+def dice_dict(folder: str) -> dict[str, float]:
+    """Per-patient Dice recomputed here from the planted counts."""
+    return {p: 2 * tp / (2 * tp + fp + fn)
+            for p, (tp, fp, fn) in zip(fake_cv.PATIENTS, fake_cv.COUNTS[folder])}
+
+
+def set_preset(folder: Path, preset: str) -> None:
+    doc = json.loads((folder / "crossval.json").read_text())
+    doc["settings"]["preset"] = preset
+    (folder / "crossval.json").write_text(json.dumps(doc))
+
+
+@pytest.fixture
+def cv(tmp_path: Path) -> Path:
+    return fake_cv.make_cv(tmp_path / "results")
+
+
+def test_header_says_how_it_is_generated(cv):
+    readme = report(cv)
+    top = readme[:600]
+    assert "`mambaseg report results`" in top and "do not edit by hand" in top
+    assert fake_cv.MACHINE["device"] in top and fake_cv.MACHINE["command"] in readme
+
+
+def test_main_table_rows_hold_the_summary_numbers(cv):
+    readme = report(cv)
+    main = section(readme, "## Main table")
+    order = [ln.split("|")[1].strip() for ln in main.splitlines() if ln.startswith("| `")]
+    assert order == ["`unet`", "`unet-paper`", "`ulvm_unet_v2`", "`umamba_bot`"]
+    unet = row(main, "unet")
+    assert unet == [
+        "`unet`", "recommended", "7,765,985", f"{fake_cv.mean('unet'):.4f} [0.610, 0.810]",
+        "0.7321", "0.7812", "0.6543", "12.3", "12/222 slices (5.4 %)", "3-D largest component",
+        "0.7001", "123.5", "40"]
+    v2 = row(main, "ulvm_unet_v2")
+    assert v2[:4] == ["`ulvm_unet_v2`", "recommended", "42,737",
+                      f"{fake_cv.mean('ulvm_unet_v2'):.4f} [0.640, 0.830]"]
+    assert v2[7:] == ["9.9", "7/222 slices (3.2 %)", "none", "0.7301", "45.0", "40"]
+    paper = row(main, "unet-paper")
+    assert paper[1] == "paper" and paper[-1] == "100" and paper[8] == "40/222 slices (18.0 %)"
+
+
+def test_per_fold_and_post_processing_tables(cv):
+    readme = report(cv)
+    folds = section(readme, "## Per-fold results")
+    unet = folds[folds.index("### `unet`"):folds.index("### `unet-paper`")]
+    first = fake_cv.fold_rows("unet")[0]
+    assert f"| 0 | 3 | {first['dice_patient']:.4f} | {first['dice_global']:.4f} | 10 | 40 | 41.2 |" \
+        in unet
+    assert "| 2 | 2 |" in unet
+    post = section(readme, "## Post-processing")
+    unet = post[post.index("### `unet`"):post.index("### `unet-paper`")]
+    assert "| none | 0.7001 | 0.7500 | 0.6000 | 22/222 slices (9.9 %) |  |" in unet
+    assert "| 3-D largest component | 0.7201 | 0.7700 | 0.6200 | 12/222 slices (5.4 %) | ✓ |" in unet
+
+
+def test_paired_comparisons_match_paired_comparison(cv):
+    readme = report(cv)
+    comp = section(readme, "## Paired comparisons")
+    for a, b in (("ulvm_unet_v2", "unet"), ("unet", "unet-paper")):
+        c = paired_comparison(dice_dict(a), dice_dict(b))
+        cells = row(comp, a, b)
+        assert cells[2:10] == [
+            str(len(fake_cv.PATIENTS)), f"{c['mean_a']:.4f}", f"{c['mean_b']:.4f}",
+            f"{c['mean_diff']:+.4f}", f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]",
+            f"{c['median_diff']:+.4f}", format_p(c["p_wilcoxon"]),
+            f"{c['wins']}/{c['ties']}/{c['losses']}"]
+        assert cells[10] == c["verdict"].replace("A better", f"{a} better").replace(
+            "B better", f"{b} better")
+    # a recommended-preset model is never compared with the paper-preset unet
+    assert "| `ulvm_unet_v2` | `unet-paper` |" not in comp
+    assert "`umamba_bot`: not finished (folds done: 0, 2), not compared yet." in comp
+
+
+def test_paper_preset_models_are_compared_with_unet_paper(cv):
+    shutil.copytree(cv / "ulvm_unet_v2", cv / "ulvm_unet_v2-paper")
+    set_preset(cv / "ulvm_unet_v2-paper", "paper")
+    comp = section(report(cv), "## Paired comparisons")
+    assert row(comp, "ulvm_unet_v2-paper", "unet-paper")[2] == str(len(fake_cv.PATIENTS))
+    same = row(comp, "ulvm_unet_v2", "ulvm_unet_v2-paper")       # recipe vs paper preset
+    assert same[5] == "+0.0000" and same[9] == "0/8/0"
+    assert "| `ulvm_unet_v2-paper` | `unet` |" not in comp
+
+
+def test_different_patients_are_not_compared(cv):
+    shutil.copytree(cv / "ulvm_unet_v2", cv / "resnet18")
+    summary = json.loads((cv / "resnet18" / "summary.json").read_text())
+    summary["model"] = "resnet18"
+    summary["per_patient"] = summary["per_patient"][:-1]
+    (cv / "resnet18" / "summary.json").write_text(json.dumps(summary))
+    comp = section(report(cv), "## Paired comparisons")
+    assert "`resnet18` vs `unet`: not compared, the two results cover different patients" in comp
+    assert row(comp, "ulvm_unet_v2", "unet")                      # the others still are
+
+
+def test_ablation_table_shows_best_epoch_and_differences(cv):
+    readme = report(cv)
+    abl = section(readme, "## Ablation")
+    assert "fold 0's *validation* patients" in abl and "not on the test fold" in abl
+    names = list(fake_cv.ABLATION)
+    prev = None
+    for name in names:
+        best, epoch = fake_cv.best_of(name)
+        cells = row(abl, name)
+        assert cells[4] == f"{best:.4f} ({epoch})"
+        assert cells[5] == f"{fake_cv.ABLATION[name][1][-1]:.4f}"
+        assert cells[6] == ("—" if prev is None else f"{best - prev:+.4f}")
+        prev = best
+    assert row(abl, "a_baseline")[2] == "(first row)"
+    assert row(abl, "b_augment")[2] == "augment: off → on"
+    assert row(abl, "c_cosine")[2] == "scheduler: none → cosine; warmup_epochs: 0 → 2"
+    assert "tumour slices 0.5 of each epoch" in row(abl, "d_oversample")[1]
+    assert row(abl, "d_oversample")[6] == "+0.0500"
+
+
+def test_unfinished_model_is_listed(cv):
+    readme = report(cv)
+    cells = row(section(readme, "## Main table"), "umamba_bot")
+    assert cells[3] == "not finished (folds done: 0, 2)"
+    assert "3 of 4 cross-validations finished" in readme
+    assert "### `umamba_bot`" not in readme                     # no per-fold table yet
+
+
+def test_targets_and_notes(cv):
+    readme = report(cv)
+    targets = section(readme, "## Targets")
+    m = fake_cv.mean("unet")
+    assert f"OOF per-patient Dice {m:.4f} vs 0.836" in targets and "Buda et al. 2019" in targets
+    assert f"Δ {m - 0.836:+.4f}" in targets and "0.84 between human readers" in targets
+    assert readme.rstrip().endswith(fake_cv.NOTES.strip())      # notes.md verbatim at the end
+
+
+def test_missing_pieces_are_sentences(tmp_path):
+    cv = fake_cv.make_cv(tmp_path / "r", models=("ulvm_unet_v2",), unfinished=False,
+                         ablation=False, extras=False)
+    readme = report(cv)
+    assert "No ablation here" in readme
+    assert "no finished `unet` cross-validation under the recommended preset" in readme
+    assert "No finished `unet` cross-validation yet" in section(readme, "## Targets")
+    assert "No `machine.json`" in readme and "## Notes" not in readme
+    empty = tmp_path / "empty" / "cv"
+    empty.mkdir(parents=True)
+    readme = report(empty)
+    assert "No cross-validation saved yet." in readme and "No ablation here" in readme
+
+
+def test_regenerating_gives_identical_bytes(cv):
+    report(cv)
+    first = (cv / "README.md").read_bytes()
+    report(cv)
+    assert (cv / "README.md").read_bytes() == first
+
+
+def test_cli_report_on_a_results_folder_with_only_cv(cv, cli, capsys):
+    results = cv.parent
+    assert cli(["report", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {cv / 'README.md'}" in out
+    assert "Cross-validation" in out and "not finished (folds done: 0, 2)" in out
+    readme = (cv / "README.md").read_text()
+    assert row(readme, "unet")[3].startswith(f"{fake_cv.mean('unet'):.4f}")
+    assert (results / "README.md").is_file()                     # Table I, all "not run"
+    first = (cv / "README.md").read_bytes()
+    assert cli(["report", str(results), "--quiet"]) == 0
+    assert (cv / "README.md").read_bytes() == first
+
+
+def test_make_report_adds_cv_readme_next_to_table_one(results, tmp_path):
+    plain = make_report(results)
+    table_one = (results / "README.md").read_text()
+    assert plain.cv_table is None and not (results / "cv").exists()
+    fake_cv.make_cv(results)
+    res = make_report(results)
+    assert results / "cv" / "README.md" in res.written
+    assert (results / "README.md").read_text() == table_one     # Table I unchanged
+    assert "not finished" in res.cv_table
+    out = make_report(results, out=tmp_path / "elsewhere")
+    assert tmp_path / "elsewhere" / "cv" / "README.md" in out.written
+    assert fake_results.DEVICE in (results / "README.md").read_text()
