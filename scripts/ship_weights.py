@@ -1,70 +1,64 @@
 #!/usr/bin/env python3
-"""Copy trained checkpoints into the package as shipped fp16 weights, with their test metrics.
+"""Ship a finished cross-validation as an ensemble of its fold models, inside the package.
 
-    python scripts/ship_weights.py RUNS_DIR [--results results] [--protocol patient]
+    python scripts/ship_weights.py results/cv/ulvm_unet_v6 \
+        --dest src/mambaseg/weights/ulvm_unet_v6_cv5 --default
 
-For each ``RUNS_DIR/<protocol>/<model>/best`` (the checkpoint the leak-free protocol evaluates)
-whose summary is in ``results/<protocol>/<model>/summary.json``, writes
-``src/mambaseg/weights/<model>/`` (config.json + fp16 model.safetensors). The config's metadata
-holds the test metrics (``metrics.test.dice`` = per-patient volumetric Dice on the leak-free
-test part, the number ``mambaseg predict`` ranks shipped models by), the split and the training
-settings, so that every shipped number traces back to a saved summary.
+writes the ensemble folder (``ensemble.json`` + ``fold_<i>/`` fp16 checkpoints) with
+``mambaseg.engine.ship.ship_crossval``: the K checkpoints the cross-validation evaluated, the
+post-processing it chose on its out-of-fold (OOF) predictions, and metadata holding the OOF
+scores (``metrics.cv.dice_patient``: the number ``mambaseg models`` shows and the default
+model is chosen by), the path of the summary they come from and the training settings, so that
+every shipped number traces back to a saved summary. ``--default`` marks it as the default
+model of ``predict``, ``segment()`` and ``demo``; mark one shipped folder only.
+
+(The single-checkpoint weights shipped before, ``src/mambaseg/weights/<model>/``, were written
+by this script's earlier version from the leak-free ``patient`` protocol's runs; see git log.)
 """
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from mambaseg.models import from_pretrained  # noqa: E402
-
-KEEP = ("model", "split", "preset", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
-        "loss", "augment", "seed", "device_name")
+from mambaseg.engine.ship import default_name, ship_crossval  # noqa: E402
+from mambaseg.errors import MambasegError  # noqa: E402
 
 
-def ship(run: Path, summary: dict, config: dict, dest: Path, protocol: str) -> None:
-    model = from_pretrained(run)
-    test = {k: summary[k]["mean"] for k in ("dice_paper", "dice_slice", "dice_global", "iou")}
-    test["dice"] = summary["dice_patient"]["mean"]
-    test["dice_patient_ci95"] = summary["dice_patient"].get("ci95")
-    meta = {
-        "metrics": {"test": test},
-        "protocol": protocol,
-        "evaluated": f"results/{protocol}/{config['model']}/summary.json",
-        "training": {k: config.get(k) for k in KEEP},
-        "data": "LGG (Buda et al. 2019), kaggle_3m, CC BY-NC-SA 4.0",
-    }
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, metadata=meta, dtype=torch.float16)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    print(f"{dest}: test per-patient Dice {test['dice']:.4f}, dice_paper {test['dice_paper']:.4f}")
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", type=Path)
-    ap.add_argument("--results", type=Path, default=REPO / "results")
-    ap.add_argument("--protocol", default="patient")
-    ap.add_argument("--models", default="ulvm_unet,ulvm_unet_v1,ulvm_unet_v2,ulvm_unet_v3,"
-                                        "ulvm_unet_v4,ulvm_unet_v5,ulvm_unet_v6")
-    ap.add_argument("--dest", type=Path, default=REPO / "src" / "mambaseg" / "weights")
-    a = ap.parse_args()
-    for name in a.models.split(","):
-        run = a.runs / a.protocol / name / "best"
-        res = a.results / a.protocol / name
-        summary = json.loads((res / "summary.json").read_text())
-        config = json.loads((res / "config.json").read_text())
-        ship(run, summary, config, a.dest / name, a.protocol)
+    ap.add_argument("cv_dir", type=Path, help="a finished cross-validation folder "
+                    "('mambaseg crossval -o DIR')")
+    ap.add_argument("--dest", type=Path, help="the ensemble folder to write (default: "
+                    "src/mambaseg/weights/<model>_cv<K>)")
+    ap.add_argument("--default", action="store_true", help="mark it as the default shipped "
+                    "model (predict, segment() and demo use it when no model is named)")
+    ap.add_argument("--fp32", action="store_true", help="store fp32 weights (default: fp16)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --dest")
+    a = ap.parse_args(argv)
+    import torch
+
+    try:
+        dest = a.dest or REPO / "src" / "mambaseg" / "weights" / default_name(a.cv_dir)
+        out = ship_crossval(a.cv_dir, dest, dtype=None if a.fp32 else torch.float16,
+                            default=a.default, overwrite=a.overwrite)
+    except MambasegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from mambaseg.engine.ensemble import read_manifest
+
+    meta = read_manifest(out)["metadata"]
+    cv = meta["metrics"]["cv"]
+    lo, hi = cv["dice_patient_ci95"] or (float("nan"), float("nan"))
+    print(f"{out}: {cv['n_folds']}-fold ensemble of {meta['training'].get('model')}; OOF "
+          f"per-patient Dice {cv['dice_patient']:.4f} [{lo:.3f}, {hi:.3f}] over "
+          f"{cv['n_patients']} patients (post-processing: {cv['postprocess']}; from "
+          f"{meta['evaluated']}){'; the default shipped model' if meta['default'] else ''}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,6 +29,36 @@ def test_demo_segments_the_sample_with_the_shipped_model(tmp_path, capsys):
     assert cli.main(["demo", "-o", str(out), "--device", "cpu"]) == 0
 
 
+def test_demo_uses_a_shipped_ensemble_marked_default(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from mambaseg.engine.ensemble import save_ensemble
+    from mambaseg.models import create_model, pretrained
+
+    weights = tmp_path / "weights"
+    create_model("unet", features=(4, 8)).save_pretrained(
+        weights / "unet", metadata={"metrics": {"test": {"dice": 0.99}}})
+    members = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        members.append(create_model("unet", features=(4, 8)))
+    save_ensemble(weights / "unet_cv2", members, dtype=torch.float16,
+                  postprocess={"lcc": True, "min_volume": 0, "min_area": 0},
+                  metadata={"metrics": {"cv": {"dice_patient": 0.8312, "n_patients": 110,
+                                               "n_folds": 2}}, "default": True})
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights)
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "-o", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert ("using the shipped unet_cv2 weights: an ensemble of 2 unet models (the fold models "
+            "of a 2-fold cross-validation; out-of-fold per-patient Dice 0.8312 over 110 "
+            "patients)") in printed
+    assert "so this Dice is optimistic; the out-of-fold Dice 0.8312" in printed
+    summary = json.loads((out / "predictions" / "summary.json").read_text())
+    assert summary["checkpoint"] == "shipped:unet_cv2" and summary["dice"]["n"] == 62
+    assert len(_outputs(out)[0]) == 62
+
+
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import json
+import shutil
 import sys
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from mambaseg.errors import MambasegError
 from mambaseg.models import best_shipped, create_model, load_shipped, pretrained, shipped_models
+from mambaseg.models.pretrained import default_shipped
 
 
 @pytest.fixture
@@ -23,7 +25,13 @@ def weights_dir(tmp_path, monkeypatch):
 
 def test_package_ships_no_weights_yet_or_valid_ones():
     for name, info in shipped_models().items():
-        assert info["model_name"] == name
+        if info["kind"] == "ensemble":
+            assert name.startswith(info["model_name"] + "_") and info["members"] > 1
+            assert info["cv_dice"] is not None
+        else:
+            assert info["model_name"] == name and info["members"] == 1
+    flagged = [n for n, info in shipped_models().items() if info["default"]]
+    assert len(flagged) <= 1, f"several shipped weights say default: {flagged}"
 
 
 def test_shipped_models_empty(weights_dir):
@@ -54,6 +62,80 @@ def test_shipped_models_scan_load_and_best(weights_dir):
         load_shipped("unet")
 
 
+def _tiny_unet(seed):
+    torch.manual_seed(seed)
+    return create_model("unet", features=(4, 8))
+
+
+def _ensemble(root, name, cv_dice, default=None, seeds=(1, 2), postprocess=None):
+    from mambaseg.engine.ensemble import save_ensemble
+
+    meta = {"metrics": {"cv": {"dice_patient": cv_dice, "n_patients": 110,
+                               "n_folds": len(seeds)}},
+            "protocol": "crossval", "evaluated": f"results/cv/{name}/summary.json"}
+    if default is not None:
+        meta["default"] = default
+    return save_ensemble(root / name, [_tiny_unet(s) for s in seeds], metadata=meta,
+                         postprocess=postprocess, dtype=torch.float16)
+
+
+def test_shipped_ensembles_and_the_default(weights_dir):
+    from mambaseg.engine.ensemble import Ensemble
+    from mambaseg.engine.inference import load_shipped_model
+    from mambaseg.engine.postprocess import PostProcess
+
+    create_model("ulvm_unet").save_pretrained(weights_dir / "ulvm_unet",
+                                              metadata={"metrics": {"test": {"dice": 0.95}}})
+    _ensemble(weights_dir, "unet_cv2", 0.80, default=True,
+              postprocess=PostProcess(lcc=True, min_volume=500))
+    _ensemble(weights_dir, "unet_cv3", 0.85, seeds=(3, 4, 5))
+    shipped = shipped_models()
+    assert sorted(shipped) == ["ulvm_unet", "unet_cv2", "unet_cv3"]
+    info = shipped["unet_cv2"]
+    assert info["kind"] == "ensemble" and info["model_name"] == "unet" and info["members"] == 2
+    assert info["cv_dice"] == 0.80 and info["test_dice"] is None and info["default"] is True
+    assert info["num_parameters"] == sum(p.numel() for p in _tiny_unet(0).parameters())
+    assert info["weights_dtype"] == "float16"
+    assert shipped["ulvm_unet"]["kind"] == "checkpoint" and shipped["ulvm_unet"]["cv_dice"] is None
+    # the one marked default wins over a higher CV Dice and a higher test Dice
+    assert default_shipped() == best_shipped() == "unet_cv2"
+    ens = load_shipped("unet_cv2")
+    assert isinstance(ens, Ensemble) and len(ens.members) == 2 and not ens.training
+    assert ens.postprocess == PostProcess(lcc=True, min_volume=500)
+    assert all(p.dtype == torch.float32 for p in ens.parameters())
+    assert ens.metadata["metrics"]["cv"]["dice_patient"] == 0.80
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        want = sum(torch.sigmoid(m(x)) for m in ens.members) / 2
+        torch.testing.assert_close(torch.sigmoid(ens(x)), want, atol=1e-5, rtol=0)
+    assert isinstance(load_shipped_model(None), Ensemble)
+    assert isinstance(load_shipped_model("unet_cv3"), Ensemble)
+    # no flag: the highest CV Dice wins, over the higher test Dice of a single checkpoint
+    manifest = json.loads((weights_dir / "unet_cv2" / "ensemble.json").read_text())
+    manifest["metadata"]["default"] = False
+    (weights_dir / "unet_cv2" / "ensemble.json").write_text(json.dumps(manifest))
+    assert default_shipped() == "unet_cv3"
+    assert len(load_shipped_model(None).members) == 3
+    # no CV Dice anywhere: the highest test Dice, as before
+    shutil.rmtree(weights_dir / "unet_cv2")
+    shutil.rmtree(weights_dir / "unet_cv3")
+    assert default_shipped() == "ulvm_unet"
+
+
+def test_a_default_single_checkpoint_and_broken_ensembles(weights_dir):
+    create_model("ulvm_unet").save_pretrained(
+        weights_dir / "ulvm_unet", metadata={"metrics": {"test": {"dice": 0.5}}, "default": True})
+    _ensemble(weights_dir, "unet_cv2", 0.9)
+    assert default_shipped() == "ulvm_unet"
+    shutil.rmtree(weights_dir / "unet_cv2" / "fold_1")
+    (weights_dir / "bad").mkdir()
+    (weights_dir / "bad" / "ensemble.json").write_text("{not json")
+    with pytest.warns(UserWarning) as caught:
+        assert sorted(shipped_models()) == ["ulvm_unet"]
+    text = " ".join(str(w.message) for w in caught)
+    assert "member 'fold_1'" in text and "unreadable ensemble.json" in text
+
+
 def test_metric_lookup_accepts_common_layouts():
     assert pretrained.metric({"metadata": {"metrics": {"test": {"dice": 0.9}}}}) == 0.9
     assert pretrained.metric({"metadata": {"test_metrics": {"dice": 0.8}}}) == 0.8
@@ -79,8 +161,9 @@ def test_models_cli_table(weights_dir, capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["MODEL", "FAMILY", "PARAMS"]
-    row = next(line for line in lines if line.startswith("ulvm_unet "))
+    row = next(line for line in lines if line.startswith("ulvm_unet* "))   # * the default
     assert "49,457" in row and "multiple of 32" in row and "shipped" in row and "0.9012" in row
+    assert "* default of predict, segment() and demo: ulvm_unet, test Dice 0.9012" in out
     row = next(line for line in lines if line.startswith("resnet50 "))
     assert "42,909,633" in row and "resnet" in row
     assert "13 models, 1 with shipped trained weights" in out
@@ -94,6 +177,37 @@ def test_models_cli_json(weights_dir, capsys):
     assert by_name["umamba_bot"]["size_multiple"] == 16 and by_name["umamba_bot"]["family"] == "umamba"
     assert by_name["segformer"]["input_size"] == 224
     assert all(r["weights_shipped"] is False and r["test_dice"] is None for r in rows)
+
+
+def test_models_cli_lists_shipped_ensembles_and_the_default(weights_dir, capsys):
+    create_model("ulvm_unet").save_pretrained(weights_dir / "ulvm_unet",
+                                              metadata={"metrics": {"test": {"dice": 0.9012}}})
+    _ensemble(weights_dir, "unet_cv2", 0.8312, default=True)
+    assert _run_cli(["models"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].rstrip().endswith("TEST DICE  CV DICE")
+    names = [line.split()[0] for line in lines[1:15]]
+    assert names.index("unet_cv2*") == names.index("unet") + 1      # after its model's row
+    row = next(line for line in lines if line.startswith("unet_cv2*"))
+    params = sum(p.numel() for p in _tiny_unet(0).parameters())
+    assert f"2 x {params:,}" in row and "shipped" in row and "0.8312 (2-fold ensemble)" in row
+    assert row.split()[1] == "unet"                                  # the family
+    row = next(line for line in lines if line.startswith("ulvm_unet "))
+    assert "0.9012" in row and row.rstrip().endswith("-")
+    assert "13 models, 1 with shipped trained weights, 1 shipped ensemble" in out
+    assert ("* default of predict, segment() and demo: unet_cv2, OOF per-patient Dice 0.8312 "
+            "over 110 patients (2-fold cross-validation, results/cv/unet_cv2)") in out
+    assert _run_cli(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    ens = rows["unet_cv2"]
+    assert ens["kind"] == "ensemble" and ens["members"] == 2 and ens["cv_dice"] == 0.8312
+    assert ens["default"] is True and ens["model_name"] == "unet" and ens["family"] == "unet"
+    assert ens["num_parameters"] == params and ens["cv_folds"] == 2 and ens["cv_patients"] == 110
+    assert ens["weights_path"] == str(weights_dir / "unet_cv2")
+    assert rows["ulvm_unet"]["default"] is False and rows["ulvm_unet"]["cv_dice"] is None
+    assert rows["ulvm_unet"]["kind"] == "model" and rows["ulvm_unet"]["members"] == 1
+    assert rows["unet"]["weights_shipped"] is False and rows["unet"]["members"] is None
 
 
 def test_models_cli_help_has_example(capsys):

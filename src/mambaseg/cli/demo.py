@@ -1,6 +1,7 @@
 """`mambaseg demo`: segment the bundled LGG sample end to end and print the Dice.
 
-With shipped weights: segment the sample with the best shipped model (masks + overlays, Dice
+With shipped weights: segment the sample with the default shipped model (``models.pretrained.
+default_shipped``: possibly an ensemble of cross-validation fold models; masks + overlays, Dice
 against the sample's masks). With ``--train`` (or when the package ships no weights): first
 train a small model for a few epochs on the sample on the CPU, then segment with it.
 """
@@ -51,7 +52,7 @@ def _out_dir(path: str) -> tuple[Path, bool]:
 def run(args) -> int:
     from mambaseg.data.verify import verify_dataset
     from mambaseg.engine.predict import run_predict
-    from mambaseg.models.pretrained import best_shipped
+    from mambaseg.models.pretrained import default_shipped
 
     data = Path(args.data) if args.data else bundled_sample()
     if data is None:
@@ -63,12 +64,13 @@ def run(args) -> int:
     if not report.ok:
         raise MambasegError(f"{data} has problems; run 'mambaseg data verify {data}'")
 
-    checkpoint, model = None, best_shipped()
+    checkpoint, model, info = None, default_shipped(), None
     if args.train or model is None:
         checkpoint, model = _train(data, out, args), None
         print(f"trained {args.model} for {args.epochs} epochs: {checkpoint}")
     else:
-        print(f"using the shipped {model} weights")
+        info = _describe_shipped(model)
+        print(f"using the shipped {model} weights{info['about']}")
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()
     res = run_predict(data, out / "predictions", model=model, checkpoint=checkpoint,
@@ -81,7 +83,34 @@ def run(args) -> int:
               f"per-slice mean {dice['slice_mean']:.4f} over {dice['n']} slices")
         if checkpoint is not None:
             print("note: the model was trained on part of these slices, so this Dice is optimistic")
+        elif info and info["note"] and args.data is None:
+            print(info["note"])
     return res.exit_status
+
+
+def _describe_shipped(name: str) -> dict:
+    """``about``: what the shipped weights ``name`` are (appended to "using the shipped NAME
+    weights"); ``note``: why the sample's Dice is optimistic for a cross-validation ensemble
+    (its fold models were trained on every patient but one fold's), else None."""
+    from mambaseg.models.pretrained import shipped_models
+
+    info = shipped_models().get(name) or {}
+    about, note = "", None
+    if info.get("kind") == "ensemble":
+        k = info.get("members")
+        about = f": an ensemble of {k} {info['model_name']} models"
+        if info.get("cv_dice") is not None:
+            n = f" over {info['cv_patients']} patients" if info.get("cv_patients") else ""
+            folds = info.get("cv_folds") or k
+            about += (f" (the fold models of a {folds}-fold cross-validation; out-of-fold "
+                      f"per-patient Dice {info['cv_dice']:.4f}{n})")
+            note = (f"note: where the cross-validation's data held the sample's patients (the "
+                    f"full LGG dataset does), {folds - 1} of its {folds} fold models were "
+                    f"trained on each of them, so this Dice is optimistic; the out-of-fold Dice "
+                    f"{info['cv_dice']:.4f} estimates the Dice on new patients")
+    elif info.get("test_dice") is not None:
+        about = f" (test per-patient Dice {info['test_dice']:.4f})"
+    return {"about": about, "note": note}
 
 
 def _train(data: Path, out: Path, args) -> Path:

@@ -131,7 +131,10 @@ def resolve_postprocess(setting, model):
 
 
 def load_shipped_model(name: str | None = None, device: str | torch.device = "cpu"):
-    """Load the shipped weights of model ``name`` (the best shipped model when None).
+    """Load the shipped weights ``name`` (a model name, or a shipped ensemble such as
+    ``ulvm_unet_v6_cv5``, which loads as an ``Ensemble``); None: the default shipped model
+    (``models.pretrained.default_shipped``: the one marked default, else the best
+    cross-validated, else the best tested).
 
     Raises MambasegError for an unknown model name (listing the valid ones) or when no weights
     are shipped for it (saying to pass --checkpoint).
@@ -144,11 +147,13 @@ def load_shipped_model(name: str | None = None, device: str | torch.device = "cp
         if not shipped:
             raise MambasegError("no pretrained weights are shipped with this installation; "
                                 "pass --checkpoint DIR (a directory written by 'mambaseg train')")
-        name = pretrained.best_shipped() or shipped[0]
+        name = pretrained.default_shipped() or shipped[0]
     else:
         valid = list(list_models())
         if name not in valid and name not in shipped:
-            raise MambasegError(f"unknown model {name!r}; valid names: {', '.join(valid)}")
+            extra = [s for s in shipped if s not in valid]
+            raise MambasegError(f"unknown model {name!r}; valid names: {', '.join(valid)}"
+                                + (f" (shipped ensembles: {', '.join(extra)})" if extra else ""))
         if name not in shipped:
             have = ", ".join(shipped) if shipped else "none"
             raise MambasegError(f"no pretrained weights are shipped for {name!r} (shipped: "

@@ -40,10 +40,31 @@ __all__ = [
 def describe_models() -> list[dict]:
     """One row per registered model, for ``mambaseg models``: name, family, parameter count
     (None if the model cannot be built here, with the reason in ``note``), accepted input sizes,
-    default input size, and shipped weights with their test Dice."""
+    default input size, and shipped weights with their test Dice and cross-validation (OOF
+    per-patient) Dice. Shipped weights under another name than a model's (a shipped ensemble,
+    e.g. ``ulvm_unet_v6_cv5``) get their own row (``kind`` ``"ensemble"``, ``members`` fold
+    models of ``num_parameters`` each) after their model's row. ``default`` marks the shipped
+    weights that ``predict``, ``segment()`` and ``demo`` use when no model is named."""
     import torch
 
+    from mambaseg.models.pretrained import default_shipped
+
     shipped = shipped_models()
+    default = default_shipped() if shipped else None
+
+    def weights(info, name):
+        return {
+            "weights_shipped": info is not None,
+            "test_dice": info["test_dice"] if info else None,
+            "cv_dice": info["cv_dice"] if info else None,
+            "cv_patients": info["cv_patients"] if info else None,
+            "cv_folds": info["cv_folds"] if info else None,
+            "members": info["members"] if info else None,
+            "evaluated": info["evaluated"] if info else None,
+            "default": info is not None and name == default,
+            "weights_path": str(info["path"]) if info else None,
+        }
+
     rows = []
     for name in list_models():
         note = None
@@ -58,15 +79,44 @@ def describe_models() -> list[dict]:
         info = shipped.get(name)
         rows.append({
             "name": name,
+            "kind": "model",
             "family": model_family(name),
             "description": get_entry(name).description,
+            "model_name": name,
             "num_parameters": params,
             "size_multiple": multiple,
             "min_size": smallest,
             "input_size": size,
-            "weights_shipped": info is not None,
-            "test_dice": info["test_dice"] if info else None,
-            "weights_path": str(info["path"]) if info else None,
+            **weights(info, name),
             "note": note,
         })
+    by_model = {r["name"]: r for r in rows}
+    for name, info in shipped.items():
+        if name in by_model:
+            continue
+        base = by_model.get(info["model_name"])
+        pre = info.get("preprocessing") or {}
+        k = info["members"]
+        kind = "ensemble" if info["kind"] == "ensemble" else "checkpoint"
+        row = {
+            "name": name,
+            "kind": kind,
+            "family": base["family"] if base else None,
+            "description": (f"{k}-model ensemble of {info['model_name']}"
+                            + (f" (the fold models of a {info['cv_folds']}-fold "
+                               "cross-validation)" if info["cv_folds"] else "")
+                            if kind == "ensemble" else f"trained {info['model_name']}"),
+            "model_name": info["model_name"],
+            "num_parameters": info["num_parameters"],
+            "size_multiple": pre.get("size_multiple", base["size_multiple"] if base else None),
+            "min_size": pre.get("min_size", base["min_size"] if base else None),
+            "input_size": pre.get("input_size", base["input_size"] if base else None),
+            **weights(info, name),
+            "note": None if base else f"its model {info['model_name']!r} is not registered "
+                                      "in this version of mambaseg",
+        }
+        at = rows.index(base) + 1 if base else len(rows)
+        while at < len(rows) and rows[at]["kind"] != "model":
+            at += 1
+        rows.insert(at, row)
     return rows

@@ -1,8 +1,15 @@
-"""Trained weights shipped inside the package, under ``mambaseg/weights/<model_name>/``.
+"""Trained weights shipped inside the package, under ``mambaseg/weights/<name>/``.
 
-Each folder is a checkpoint directory (``config.json`` + ``model.safetensors``, usually fp16)
-whose config ``metadata`` holds the test metrics, conventionally
-``{"metrics": {"test": {"dice": 0.91, "iou": 0.84, ...}}, ...}``.
+Each folder is either a checkpoint directory (``config.json`` + ``model.safetensors``, usually
+fp16) whose config ``metadata`` holds the test metrics, conventionally
+``{"metrics": {"test": {"dice": 0.91, "iou": 0.84, ...}}, ...}``, or an ensemble folder
+(``ensemble.json`` + one checkpoint folder per member; see ``engine.ensemble`` and
+``engine.ship``) whose manifest ``metadata`` holds the out-of-fold cross-validation metrics,
+``{"metrics": {"cv": {"dice_patient": 0.83, "n_patients": 110, "n_folds": 5, ...}}, ...}``.
+
+The default shipped model (the one ``predict``, ``segment()`` and ``demo`` use when none is
+named; ``default_shipped``) is the entry whose metadata says ``"default": true``; else the one
+with the highest cross-validation Dice; else the one with the highest test Dice.
 """
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ from mambaseg.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, from_pretraine
 
 #: where shipped weights live (a module attribute so tests can point it elsewhere)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+#: the manifest of an ensemble folder (``engine.ensemble.MANIFEST``)
+ENSEMBLE_MANIFEST = "ensemble.json"
 
 
 def metric(config: dict, name: str = "dice", split: str = "test") -> float | None:
@@ -36,49 +45,153 @@ def metric(config: dict, name: str = "dice", split: str = "test") -> float | Non
     return None
 
 
+def _cv(meta: dict) -> dict:
+    table = (meta.get("metrics") or {}).get("cv") if isinstance(meta, dict) else None
+    return table if isinstance(table, dict) else {}
+
+
+def _read_checkpoint(folder: Path) -> dict | None:
+    """A checkpoint folder's config (None, with a warning naming it, when unusable)."""
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not (config_path.is_file() and weights_path.is_file()):
+        return None
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(config["model_name"], str):
+            raise TypeError("model_name is not a string")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"ignoring shipped weights {folder}: unreadable {CONFIG_NAME} ({exc})",
+                      stacklevel=3)
+        return None
+    return config
+
+
+def _entry(folder: Path, config: dict, meta: dict, members: int) -> dict[str, Any]:
+    cv = _cv(meta)
+    cv_dice = cv.get("dice_patient", cv.get("dice"))
+    return {
+        "path": folder,
+        "kind": "ensemble" if members > 1 or (folder / ENSEMBLE_MANIFEST).is_file()
+        else "checkpoint",
+        "model_name": config["model_name"],
+        "test_dice": metric({"metadata": meta}, "dice"),
+        "cv_dice": float(cv_dice) if isinstance(cv_dice, (int, float)) else None,
+        "cv_patients": cv.get("n_patients"),
+        "cv_folds": cv.get("n_folds"),
+        "metrics": meta.get("metrics", {}),
+        "num_parameters": config.get("num_parameters"),
+        "members": members,
+        "weights_dtype": config.get("weights_dtype"),
+        "preprocessing": config.get("preprocessing") or {},
+        "default": meta.get("default") is True,
+        "evaluated": meta.get("evaluated"),
+    }
+
+
+def _ensemble_entry(folder: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((folder / ENSEMBLE_MANIFEST).read_text(encoding="utf-8"))
+        members = manifest["members"]
+        if manifest.get("format") != "mambaseg-ensemble" or not isinstance(members, list) \
+                or not members or not all(isinstance(m, str) and m for m in members):
+            raise ValueError("not a mambaseg ensemble manifest with a list of members")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"ignoring shipped ensemble {folder}: unreadable {ENSEMBLE_MANIFEST} "
+                      f"({exc})", stacklevel=3)
+        return None
+    configs = []
+    for m in members:
+        config = _read_checkpoint(folder / m)
+        if config is None:
+            warnings.warn(f"ignoring shipped ensemble {folder}: member {m!r} is not a "
+                          f"checkpoint folder ({CONFIG_NAME} + {WEIGHTS_NAME})", stacklevel=3)
+            return None
+        configs.append(config)
+    names = list(dict.fromkeys(c["model_name"] for c in configs))
+    first = dict(configs[0], model_name="+".join(names))
+    meta = manifest.get("metadata") if isinstance(manifest.get("metadata"), dict) else {}
+    entry = _entry(folder, first, meta, len(members))
+    entry["postprocess"] = manifest.get("postprocess")
+    return entry
+
+
 def shipped_models(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """Shipped checkpoints by model name: ``{name: {"path", "model_name", "test_dice", "metrics",
-    "num_parameters", "weights_dtype"}}`` (empty when the package ships none)."""
+    """Shipped weights by folder name: ``{name: {"path", "kind" ("checkpoint" or "ensemble"),
+    "model_name", "test_dice", "cv_dice", "cv_patients", "cv_folds", "metrics",
+    "num_parameters" (of one member), "members" (1 for a checkpoint), "weights_dtype",
+    "preprocessing", "default", "evaluated"}}`` (empty when the package ships none). ``cv_dice``
+    is the out-of-fold per-patient Dice of a cross-validation (``metadata.metrics.cv.dice_patient``),
+    ``test_dice`` a held-out test Dice (``metadata.metrics.test.dice``); None when not recorded.
+    """
     root = Path(root) if root is not None else WEIGHTS_DIR
     found: dict[str, dict[str, Any]] = {}
     if not root.is_dir():
         return found
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        if not (config_path.is_file() and weights_path.is_file()):
-            continue
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            model_name = config["model_name"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"ignoring shipped weights {folder}: unreadable {CONFIG_NAME} ({exc})", stacklevel=2)
-            continue
-        meta = config.get("metadata") or {}
-        found[folder.name] = {
-            "path": folder,
-            "model_name": model_name,
-            "test_dice": metric(config, "dice"),
-            "metrics": meta.get("metrics", {}),
-            "num_parameters": config.get("num_parameters"),
-            "weights_dtype": config.get("weights_dtype"),
-        }
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (folder / ENSEMBLE_MANIFEST).is_file():
+            entry = _ensemble_entry(folder)
+        else:
+            config = _read_checkpoint(folder)
+            entry = _entry(folder, config, config.get("metadata") or {}, 1) \
+                if config is not None else None
+        if entry is not None:
+            found[folder.name] = entry
     return found
 
 
 def load_shipped(name: str, root: str | Path | None = None, **kwargs):
-    """The model ``name`` with its shipped trained weights (fp32, eval mode); ``kwargs`` go to
-    ``from_pretrained`` (``dtype``, ``device``, ``scan_backend``...)."""
+    """The shipped model ``name`` with its trained weights (fp32, eval mode): a model, or an
+    ``engine.ensemble.Ensemble`` for a shipped ensemble (carrying its recommended
+    ``postprocess``). ``kwargs`` go to ``from_pretrained`` (``dtype``, ``device``,
+    ``scan_backend``...; for an ensemble, to each member's)."""
     shipped = shipped_models(root)
     if name not in shipped:
         available = ", ".join(shipped) or "none"
         raise MambasegError(f"no trained weights are shipped for model {name!r} (shipped: {available}); "
                             f"train one with 'mambaseg train' or load a checkpoint directory")
-    return from_pretrained(shipped[name]["path"], **kwargs)
+    path = shipped[name]["path"]
+    if shipped[name]["kind"] != "ensemble":
+        return from_pretrained(path, **kwargs)
+    from mambaseg.engine import ensemble  # lazily: engine imports models
+
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    if not kwargs:
+        model = ensemble.load_ensemble(path, device or "cpu")
+    else:  # model overrides (e.g. scan_backend) for every member
+        from mambaseg.engine.postprocess import PostProcess
+
+        manifest = ensemble.read_manifest(path)
+        members = [from_pretrained(path / m, **kwargs) for m in manifest["members"]]
+        pp = manifest.get("postprocess")
+        model = ensemble.Ensemble(members, [str(path / m) for m in manifest["members"]],
+                                  PostProcess.from_dict(pp) if pp else None,
+                                  manifest.get("metadata") or {})
+        if device is not None:
+            model = model.to(device)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return model.eval()
 
 
-def best_shipped(root: str | Path | None = None) -> str | None:
-    """Name of the shipped model with the highest test Dice (None if none is shipped or none
-    records a test Dice)."""
-    scored = [(info["test_dice"], name) for name, info in shipped_models(root).items()
-              if info["test_dice"] is not None]
-    return max(scored)[1] if scored else None
+def default_shipped(root: str | Path | None = None) -> str | None:
+    """Name of the default shipped model (``predict``, ``segment()`` and ``demo`` use it when no
+    model is named): the entry whose metadata says ``"default": true`` (the one with the
+    highest cross-validation Dice if several do), else the entry with the highest
+    cross-validation Dice, else the one with the highest test Dice; None when none qualifies."""
+    shipped = shipped_models(root)
+
+    def top(names, key):
+        scored = [(shipped[n][key], n) for n in names if shipped[n][key] is not None]
+        return max(scored)[1] if scored else None
+
+    flagged = [n for n, info in shipped.items() if info["default"]]
+    if len(flagged) > 1:
+        warnings.warn(f"several shipped models say \"default\": true ({', '.join(flagged)}); "
+                      "using the one with the highest cross-validation Dice", stacklevel=2)
+    if flagged:
+        return top(flagged, "cv_dice") or top(flagged, "test_dice") or flagged[0]
+    return top(shipped, "cv_dice") or top(shipped, "test_dice")
+
+
+#: the former name of ``default_shipped`` (it ranked by test Dice only)
+best_shipped = default_shipped
