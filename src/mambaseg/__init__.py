@@ -6,7 +6,7 @@ Public API::
     mambaseg.list_models()
     model = mambaseg.create_model("ulvm_unet", in_channels=3, num_classes=1)
     model = mambaseg.from_pretrained("path/to/checkpoint_dir")
-    masks = mambaseg.segment(["slice.tif"])  # with the best shipped model
+    masks = mambaseg.segment(["slice.tif"])  # with the default shipped model
 """
 __version__ = "0.1.0"
 

@@ -27,7 +27,7 @@ def register(sub) -> None:
                    help="folder to write into (created; must not be inside INPUT)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="NAME", help="use the shipped weights of this model "
-                     "(default: the best shipped model)")
+                     "(default: the default shipped model, see 'mambaseg models')")
     src.add_argument("--checkpoint", type=Path, metavar="DIR", nargs="+",
                      help="checkpoint directory written by 'mambaseg train', or ensemble "
                      "folder; several: average their probabilities (an ensemble)")

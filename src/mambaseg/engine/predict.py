@@ -125,7 +125,7 @@ def _inside(child: Path, parent: Path) -> bool:
 def get_model(model=None, checkpoint=None, device="cpu"):
     """The model to segment with: a module as given, a checkpoint directory (or ensemble folder;
     a list of them: their ``Ensemble``), the shipped weights of a model name, or (nothing given)
-    the best shipped model. A string ``model`` naming an existing directory is taken as a
+    the default shipped model. A string ``model`` naming an existing directory is taken as a
     checkpoint."""
     if model is not None and checkpoint is not None:
         raise MambasegError("pass either --model NAME or --checkpoint DIR, not both")
@@ -146,7 +146,11 @@ def _checkpoint_label(model, checkpoint, net) -> str:
         return "in-memory"
     if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
         return str(model)
-    return f"shipped:{model if model is not None else model_name(net)}"
+    if model is None:
+        from mambaseg.models.pretrained import default_shipped
+
+        model = default_shipped() or model_name(net)
+    return f"shipped:{model}"
 
 
 # ----------------------------------------------------------------------------- images
@@ -421,12 +425,14 @@ def segment(images_or_paths, model=None, threshold: float = 0.5, device: str = "
     """Segment images: returns uint8 (H, W) masks in {0, 1}, one per input (each the input's size).
 
     ``images_or_paths``: a path, an (H, W) / (H, W, C) array (uint8, or float in [0, 1]), or a
-    list of those; a single input gives a single mask. ``model``: None (the best shipped
+    list of those; a single input gives a single mask. ``model``: None (the default shipped
     model), a model name (its shipped weights), a checkpoint directory or ensemble folder, or a
     loaded model. ``return_probs=True`` returns float32 probabilities instead of masks;
     ``rescale=False`` runs the model at each image's own scale (zero padding only) instead of
     its training scale. ``postprocess`` (a PostProcess; None: none) is applied to the masks of
-    all inputs as one patient's slices, in the order given.
+    all inputs as one patient's slices, in the order given; unlike ``mambaseg predict``, which
+    groups slices by patient and applies the model's recommended post-processing, ``segment``
+    cannot know that its inputs are one patient, so it applies none unless asked.
     """
     single = isinstance(images_or_paths, (str, os.PathLike, np.ndarray, torch.Tensor))
     inputs = [images_or_paths] if single else list(images_or_paths)
