@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from mambaseg.cli import main
+from toy_data import Bright
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lgg-sample"
 
@@ -286,17 +287,6 @@ def test_checkpoints_of_different_input_sizes_are_refused(tmp_path, capsys, ckpt
 
 # ----------------------------------------------------------------------------- post-processing
 
-class Bright(torch.nn.Module):
-    """Tumour where channel 0 is bright."""
-
-    in_channels = 3
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.ones(()))
-
-    def forward(self, x):
-        return (x[:, :1] - 0.5) * 40 * self.w
 
 
 def _slice(path: Path, box) -> Path:

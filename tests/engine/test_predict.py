@@ -12,21 +12,11 @@ from PIL import Image
 
 from mambaseg.engine import predict as P
 from mambaseg.errors import DataError, MambasegError
+from toy_data import Bright
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lgg-sample"
 
 
-class Bright(torch.nn.Module):
-    """Predicts tumour where channel 0 is bright; has no valid_size (multiples of 32)."""
-
-    in_channels = 3
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.ones(()))
-
-    def forward(self, x):
-        return (x[:, :1] - 0.5) * 40 * self.w
 
 
 def _rgb(h, w, bright=None):

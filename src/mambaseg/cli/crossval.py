@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from mambaseg.cli._common import add_command
-from mambaseg.cli.train import add_training_options, config_from_args
+from mambaseg.cli.train import add_model_and_data, add_training_options, config_from_args
 
 
 def register(sub) -> None:
@@ -20,9 +20,7 @@ def register(sub) -> None:
         "per-fold table) with and without post-processing.",
         "mambaseg crossval --model ulvm_unet_v6 --data examples/lgg-sample --folds 3 "
         "--epochs 1 --batch-size 4 --device cpu -o runs/cv-demo")
-    p.add_argument("--model", help="model name (see 'mambaseg models'); optional with --resume")
-    p.add_argument("--data", type=Path, help="dataset folder (kaggle_3m, its parent or a folder of "
-                   "image/mask pairs); optional with --resume")
+    add_model_and_data(p)
     p.add_argument("--folds", type=int, help="number of folds (default 5)")
     p.add_argument("--split", metavar="FILE", help="a K-fold split file to use instead of a new "
                    "split ('mambaseg data split PATH --split patient --folds K -o FILE')")

@@ -20,9 +20,7 @@ def register(sub) -> None:
         "global batch, split over the N processes).",
         "mambaseg train --model unet --data ~/data/lgg --split paper --preset paper "
         "--out runs/unet")
-    p.add_argument("--model", help="model name (see 'mambaseg models'); optional with --resume")
-    p.add_argument("--data", type=Path, help="dataset folder (kaggle_3m, its parent or a folder of "
-                   "image/mask pairs); optional with --resume")
+    add_model_and_data(p)
     p.add_argument("--split", help="paper (default), patient, or a split JSON file")
     p.add_argument("--fold", type=int, help="fold of a K-fold split file")
     p.add_argument("--split-seed", type=int, help="seed of the paper/patient split (default 37)")
@@ -33,6 +31,13 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run)
+
+
+def add_model_and_data(p: argparse.ArgumentParser) -> None:
+    """--model and --data, optional when resuming (`train` and `crossval`)."""
+    p.add_argument("--model", help="model name (see 'mambaseg models'); optional with --resume")
+    p.add_argument("--data", type=Path, help="dataset folder (kaggle_3m, its parent or a folder of "
+                   "image/mask pairs); optional with --resume")
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
