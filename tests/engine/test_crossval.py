@@ -16,6 +16,8 @@ from mambaseg.engine.evaluate import METRIC_KEYS, load_predictions
 from mambaseg.engine.oof import CANDIDATES, score_variants
 from mambaseg.engine.postprocess import PostProcess
 
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lgg-sample"
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--model", "ulvm_unet_v2", "--preset", "recommended", "--epochs", "1",
@@ -29,7 +31,6 @@ def _cv(*args: str) -> int:
 @pytest.fixture(scope="module")
 def cv_dir(tmp_path_factory) -> Path:
     """One finished 3-fold cross-validation of the sample, shared by the tests that only read."""
-    from conftest import SAMPLE
 
     out = tmp_path_factory.mktemp("cv") / "v2"
     assert _cv(*TINY, "--data", str(SAMPLE), "--folds", "3", "-o", str(out)) == 0

@@ -16,6 +16,8 @@ from mambaseg.engine.inference import load_checkpoint, predict_probs
 from mambaseg.engine.ship import default_name, fold_checkpoints, ship_crossval
 from mambaseg.errors import MambasegError
 
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lgg-sample"
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +27,6 @@ TINY = ["--model", "ulvm_unet_v2", "--preset", "recommended", "--epochs", "1",
 
 @pytest.fixture(scope="module")
 def cv_dir(tmp_path_factory) -> Path:
-    from conftest import SAMPLE
 
     out = tmp_path_factory.mktemp("cv") / "ulvm_unet_v2"
     assert main(["crossval", *TINY, "--data", str(SAMPLE), "--folds", "3", "-o", str(out)]) == 0
