@@ -24,7 +24,7 @@ EPOCHS=${EPOCHS:-}             # set only to shorten every run (a smoke test)
 ablation() {  # NAME ARGS...: ulvm_unet_v6 on fold 0, 15 epochs, scored on its validation part
   local name=$1; shift
   $ms train --model ulvm_unet_v6 --data "$DATA" --split "$CV/split5.json" --fold 0 \
-    --preset recommended --epochs "${EPOCHS:-15}" --out "$CV/ablation/$name" --overwrite \
+    --preset recommended --epochs "${EPOCHS:-15}" -o "$CV/ablation/$name" --overwrite \
     --no-progress "$@" > "$CV/logs/ablation_$name.log" 2>&1
 }
 

@@ -33,9 +33,35 @@ def test_verify_broken_copy_exits_1(sample_root, tmp_path, capsys):
     assert "2 problem(s)" in err
 
 
-def test_verify_missing_folder_exits_1(tmp_path, capsys):
-    assert cli.main(["data", "verify", str(tmp_path / "nowhere")]) == 1
-    assert "nowhere: folder does not exist" in capsys.readouterr().out
+def test_verify_missing_or_file_path_is_a_usage_error(tmp_path, capsys):
+    # exit status 1 is kept for "the check found problems"; a PATH that is not there is 2
+    assert cli.main(["data", "verify", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mambaseg data: error: ") and "nowhere: folder does not exist" in err
+    (tmp_path / "file.txt").write_text("x")
+    assert cli.main(["data", "verify", str(tmp_path / "file.txt")]) == 2
+    assert "file.txt: not a folder" in capsys.readouterr().err
+
+
+def test_verify_empty_folder_is_a_problem_found(tmp_path, capsys):
+    assert cli.main(["data", "verify", str(tmp_path)]) == 1
+    assert "folder is empty" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_split_seed_and_its_old_spelling(sample_root, tmp_path, capsys, old):
+    out = tmp_path / "split.json"
+    flag = "--seed" if old else "--split-seed"
+    assert cli.main(["data", "split", str(sample_root), "--split", "patient", flag, "1",
+                     "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert ("note: --seed is deprecated; use --split-seed" in err) == old
+    from mambaseg.data.layout import find_slices
+    from mambaseg.data.splits import make_split
+
+    assert json.loads(out.read_text()) == make_split(find_slices(sample_root), "patient", seed=1)
+    assert cli.main(["data", "stats", str(sample_root), "--split", "patient", flag, "1"]) == 0
+    assert ("note: --seed is deprecated" in capsys.readouterr().err) == old
 
 
 def test_stats_prints_table_and_writes_png(sample_root, tmp_path, capsys):

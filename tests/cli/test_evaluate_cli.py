@@ -116,6 +116,57 @@ def test_split_and_data_default_to_the_training_run(dataset, ckpt, capsys):
     assert s["split"] == str(split) and s["n_slices"] == 10
 
 
+def _run_dir(tmp_path, data, split, checkpoint=None) -> Path:
+    """A training run folder: the run's config.json, and last/ and best/ of different weights."""
+    from mambaseg.models import create_model
+
+    run_dir = tmp_path / "run"
+    for seed, name in ((1, "last"), (2, "best")):
+        torch.manual_seed(seed)
+        create_model("unet", features=(4, 8)).save_pretrained(run_dir / name)
+    cfg = {"model": "unet", "data": str(data), "split": str(split), "split_seed": None}
+    if checkpoint:
+        cfg["checkpoint"] = checkpoint
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    return run_dir
+
+
+def test_checkpoint_run_dir_uses_its_best(dataset, capsys, tmp_path):
+    data, split = dataset
+    run_dir = _run_dir(tmp_path, data, split)
+    code, _, err = run(capsys, "--checkpoint", run_dir, "--device", "cpu")
+    assert code == 0
+    assert f"note: {run_dir} is a training run: using its checkpoint {run_dir / 'best'}" in err
+    s = json.loads((run_dir / "best" / "summary.json").read_text())   # the default output
+    assert s["checkpoint"] == str(run_dir / "best") and s["n_slices"] == 10
+    assert s["split"] == str(split)                                     # the run's settings
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "last" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("amp", [["--amp", "bf16"], ["--amp"], ["--amp", "off"], []])
+def test_amp_option(dataset, ckpt, capsys, amp):
+    data, split = dataset
+    code, _, err = run(capsys, "--checkpoint", ckpt, "--data", data, "--split", split,
+                       "--device", "cpu", *amp)
+    assert code == 0
+    assert ("--amp without a value is deprecated" in err) == (amp == ["--amp"])
+    s = json.loads((ckpt / "summary.json").read_text())
+    assert s["amp"] is (amp[:1] == ["--amp"] and amp[1:] != ["off"])
+
+
+def test_resolve_run_dir(dataset, tmp_path):
+    from mambaseg.engine.inference import checkpoint_list, resolve_run_dir
+
+    data, split = dataset
+    run_dir = _run_dir(tmp_path, data, split, checkpoint="last")    # the run evaluates last/
+    assert resolve_run_dir(run_dir) == run_dir / "last"
+    assert checkpoint_list(str(run_dir)) == [run_dir / "last"]
+    for other in (run_dir / "best", tmp_path / "nope", tmp_path):      # left as they are
+        assert resolve_run_dir(other) == other
+    with pytest.raises(Exception, match="given twice"):
+        checkpoint_list([run_dir, run_dir / "last"])
+
+
 # ----------------------------------------------------------------------------- user errors
 
 def test_data_missing_or_empty(ckpt, capsys, tmp_path):
@@ -165,9 +216,10 @@ def test_unknown_model_and_missing_split_part(dataset, capsys, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_asked_for_without_cuda(dataset, ckpt, capsys):
     data, split = dataset
-    code, _, err = run(capsys, "--checkpoint", ckpt, "--data", data, "--split", split,
-                       "--device", "cuda")
-    assert code == 2 and "CUDA is not available" in err
+    with pytest.raises(SystemExit) as exc:                # refused while parsing the options
+        run(capsys, "--checkpoint", ckpt, "--data", data, "--split", split, "--device", "cuda")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "CUDA is not available" in err
     assert not (ckpt / "summary.json").exists()
 
 

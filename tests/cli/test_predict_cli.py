@@ -213,10 +213,24 @@ def test_output_dir_not_writable(tmp_path, capsys, ckpt):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_asked_for_without_cuda(tmp_path, capsys, ckpt):
     img = _png(tmp_path / "in" / "s.png")
-    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", ckpt,
-                       "--device", "cuda")
-    assert code == 2 and "CUDA is not available" in err
+    with pytest.raises(SystemExit) as exc:                # refused while parsing the options
+        run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", ckpt, "--device", "cuda")
+    assert exc.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_run_dir_uses_its_best(tmp_path, capsys, ckpt):
+    run_dir = tmp_path / "run"
+    shutil.copytree(ckpt, run_dir / "best")
+    shutil.copytree(ckpt, run_dir / "last")
+    (run_dir / "config.json").write_text(json.dumps({"model": "unet", "checkpoint": "best"}))
+    img = _png(tmp_path / "in" / "s.png")
+    code, _, err = run(capsys, "-i", img, "-o", tmp_path / "out", "--checkpoint", run_dir,
+                       "--device", "cpu")
+    assert code == 0
+    assert f"note: {run_dir} is a training run: using its checkpoint {run_dir / 'best'}" in err
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["checkpoint"] == str(run_dir / "best")
 
 
 # ----------------------------------------------------------------------------- shipped weights

@@ -26,7 +26,7 @@ def toy(tmp_path_factory) -> Path:
 
 
 def _args(data, out, *extra) -> list[str]:
-    return ["train", "--model", "ulvm_unet", "--data", str(data), "--out", str(out),
+    return ["train", "--model", "ulvm_unet", "--data", str(data), "-o", str(out),
             "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress", *extra]
 
 
@@ -77,7 +77,11 @@ def test_resume_without_checkpoint(toy, tmp_path, capsys):
 def test_cuda_without_a_gpu(toy, tmp_path, capsys):
     argv = _args(toy, tmp_path / "run")
     argv[argv.index("cpu")] = "cuda"
-    _fails(capsys, argv, "--device cuda", "no CUDA GPU")
+    with pytest.raises(SystemExit) as exc:                # refused while parsing the options
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--device cuda" in err and "no CUDA GPU" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_model_lists_the_valid_ones(toy, tmp_path, capsys):

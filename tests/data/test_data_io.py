@@ -149,3 +149,80 @@ def test_tiff_compressions_read(tmp_path, compression):
 def test_png_behind_tif_name(tmp_path):
     Image.fromarray(np.full((5, 6), 255, np.uint8)).save(tmp_path / "m_mask.tif", format="PNG")
     assert read_mask(tmp_path / "m_mask.tif").sum() == 30
+
+
+# ----------------------------------------------------------------------------- no silent garbage
+
+def _nan_tiff(path: Path) -> Path:
+    """A float32 TIFF, values in [0, 1], with a 20x20 NaN patch and one +Inf pixel."""
+    arr = np.random.default_rng(0).random((32, 32), dtype=np.float32)
+    arr[4:24, 4:24] = np.nan
+    arr[30, 30] = np.inf
+    tifffile.imwrite(path, arr)
+    return path
+
+
+def test_non_finite_pixels_are_refused_naming_the_file(tmp_path):
+    from mambaseg.data.io import NonFiniteError
+
+    path = _nan_tiff(tmp_path / "nan.tif")
+    with pytest.raises(NonFiniteError) as err:
+        read_image(path)
+    assert str(err.value) == f"{path}: non-finite pixels (NaN/Inf): 401 of 1024"
+    assert isinstance(err.value, DataError) and err.value.count == 401
+
+
+def test_nan_policy_zero_replaces_them_before_rescaling(tmp_path):
+    path = _nan_tiff(tmp_path / "nan.tif")
+    img, note = read_image_noted(path, nan_policy="zero")
+    assert note.startswith("401 non-finite pixel(s) (NaN/Inf) replaced by 0; float32 pixels "
+                           "rescaled from [0, ")
+    assert (img[4:24, 4:24] == 0).all() and img[30, 30, 0] == 0
+    assert img.max() == 255  # the range comes from the finite pixels, not [nan, nan]
+    with pytest.raises(ValueError):
+        read_image(path, nan_policy="ignore")
+
+
+def test_multi_page_tiff_is_refused_not_truncated(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((4, 16, 16), np.uint8), photometric="minisblack")
+    with pytest.raises(DataError, match=r"stack.tif: multi-page image \(4 pages\): mambaseg "
+                                        r"reads single 2-D slices"):
+        read_image(path)
+    with pytest.raises(DataError, match=r"multi-page image \(4 pages\)"):
+        read_mask(path)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp"])
+def test_animated_image_is_refused(tmp_path, suffix):
+    frames = [Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)) for i in range(3)]
+    path = tmp_path / f"anim{suffix}"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.raises(DataError, match=r"anim\.\w+: multi-frame image \(3 frames\)"):
+        read_image(path)
+
+
+def test_too_many_pixels_refused_from_the_header(tmp_path, monkeypatch):
+    import warnings
+
+    from mambaseg.data import io
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((300, 200), np.uint8)).save(path)
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((300, 200), np.uint8))
+    monkeypatch.setattr(io, "DECODE_LIMIT", 50_000)
+    for p in (path, tmp_path / "big.tif"):
+        with pytest.raises(DataError, match=r"big\.\w+: image is 200 x 300 .*more than mambaseg "
+                                            "decodes"):
+            read_image(p)
+    assert io.image_size(path) == (300, 200)
+    # Pillow's own bomb check (a lowered MAX_IMAGE_PIXELS) becomes a DataError, no warning
+    monkeypatch.setattr(io, "DECODE_LIMIT", 10**9)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning escaping would fail the test
+        with pytest.raises(DataError, match=r"big.png: image has more pixels than mambaseg"):
+            read_image(path)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)  # 60,000: Pillow would warn
+        assert read_image(path).shape == (300, 200, 3)
+        assert io.image_size(path) == (300, 200)

@@ -93,3 +93,31 @@ def test_every_problem_reported_at_once(sample_copy):
     assert len(report.problems) == 4
     for n in ("_3.tif", "_4_mask.tif", "_5.tif", "_8.tif"):
         assert any(f"{P}{n}" in p for p in report.problems), (n, report.problems)
+
+
+def test_non_finite_multi_page_and_more_listed_at_once(sample_copy):
+    nan = np.random.default_rng(0).random((256, 256, 3), dtype=np.float32)
+    nan[20:40, 20:40] = np.nan
+    tifffile.imwrite(_file(sample_copy, 3), nan, photometric="rgb")
+    tifffile.imwrite(_file(sample_copy, 4), np.zeros((4, 256, 256), np.uint8),
+                     photometric="minisblack")
+    tifffile.imwrite(_file(sample_copy, 5, mask=True), np.zeros((2, 256, 256), np.uint8),
+                     photometric="minisblack")
+    problems = verify_dataset(sample_copy, progress=False).problems
+    assert sorted(problems) == sorted([
+        f"{_file(sample_copy, 3)}: non-finite pixels (NaN/Inf): 400 of 65536",
+        f"{_file(sample_copy, 3)}: image pixels are float32, expected uint8",
+        f"{_file(sample_copy, 4)}: multi-page image (4 pages): mambaseg reads single 2-D slices",
+        f"{_file(sample_copy, 5, mask=True)}: multi-page image (2 pages): mambaseg reads single "
+        "2-D slices"])
+
+
+def test_verify_cli_lists_non_finite_pixels(sample_copy, capsys):
+    from mambaseg.cli import main
+
+    nan = np.zeros((256, 256, 3), np.float32)
+    nan[0, 0, 1] = np.inf
+    tifffile.imwrite(_file(sample_copy, 3), nan, photometric="rgb")
+    assert main(["data", "verify", str(sample_copy), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert f"{_file(sample_copy, 3)}: non-finite pixels (NaN/Inf): 1 of 65536" in out

@@ -114,7 +114,9 @@ def test_missing_runs_and_inputs_are_reported_not_fatal(tmp_path, cli):
 
 def test_empty_results_folder(tmp_path, cli):
     (tmp_path / "empty").mkdir()
-    assert cli(["report", str(tmp_path / "empty")]) == 0
+    assert cli(["report", str(tmp_path / "empty")]) == 2        # the command: nothing to report
+    assert not (tmp_path / "empty" / "README.md").exists()
+    make_report(tmp_path / "empty")                              # the function: empty rows
     readme = (tmp_path / "empty" / "README.md").read_text()
     assert "0 of 13 models have results" in readme
     assert readme.count("not run") >= 13

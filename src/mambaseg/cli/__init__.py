@@ -12,7 +12,8 @@ import sys
 from mambaseg.errors import MambasegError
 
 #: subcommands in the order `mambaseg --help` lists them
-SUBCOMMANDS = ("demo", "data", "models", "train", "crossval", "evaluate", "compare", "predict", "report")
+SUBCOMMANDS = ("demo", "data", "models", "train", "crossval", "evaluate", "compare", "predict",
+               "export", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,9 @@ from mambaseg.cli._common import add_command
 
 def register(sub) -> None:
     """Add the `compare` subcommand."""
-    from mambaseg.engine.metrics import BOOT_SEED, N_BOOT
+    # engine.metrics.N_BOOT and BOOT_SEED, not imported: it imports torch, and building the
+    # parser must not (predict --onnx runs without torch; tests/cli/test_onnx_cli.py checks)
+    N_BOOT, BOOT_SEED = 10_000, 0
 
     p = add_command(sub, "compare", "Compare two results over the same patients: per-patient "
                     "Dice of A minus B, with a paired bootstrap 95 %% CI of the mean difference, "

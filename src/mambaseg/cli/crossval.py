@@ -3,9 +3,7 @@ work is in engine.crossval)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from mambaseg.cli._common import add_command
+from mambaseg.cli._common import add_command, add_output
 from mambaseg.cli.train import add_model_and_data, add_training_options, config_from_args
 
 
@@ -18,15 +16,14 @@ def register(sub) -> None:
         "carved out of them), test it on its own fold, then score the out-of-fold predictions "
         "of every patient as one result (OUT/summary.json, the keys of 'evaluate' plus a "
         "per-fold table) with and without post-processing.",
-        "mambaseg crossval --model ulvm_unet_v6 --data examples/lgg-sample --folds 3 "
-        "--epochs 1 --batch-size 4 --device cpu -o runs/cv-demo")
+        "mambaseg crossval --model ulvm_unet_v2 --data examples/lgg-sample --folds 3 "
+        "--epochs 1 --batch-size 4 --device cpu -o runs/cv-quick")
     add_model_and_data(p)
     p.add_argument("--folds", type=int, help="number of folds (default 5)")
     p.add_argument("--split", metavar="FILE", help="a K-fold split file to use instead of a new "
                    "split ('mambaseg data split PATH --split patient --folds K -o FILE')")
     p.add_argument("--split-seed", type=int, help="seed of the patient shuffle (default 37)")
-    p.add_argument("-o", "--output", "--out", dest="out", type=Path, required=True,
-                   metavar="DIR", help="cross-validation folder")
+    add_output(p, metavar="DIR", required=True, help="cross-validation folder")
     p.add_argument("--fold", type=int, nargs="+", dest="only", metavar="I",
                    help="run only these folds (e.g. one process per fold); the out-of-fold "
                         "summary is written once every fold is done")
@@ -46,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from mambaseg.engine.crossval import run_crossval
 
     cfg = config_from_args(args)
-    summary = run_crossval(cfg, args.out, folds=args.folds, only=args.only,
+    summary = run_crossval(cfg, args.output, folds=args.folds, only=args.only,
                            parallel=args.parallel, resume=args.resume, overwrite=args.overwrite,
                            printer=lambda line: print(line, flush=True))
     if summary is None:

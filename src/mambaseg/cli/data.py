@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mambaseg.cli._common import add_command
+from mambaseg.cli._common import add_command, add_option
 
 
 def register(sub) -> None:
@@ -17,8 +17,9 @@ def register(sub) -> None:
     cmds = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
 
     p = add_command(cmds, "verify", "Check every image and mask and list every problem, each "
-                    "naming its file; exit status 1 if there is any.",
-                    "mambaseg data verify ~/data/lgg/kaggle_3m")
+                    "naming its file; exit status 1 if there is any (2 if PATH does not exist "
+                    "or is not a folder).",
+                    "mambaseg data verify examples/lgg-sample")
     p.add_argument("path", type=Path, help="dataset folder (kaggle_3m, its parent, or a folder "
                    "of image/mask pairs)")
     p.add_argument("--channels", type=int, default=3, help="image channels expected (default 3)")
@@ -27,22 +28,25 @@ def register(sub) -> None:
 
     p = add_command(cmds, "stats", "Count patients, slices and slices with and without tumour "
                     "per split part; print a table and save a bar chart (PNG).",
-                    "mambaseg data stats ~/data/lgg --split paper -o fig1.png")
+                    "mambaseg data stats examples/lgg-sample --split patient -o runs/fig1.png")
     p.add_argument("path", type=Path, help="dataset folder")
     p.add_argument("--split", help="paper, patient or a split JSON file (default: whole dataset)")
-    p.add_argument("--seed", type=int, help="seed of the paper/patient split (default 37)")
+    add_option(p, "--split-seed", deprecated=("--seed",), type=int, metavar="N",
+               help="seed of the paper/patient split (default 37)")
     p.add_argument("--fold", type=int, help="fold of a K-fold split file")
     p.add_argument("-o", "--output", type=Path, help="PNG bar chart to write")
     p.set_defaults(func=run_stats)
 
     p = add_command(cmds, "split", "Write a train/val/test split (JSON listing every slice's "
                     "image path relative to the dataset root).",
-                    "mambaseg data split ~/data/lgg --split patient --folds 5 -o folds.json")
+                    "mambaseg data split examples/lgg-sample --split patient --folds 3 "
+                    "-o runs/folds.json")
     p.add_argument("path", type=Path, help="dataset folder")
     p.add_argument("--split", choices=("paper", "patient"), default="paper",
                    help="paper: slice-level 80/10/10 as in the paper (default); patient: "
                         "patient-level 80/10/10")
-    p.add_argument("--seed", type=int, help="random seed (default 37)")
+    add_option(p, "--split-seed", deprecated=("--seed",), type=int, metavar="N",
+               help="seed of the random split (default 37)")
     p.add_argument("--folds", type=int, help="patient-level K-fold instead (needs --split patient)")
     p.add_argument("-o", "--output", type=Path, required=True, help="JSON file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -51,7 +55,13 @@ def register(sub) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     from mambaseg.data.verify import verify_dataset
+    from mambaseg.errors import DataError
 
+    # a PATH that is not there is a usage error (2); exit status 1 means "problems found"
+    if not args.path.exists():
+        raise DataError(f"{args.path}: folder does not exist")
+    if not args.path.is_dir():
+        raise DataError(f"{args.path}: not a folder (give the dataset folder)")
     report = verify_dataset(args.path, channels=args.channels,
                             progress=False if args.no_progress else None)
     for problem in report.problems:
@@ -66,7 +76,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     from mambaseg.data.stats import dataset_stats, format_stats, plot_stats
 
-    stats = dataset_stats(args.path, split=args.split, seed=args.seed, fold=args.fold)
+    stats = dataset_stats(args.path, split=args.split, seed=args.split_seed, fold=args.fold)
     print(format_stats(stats))
     if args.output:
         print(f"bar chart written to {plot_stats(stats, args.output)}")
@@ -80,7 +90,7 @@ def run_split(args: argparse.Namespace) -> int:
 
     if args.output.exists() and not args.overwrite:
         raise MambasegError(f"{args.output}: file exists (pass --overwrite to replace it)")
-    data = make_split(find_slices(args.path), args.split, seed=args.seed, folds=args.folds)
+    data = make_split(find_slices(args.path), args.split, seed=args.split_seed, folds=args.folds)
     save_split(data, args.output, overwrite=args.overwrite)
     for i, part_map in enumerate(data.get("folds", [data])):
         prefix = f"fold {i}: " if "folds" in data else ""

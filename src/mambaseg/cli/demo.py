@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mambaseg.cli._common import add_command
+from mambaseg.cli._common import add_command, add_device, add_output
 from mambaseg.errors import MambasegError
 
 #: marks a folder written by the demo, which the demo may therefore overwrite
@@ -28,16 +28,16 @@ def bundled_sample() -> Path | None:
 
 def register(sub) -> None:
     p = add_command(sub, "demo", "Segment the bundled sample images and print the Dice.",
-                    "mambaseg demo -o mambaseg-demo")
+                    "mambaseg demo -o runs/demo")
     p.add_argument("--data", help="dataset to segment (default: the bundled 3-patient sample)")
-    p.add_argument("-o", "--out", default="mambaseg-demo",
-                   help="output folder (default: ./mambaseg-demo); a folder an earlier demo "
-                        "wrote is replaced, any other existing folder is refused")
+    add_output(p, metavar="DIR", default=Path("mambaseg-demo"),
+               help="output folder (default: ./mambaseg-demo); a folder an earlier demo "
+                    "wrote is replaced, any other existing folder is refused")
     p.add_argument("--train", action="store_true",
                    help="train a small model on the data first instead of using shipped weights")
     p.add_argument("--model", default="ulvm_unet", help="model to train with --train")
     p.add_argument("--epochs", type=int, default=30, help="epochs with --train (default 30)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    add_device(p)
     p.set_defaults(func=run)
 
 
@@ -58,7 +58,7 @@ def run(args) -> int:
     if data is None:
         raise MambasegError("the bundled sample is not here (it lives in a source checkout under "
                             "examples/lgg-sample); pass --data PATH")
-    out, existed = _out_dir(args.out)
+    out, existed = _out_dir(args.output)
     report = verify_dataset(data)
     print(report.summary())
     if not report.ok:

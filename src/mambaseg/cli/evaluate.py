@@ -6,7 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
-from mambaseg.cli._common import add_command, check_threshold_and_batch
+from mambaseg.cli._common import (add_command, add_device, add_option, add_output,
+                                  check_threshold_and_batch, resolve_checkpoints)
 
 
 def register(sub) -> None:
@@ -15,31 +16,34 @@ def register(sub) -> None:
                     "Dice (paper, per slice, per patient with a bootstrap 95 %% CI, global), IoU, "
                     "precision, recall, HD95, false positives on tumour-free slices; writes "
                     "summary.json (see docs/metrics.md).",
-                    "mambaseg evaluate --checkpoint runs/ulvm_unet_v5/last --data ~/data/lgg "
-                    "--split paper --part test")
+                    "mambaseg evaluate --checkpoint runs/quick   # after the 'train' example")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, metavar="DIR", nargs="+",
-                     help="checkpoint directory (written by 'mambaseg train') or ensemble "
-                     "folder; several: average their probabilities (an ensemble; the first "
-                     "gives the default --out and the training run's settings)")
+                     help="checkpoint directory (written by 'mambaseg train'; a training run "
+                     "folder stands for the checkpoint it evaluates, best/ by default) or "
+                     "ensemble folder; several: average their probabilities (an ensemble; the "
+                     "first gives the default --output and the training run's settings)")
     src.add_argument("--model", metavar="NAME", help="use the shipped weights of this model "
-                     "(needs --out)")
+                     "(needs --output)")
     p.add_argument("--data", type=Path, metavar="PATH", help="dataset folder (kaggle_3m or its "
                    "parent; default: the training run's data)")
     p.add_argument("--split", metavar="NAME", help="paper, patient, or a split JSON file "
                    "(default: the training run's split, else paper)")
     p.add_argument("--part", default="test", choices=("train", "val", "test"),
                    help="part of the split to evaluate (default test)")
-    p.add_argument("--seed", type=int, help="seed of the paper/patient split (default 37)")
+    add_option(p, "--split-seed", deprecated=("--seed",), type=int, metavar="N",
+               help="seed of the paper/patient split (default 37; the training run's when "
+               "--split is not given either)")
     p.add_argument("--fold", type=int, help="fold of a K-fold split file")
-    p.add_argument("--out", type=Path, metavar="FILE", help="summary file to write (default "
-                   "CHECKPOINT/summary.json, or summary-<part>.json for other parts)")
+    add_output(p, metavar="FILE", help="summary file to write (default "
+               "CHECKPOINT/summary.json, or summary-<part>.json for other parts)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing summary")
-    p.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu or cuda")
+    add_device(p)
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default "
                    "16; dice_paper always pools batches of 16)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (faster on GPU)")
+    add_option(p, "--amp", choices=("bf16", "off"), default="off", bare="bf16",
+               help="mixed precision: bf16 (faster on GPU) or off (the default)")
     p.add_argument("--save-predictions", action="store_true",
                    help="also write predictions.npz (bit-packed binary masks) beside the summary")
     add_postprocess_options(p)
@@ -99,10 +103,12 @@ def run(args: argparse.Namespace) -> int:
 
     check_threshold_and_batch(args)
     summary, out = run_evaluation(
-        args.data, checkpoint=args.checkpoint, model=args.model, split=args.split,
-        part=args.part, out=args.out, device=args.device, batch_size=args.batch_size,
+        args.data, checkpoint=resolve_checkpoints(args.checkpoint), model=args.model,
+        split=args.split, part=args.part, out=args.output, device=args.device,
+        batch_size=args.batch_size,
         threshold=args.threshold, save_predictions=args.save_predictions,
-        overwrite=args.overwrite, seed=args.seed, fold=args.fold, amp=args.amp,
+        overwrite=args.overwrite, seed=args.split_seed, fold=args.fold,
+        amp=args.amp == "bf16",
         progress=not args.no_progress, postprocess=postprocess_from_args(args))
     members = summary.get("ensemble_members")
     print(f"{summary['model']}" + (f" ensemble of {members}" if members else "")

@@ -13,7 +13,7 @@ def register(sub) -> None:
                     "sizes, and whether trained weights are shipped (with their test Dice and "
                     "cross-validation Dice); shipped ensembles get their own rows and * marks "
                     "the default model of predict, segment() and demo.",
-                    "mambaseg models --json")
+                    "mambaseg models")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=run)
 

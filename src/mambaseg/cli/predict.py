@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mambaseg.cli._common import add_command, check_threshold_and_batch
+from mambaseg.cli._common import (add_command, add_device, check_threshold_and_batch,
+                                  resolve_checkpoints)
 from mambaseg.cli.evaluate import (add_postprocess_options, describe_postprocess,
                                    postprocess_from_args)
 
@@ -20,42 +21,60 @@ def register(sub) -> None:
                     "(0/255, the input's size) per image and OUTDIR/summary.json; where "
                     "ground-truth masks (<name>_mask.*) sit beside the images, prints the Dice "
                     "against them. Exit status 1 if an image could not be read.",
-                    "mambaseg predict -i examples/lgg-sample -o predictions --overlay")
+                    "mambaseg predict -i examples/lgg-sample -o runs/predictions --overlay")
     p.add_argument("-i", "--input", type=Path, required=True, metavar="INPUT",
                    help="image file, folder of images, or dataset root (kaggle_3m)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
-                   help="folder to write into (created; must not be inside INPUT)")
+                   help="folder to write into (created; must not be inside INPUT nor hold an "
+                        "input image)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="NAME", help="use the shipped weights of this model "
                      "(default: the default shipped model, see 'mambaseg models')")
     src.add_argument("--checkpoint", type=Path, metavar="DIR", nargs="+",
-                     help="checkpoint directory written by 'mambaseg train', or ensemble "
-                     "folder; several: average their probabilities (an ensemble)")
+                     help="checkpoint directory written by 'mambaseg train' (a training run "
+                     "folder stands for the checkpoint it evaluates, best/ by default), or "
+                     "ensemble folder; several: average their probabilities (an ensemble)")
+    src.add_argument("--onnx", type=Path, metavar="FILE",
+                     help="run this file written by 'mambaseg export' in onnxruntime, without "
+                     "PyTorch (same pre- and post-processing; pip install 'mambaseg[onnx]')")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     p.add_argument("--probabilities", action="store_true",
                    help="also write <name>_prob.png (probability x 255)")
     p.add_argument("--overlay", action="store_true",
                    help="also write <name>_overlay.png (the image with the mask in red)")
-    p.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu or cuda")
+    add_device(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-resize", dest="rescale", action="store_false",
                    help="run the model at each image's own scale (zero padding only) instead of "
                         "resizing it to the size the model was trained at and the mask back")
+    p.add_argument("--nan-policy", choices=("error", "zero"), default="error",
+                   help="images with NaN/Inf pixels: error (default: skipped, or exit status 2 "
+                        "for a single input) or zero (replace them by 0, noted in summary.json)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, metavar="N",
+                   help="skip an image the model would run on at more than N pixels, after "
+                        "resizing and padding (default 4096*4096; matters with --no-resize)")
     add_postprocess_options(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambaseg.engine.predict import run_predict
-
     check_threshold_and_batch(args)
-    res = run_predict(args.input, args.output, model=args.model, checkpoint=args.checkpoint,
-                      threshold=args.threshold, probabilities=args.probabilities,
-                      overlay=args.overlay, device=args.device, batch_size=args.batch_size,
-                      overwrite=args.overwrite, progress=not args.no_progress,
-                      rescale=args.rescale, postprocess=postprocess_from_args(args))
+    common = dict(threshold=args.threshold, probabilities=args.probabilities,
+                  overlay=args.overlay, device=args.device, batch_size=args.batch_size,
+                  overwrite=args.overwrite, progress=not args.no_progress,
+                  rescale=args.rescale, postprocess=postprocess_from_args(args),
+                  nan_policy=args.nan_policy, max_pixels=args.max_pixels)
+    if args.onnx is not None:  # onnxruntime: this path never imports torch
+        from mambaseg.onnx_runtime import run_predict_onnx
+
+        res = run_predict_onnx(args.input, args.output, args.onnx, **common)
+    else:
+        from mambaseg.engine.predict import run_predict
+
+        res = run_predict(args.input, args.output, model=args.model,
+                          checkpoint=resolve_checkpoints(args.checkpoint), **common)
     s = res.summary
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)

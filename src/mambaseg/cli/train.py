@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from mambaseg.cli._common import add_command
+from mambaseg.cli._common import add_command, add_device, add_option, add_output
 from mambaseg.errors import MambasegError
 
 
@@ -18,13 +18,13 @@ def register(sub) -> None:
         "progress.png and the checkpoints last/ and best/. Under 'torchrun --nproc_per_node=N "
         "-m mambaseg train ...' it trains with DistributedDataParallel (--batch-size is the "
         "global batch, split over the N processes).",
-        "mambaseg train --model unet --data ~/data/lgg --split paper --preset paper "
-        "--out runs/unet")
+        "mambaseg train --model ulvm_unet_v2 --data examples/lgg-sample --split patient "
+        "--epochs 1 --batch-size 4 --device cpu -o runs/quick")
     add_model_and_data(p)
     p.add_argument("--split", help="paper (default), patient, or a split JSON file")
     p.add_argument("--fold", type=int, help="fold of a K-fold split file")
     p.add_argument("--split-seed", type=int, help="seed of the paper/patient split (default 37)")
-    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
+    add_output(p, metavar="RUN_DIR", required=True, help="run folder")
     add_training_options(p)
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from "
                    "its last/ checkpoint")
@@ -67,12 +67,12 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    "slices make up P of each epoch on average (0, the default: as they come)")
     p.add_argument("--select", choices=("dice", "dice_patient"), help="validation score that "
                    "picks best/: pooled Dice (default) or mean per-patient Dice")
-    p.add_argument("--checkpoint", choices=("last", "best"), help="checkpoint the evaluation "
-                   "protocol uses (paper: last; default: best validation Dice)")
+    add_option(p, "--eval-checkpoint", deprecated=("--checkpoint",), dest="checkpoint",
+               choices=("last", "best"), help="checkpoint the evaluation protocol uses, and "
+               "'evaluate --checkpoint RUN_DIR' picks (paper: last; default: best)")
     p.add_argument("--seed", type=int, help="seed of initialisation, data order and "
                    "augmentation (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto (default): CUDA if available")
+    add_device(p)
     p.add_argument("--amp", choices=("bf16", "off"),
                    help="mixed precision (default: bf16 on CUDA, off on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -107,7 +107,7 @@ def config_from_args(args: argparse.Namespace):
     if not args.resume and (args.model is None or args.data is None):
         raise MambasegError("--model and --data are required (except with --resume)")
     return TrainConfig(
-        model=args.model, data=args.data, out=args.out, split=args.split,
+        model=args.model, data=args.data, out=args.output, split=args.split,
         fold=getattr(args, "fold", None),
         split_seed=args.split_seed, preset=args.preset, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,

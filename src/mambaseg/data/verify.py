@@ -1,7 +1,8 @@
 """Check a dataset completely and report every problem at once.
 
 Problems found (one line each, naming the file): image without mask, mask without image,
-unreadable or truncated file, image/mask size mismatch, unexpected channel count or pixel type,
+unreadable or truncated file, multi-page or multi-frame file, image too large to decode,
+image/mask size mismatch, unexpected channel count or pixel type, non-finite pixels (NaN/Inf),
 mask values other than {0, 1} / {0, 255}, ambiguous pairings, and an empty or missing folder.
 Every file is decoded exactly once, on a thread pool.
 """
@@ -13,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mambaseg.data.io import decode, image_from_array, mask_from_array
+from mambaseg.data.io import (NonFiniteError, count_nonfinite, decode, image_from_array,
+                              mask_from_array)
 from mambaseg.data.layout import Slice, scan
 from mambaseg.errors import DataError
 
@@ -48,7 +50,11 @@ def _check_pair(s: Slice, channels: int) -> tuple[list[str], bool]:
     problems: list[str] = []
     image = mask = None
     try:
-        image = image_from_array(decode(s.image), s.image, channels, strict=True)[0]
+        arr = decode(s.image)
+        bad = count_nonfinite(arr)
+        if bad:  # listed besides the pixel type, which strict reading refuses too
+            problems.append(str(NonFiniteError(s.image, bad, arr.shape[0] * arr.shape[1])))
+        image = image_from_array(arr, s.image, channels, strict=True)[0]
     except DataError as exc:
         problems.append(str(exc))
     if s.mask is None:

@@ -10,7 +10,6 @@ atomically.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from mambaseg.engine.inference import (checkpoint_list, count_parameters, in_cha
                                        resolve_postprocess)
 from mambaseg.engine.postprocess import PostProcess
 from mambaseg.errors import DataError, MambasegError
+from mambaseg.files import json_ready  # noqa: F401  (re-exported: its home is mambaseg.files)
 
 #: top-level metric keys of summary.json, in the order tables print them
 METRIC_KEYS = ("dice_paper", "dice_slice", "dice_patient", "dice_global", "iou", "precision",
@@ -116,8 +116,13 @@ def patient_units(slices, size: int) -> list[list[int]]:
 def _predict_part(model, part, batch_size, device, threshold, amp) -> tuple[np.ndarray, np.ndarray]:
     """Binary predictions and truths, bool (N, H, W), of the slices ``part``."""
     from mambaseg.data.dataset import load_arrays
+    from mambaseg.data.io import NonFiniteError
 
-    images, masks = load_arrays(part, progress=False, channels=in_channels(model))
+    try:
+        images, masks = load_arrays(part, progress=False, channels=in_channels(model))
+    except NonFiniteError as exc:
+        raise DataError(f"{exc}; evaluate never scores such an image: fix or remove the file "
+                        "('mambaseg data verify' lists every one)") from None
     probs = predict_probs(model, images, batch_size=batch_size, device=device, amp=amp)
     return (probs > threshold)[:, 0].numpy(), masks[:, 0].numpy() > 0
 
@@ -168,24 +173,12 @@ def predictions_path(out: str | Path) -> Path:
     return out.with_name(out.stem + "-predictions.npz")
 
 
-def json_ready(obj):
-    """Replace NaN/inf floats (not valid JSON) by None, recursively; numpy scalars to Python."""
-    if isinstance(obj, dict):
-        return {k: json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_json(path: str | Path, data: dict) -> Path:
-    """Write ``data`` as indented JSON atomically (NaN written as null)."""
+    """Write ``data`` as indented strict JSON atomically (NaN written as null; see
+    ``mambaseg.files.json_ready``)."""
     from mambaseg.files import write_json as write
 
-    return write(path, json_ready(data), indent=1)
+    return write(path, data, indent=1)
 
 
 def write_predictions(path: str | Path, ev: Evaluation) -> Path:
@@ -257,7 +250,7 @@ def run_evaluation(data: str | Path | None, checkpoint=None,
     first = ckpts[0] if ckpts else None
     if out is None:
         if first is None:
-            raise MambasegError("--model needs --out FILE (where to write the summary)")
+            raise MambasegError("--model needs -o/--output FILE (where to write the summary)")
         out = default_out(first, part)
     out = Path(out)
     _check_outputs(out, save_predictions, overwrite)
@@ -312,11 +305,11 @@ def run_evaluation(data: str | Path | None, checkpoint=None,
 
 
 def _check_outputs(out: Path, save_predictions: bool, overwrite: bool) -> None:
-    """Refuse existing outputs (unless ``overwrite``) and a folder given as ``--out``."""
+    """Refuse existing outputs (unless ``overwrite``) and a folder given as ``--output``."""
     targets = [out] + ([predictions_path(out)] if save_predictions else [])
     existing = [str(p) for p in targets if p.exists()]
     if existing and not overwrite:
         what = " and ".join(existing) + (" already exist" if len(existing) > 1 else " already exists")
-        raise MambasegError(f"{what}; pass --overwrite to replace, or --out FILE to write elsewhere")
+        raise MambasegError(f"{what}; pass --overwrite to replace, or -o/--output FILE to write elsewhere")
     if out.exists() and out.is_dir():
-        raise MambasegError(f"--out {out} is a directory; give a file name such as {out}/summary.json")
+        raise MambasegError(f"--output {out} is a directory; give a file name such as {out}/summary.json")

@@ -56,13 +56,35 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval()
 
 
+def resolve_run_dir(path: str | Path) -> Path:
+    """A training run folder (``mambaseg train``'s RUN_DIR: its ``config.json`` and ``best/``,
+    ``last/``) -> the checkpoint its protocol evaluates (the run's ``checkpoint`` setting:
+    ``best/`` unless the run chose ``last``; the other one if only that exists). Any other path
+    is returned unchanged (as a Path)."""
+    import json
+
+    path = Path(path)
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return path
+    if not isinstance(cfg, dict) or "model_name" in cfg:    # a checkpoint's own config
+        return path
+    chosen = "last" if cfg.get("checkpoint") == "last" else "best"
+    for name in (chosen, "best" if chosen == "last" else "last"):
+        if (path / name).is_dir():
+            return path / name
+    return path
+
+
 def checkpoint_list(paths) -> list[Path]:
-    """``paths`` (one path or a sequence of them) as a list of Paths; MambasegError when it is
-    empty or names a folder twice."""
+    """``paths`` (one path or a sequence of them) as a list of Paths, training run folders
+    replaced by their checkpoint (``resolve_run_dir``); MambasegError when it is empty or names
+    a folder twice."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not items:
         raise MambasegError("no checkpoint directory given")
-    out = [Path(p) for p in items]
+    out = [resolve_run_dir(p) for p in items]
     seen: set[Path] = set()
     for p in out:
         key = p.resolve()
@@ -213,10 +235,10 @@ def to_float(images: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def _autocast(device: torch.device, amp: bool):
+    """bfloat16 autocast (``--amp bf16``, as training uses) when ``amp``, else nothing."""
     if not amp:
         return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _to_probs(logits: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 The whole split lives on the device as uint8 (:class:`DeviceData`); a batch is an
 ``index_select`` there, converted to float in [0, 1] there, and augmented there. The loss is
-accumulated on the device and read back once per epoch, so no step waits for the GPU.
+accumulated on the device and read back once per epoch, so no step waits for the GPU; so is
+a per-step flag of non-finite (NaN/Inf) losses, which the trainer checks after each epoch.
 """
 from __future__ import annotations
 
@@ -129,6 +130,10 @@ class TrainStats:
     loss: float
     images: int
     seconds: float
+    #: the first step (1-based) whose loss was NaN or infinite on any rank; None: all finite
+    bad_step: int | None = None
+    #: this rank's sample indices of that step's batch
+    bad_batch: list[int] | None = None
 
 
 def train_epoch(model: torch.nn.Module, data: DeviceData, batches: list[torch.Tensor],
@@ -145,10 +150,14 @@ def train_epoch(model: torch.nn.Module, data: DeviceData, batches: list[torch.Te
     (benchmarks); ``step_delay`` sleeps after each step (tests that interrupt training).
     ``step(x, y) -> loss`` replaces the eager step (forward, loss, backward, optimizer update),
     e.g. a :class:`mambaseg.engine.graphs.GraphedTrainStep`.
+    The returned ``bad_step`` is the first step whose loss was NaN/Inf (flagged on the device,
+    read back with the loss at the end: no extra synchronisation per step).
     """
     device = data.device
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    steps = len(batches) if max_steps is None else min(len(batches), max(0, max_steps))
+    bad = torch.zeros(steps, dtype=torch.float64, device=device)  # 1.0: non-finite loss
     count = 0
     _sync(device)
     start = time.perf_counter()
@@ -163,19 +172,23 @@ def train_epoch(model: torch.nn.Module, data: DeviceData, batches: list[torch.Te
         else:
             loss = eager_step(model, optimizer, loss_fn, amp_dtype, x, y)
         n = idx.shape[0]
+        bad[i] = (~torch.isfinite(loss.detach())).double()
         loss_sum += loss.detach() * n
         count += n
         if bar is not None:
             bar.update(1)
         if step_delay:
             time.sleep(step_delay)
-    totals = torch.stack([loss_sum.double(), torch.tensor(float(count), device=device,
-                                                          dtype=torch.float64)])
+    totals = torch.cat([loss_sum.double().reshape(1),
+                        torch.tensor([float(count)], device=device, dtype=torch.float64), bad])
     D.all_reduce_sum(totals, info)
     _sync(device)
     seconds = time.perf_counter() - start
-    total_loss, total_count = totals.tolist()
-    return TrainStats(total_loss / max(total_count, 1.0), int(total_count), seconds)
+    total_loss, total_count, *flags = totals.tolist()
+    first = next((k for k, flag in enumerate(flags) if flag), None)
+    return TrainStats(total_loss / max(total_count, 1.0), int(total_count), seconds,
+                      None if first is None else first + 1,
+                      None if first is None else batches[first].tolist())
 
 
 @dataclass

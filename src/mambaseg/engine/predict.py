@@ -30,6 +30,8 @@ from mambaseg.engine.inference import (checkpoint_list, in_channels, load_checkp
                                        predict_probs, prepare_dir, resolve_device,
                                        resolve_postprocess)
 from mambaseg.engine.postprocess import PostProcess
+from mambaseg.engine.predict_inputs import (MAX_PIXELS, Item, batch_limit, check_outdir,
+                                            collect_inputs, load_image, output_tag)
 from mambaseg.errors import DataError, MambasegError
 
 #: suffixes of the files written per image
@@ -38,17 +40,6 @@ SUFFIXES = {"mask": "_mask.png", "prob": "_prob.png", "overlay": "_overlay.png"}
 OVERLAY_ALPHA = 0.35
 #: a progress bar is shown for more inputs than this
 PROGRESS_MIN = 5
-
-
-@dataclass(frozen=True)
-class Item:
-    """One input image: its path, its path relative to the input root, its ground-truth mask, and
-    its group (the patient whose slices are post-processed together as one volume)."""
-
-    path: Path
-    rel: str
-    truth: Path | None = None
-    group: str = ""
 
 
 @dataclass
@@ -68,44 +59,7 @@ class PredictResult:
 
 
 # ----------------------------------------------------------------------------- inputs
-
-def _truth_beside(image: Path) -> Path | None:
-    from mambaseg.data.io import MASK_SUFFIXES
-
-    for suffix in MASK_SUFFIXES:
-        for cand in (image.with_name(f"{image.stem}_mask{suffix}"),
-                     image.with_name(f"{image.stem}_mask{suffix.upper()}")):
-            if cand.is_file():
-                return cand
-    return None
-
-
-def collect_inputs(path: str | Path) -> tuple[list[Item], list[str]]:
-    """The images to segment under ``path`` and warnings about files left out.
-
-    A file is taken as it is. A folder is searched recursively for images (hidden files and
-    ``*_mask.*`` files excluded; a ``<stem>_mask`` file beside an image is its ground truth), in
-    (patient, slice) order; an item's ``group`` is its patient (``layout.scan``; a single file
-    is its own). Raises DataError when ``path`` does not exist or holds no image.
-    """
-    from mambaseg.data.layout import scan
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"input {path} does not exist")
-    if path.is_file():
-        return [Item(path, path.name, _truth_beside(path), path.name)], []
-    found = scan(path)
-    items = [Item(s.image, s.image.relative_to(path).as_posix(), s.mask, s.patient)
-             for s in found.slices]
-    warnings = [f"{f}: {why}" for f, why in found.problems]
-    if not items:
-        from mambaseg.data.io import IMAGE_SUFFIXES
-
-        raise DataError(f"no images found in {path} (looked for {', '.join(IMAGE_SUFFIXES)} "
-                        "files, *_mask files excluded)")
-    return items, warnings
-
+# (finding them and checking each image: engine.predict_inputs)
 
 def output_paths(outdir: Path, rel: str, probabilities: bool = False,
                  overlay: bool = False) -> dict[str, Path]:
@@ -113,11 +67,6 @@ def output_paths(outdir: Path, rel: str, probabilities: bool = False,
     stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
     kinds = ["mask"] + (["prob"] if probabilities else []) + (["overlay"] if overlay else [])
     return {k: outdir / (stem + SUFFIXES[k]) for k in kinds}
-
-
-def _inside(child: Path, parent: Path) -> bool:
-    child, parent = child.resolve(), parent.resolve()
-    return child == parent or parent in child.parents
 
 
 # ----------------------------------------------------------------------------- models
@@ -174,11 +123,13 @@ def _write_outputs(paths: dict[str, Path], image: np.ndarray, prob: np.ndarray,
                    mask: np.ndarray) -> None:
     from mambaseg.data.io import write_png
 
-    write_png(paths["mask"], mask.astype(np.uint8) * 255)
+    tag = output_tag()  # marks them as predictions: never taken for ground truth or inputs
+    write_png(paths["mask"], mask.astype(np.uint8) * 255, text=tag)
     if "prob" in paths:
-        write_png(paths["prob"], np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8))
+        write_png(paths["prob"], np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8),
+                  text=tag)
     if "overlay" in paths:
-        write_png(paths["overlay"], overlay_image(image, mask))
+        write_png(paths["overlay"], overlay_image(image, mask), text=tag)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -188,7 +139,8 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
                 probabilities: bool = False, overlay: bool = False, device: str = "auto",
                 batch_size: int = 8, overwrite: bool = False, amp: bool = False,
                 progress: bool = False, rescale: bool = True,
-                postprocess="auto") -> PredictResult:
+                postprocess="auto", nan_policy: str = "error",
+                max_pixels: int = MAX_PIXELS) -> PredictResult:
     """Segment every image of ``input`` (a file or a folder) into ``outdir``.
 
     Images are resized to the scale the model was trained at and the masks back to each image's
@@ -198,18 +150,31 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
     a PostProcess; it is applied to each patient's masks together (see the module docstring).
 
     Checks, in order and before writing anything: the input exists and holds images, ``outdir``
-    is not ``input`` or inside it, the device, the model, that no output exists (unless
-    ``overwrite``) and that ``outdir`` is writable. Unreadable images are skipped and reported.
-    Where ground-truth masks sit beside the images, the Dice against them is computed too.
+    is not inside an input folder and holds no input image (``predict_inputs.check_outdir``),
+    the device, the model, that no output exists (unless ``overwrite``) and that ``outdir`` is
+    writable. An image that cannot be segmented (unreadable, several pages or frames, NaN/Inf
+    pixels unless ``nan_policy="zero"``, more than ``max_pixels`` pixels at the model's input:
+    ``predict_inputs.load_image``) is skipped and reported; when it is the only input, its
+    DataError is raised instead and nothing is written. Where ground-truth masks sit beside the
+    images (not written by predict), the Dice against them is computed too.
     """
+    from mambaseg.data.io import NAN_POLICIES
+
     input, outdir = Path(input), Path(outdir)
+    if nan_policy not in NAN_POLICIES:
+        raise MambasegError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, "
+                            f"got {nan_policy!r}")
+    if int(max_pixels) < 1:
+        raise MambasegError(f"--max-pixels must be at least 1, got {max_pixels}")
     items, warnings = collect_inputs(input)
-    if input.is_dir() and _inside(outdir, input):
-        raise MambasegError(f"output directory {outdir} is inside the input folder {input}; "
-                            "predict never writes into its input: choose another -o")
+    check_outdir(outdir, input, items)
     dev = resolve_device(device)
     net = get_model(model, checkpoint, dev)
     pp, pp_source = resolve_postprocess(postprocess, net)
+    load = {"channels": in_channels(net), "net": net, "rescale": rescale,
+            "max_pixels": int(max_pixels), "nan_policy": nan_policy}
+    # a single input that cannot be segmented is an error (exit 2), with nothing written
+    ready = {items[0].rel: load_image(items[0], **load)} if len(items) == 1 else {}
     targets = {it.rel: output_paths(outdir, it.rel, probabilities, overlay) for it in items}
     _check_targets(outdir, targets, overwrite)
     prepare_dir(outdir)
@@ -218,8 +183,9 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
     res = PredictResult({}, outdir, warnings=warnings)
     bar = _bar(len(items), progress and len(items) > PROGRESS_MIN)
     for unit in _units(items, max(1, int(batch_size)), by_group=pp.active):
-        loaded = _read_unit(unit, in_channels(net), res, bar)
-        probs = _probs(net, [img for _, img, _ in loaded], batch_size, dev, amp, rescale)
+        loaded = _read_unit(unit, load, ready, res, bar)
+        probs = _probs(net, [img for _, img, _ in loaded], batch_size, dev, amp, rescale,
+                       int(max_pixels))
         raw = [prob > threshold for prob in probs]
         masks = postprocess_masks(raw, [it.group for it, _, _ in loaded], pp)
         for (item, img, note), prob, mask, before in zip(loaded, probs, masks, raw):
@@ -234,6 +200,7 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
     res.summary = _summary(input, outdir, net, model, checkpoint, threshold, dev, res.written,
                            res, time.perf_counter() - t0, rescale)
     res.summary.update(_pp_summary(pp, pp_source, res.written))
+    res.summary.update(nan_policy=nan_policy, max_pixels=int(max_pixels))
     from mambaseg.engine.evaluate import write_json
 
     write_json(outdir / "summary.json", res.summary)
@@ -253,15 +220,13 @@ def _units(items: Sequence[Item], size: int, by_group: bool):
         yield unit
 
 
-def _read_unit(unit, channels, res: PredictResult, bar) -> list[tuple]:
-    """``(item, image, note)`` for the readable images of ``unit`` (unreadable ones are added
-    to ``res.skipped``)."""
-    from mambaseg.data.io import read_image_noted
-
+def _read_unit(unit, load: dict, ready: dict, res: PredictResult, bar) -> list[tuple]:
+    """``(item, image, note)`` for the images of ``unit`` that pass ``load_image(item,
+    **load)`` (or are in ``ready``, already loaded); the others are added to ``res.skipped``."""
     loaded = []
     for item in unit:
         try:
-            img, note = read_image_noted(item.path, channels=channels)
+            img, note = ready.pop(item.rel) if item.rel in ready else load_image(item, **load)
         except DataError as exc:
             res.skipped.append({"input": item.rel, "reason": _reason(exc, item.path)})
             bar.update(1)
@@ -270,15 +235,18 @@ def _read_unit(unit, channels, res: PredictResult, bar) -> list[tuple]:
     return loaded
 
 
-def _probs(net, images: list[np.ndarray], batch_size, device, amp, rescale) -> list[np.ndarray]:
-    """Probabilities (H, W) of each (H, W, C) image; images of one size run in batches."""
+def _probs(net, images: list[np.ndarray], batch_size, device, amp, rescale,
+           max_pixels: int = MAX_PIXELS) -> list[np.ndarray]:
+    """Probabilities (H, W) of each (H, W, C) image; images of one size run in batches (of at
+    most ``max_pixels`` pixels at the model's input together, ``predict_inputs.batch_limit``)."""
     out: list[np.ndarray | None] = [None] * len(images)
     by_shape: dict[tuple, list[int]] = {}
     for i, img in enumerate(images):
         by_shape.setdefault(img.shape, []).append(i)
     for rows in by_shape.values():
         batch = torch.from_numpy(np.stack([images[i] for i in rows])).permute(0, 3, 1, 2)
-        probs = predict_probs(net, batch, batch_size=batch_size, device=device, amp=amp,
+        size = batch_limit(net, images[rows[0]].shape, batch_size, rescale, max_pixels)
+        probs = predict_probs(net, batch, batch_size=size, device=device, amp=amp,
                               rescale=rescale)[:, 0].numpy()
         for i, prob in zip(rows, probs):
             out[i] = prob

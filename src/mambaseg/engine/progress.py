@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from mambaseg.files import save_figure, write_text
+from mambaseg.files import save_figure, to_json, write_text
 
 #: keys of every metrics.jsonl record
 METRIC_KEYS = ("epoch", "train_loss", "val_loss", "val_dice", "val_dice_patient", "lr",
@@ -23,8 +23,9 @@ TIME_KEYS = ("epoch_time_s", "train_time_s", "val_time_s", "images_per_s", "chec
 
 
 def write_metrics(path: str | os.PathLike, history: Iterable[dict[str, Any]]) -> None:
-    """(Re)write ``metrics.jsonl`` from a list of epoch records, atomically."""
-    text = "".join(json.dumps(rec) + "\n" for rec in history)
+    """(Re)write ``metrics.jsonl`` from a list of epoch records, atomically; strict JSON (a
+    non-finite number is written as null, see ``mambaseg.files.to_json``)."""
+    text = "".join(to_json(rec) + "\n" for rec in history)
     write_text(path, text)
 
 

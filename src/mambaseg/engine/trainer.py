@@ -9,6 +9,11 @@ Resuming (``resume=True``) continues from ``last/`` exactly: model, optimizer, s
 states (torch CPU/CUDA, numpy, python, and the explicit shuffling and augmentation generators)
 and the metric history are restored, so on the CPU (deterministic algorithms) the final weights
 and metrics equal those of an uninterrupted run with the same seed.
+
+No silent garbage: an image with NaN/Inf pixels stops the run at loading (DataError naming the
+file), and a NaN/Inf training loss stops it after that epoch's training pass, before anything
+of the epoch is written (MambasegError naming the epoch, the step and the batch's slices):
+``last/`` keeps the previous epoch. The JSON files are strict (no bare NaN/Infinity).
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from mambaseg.data.io import atomic_path
+from mambaseg.data.io import NonFiniteError
 from mambaseg.engine import build as B
 from mambaseg.engine import checkpoint as C
 from mambaseg.engine import distributed as D
@@ -37,7 +42,8 @@ from mambaseg.engine.device import device_name
 from mambaseg.engine.config import TrainConfig, resolved_settings
 from mambaseg.engine.loop import epoch_batches, train_epoch, validate
 from mambaseg.engine.losses import get_loss
-from mambaseg.errors import MambasegError
+from mambaseg.errors import DataError, MambasegError
+from mambaseg.files import json_ready, write_json
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -156,9 +162,13 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
     channels_last = B.use_channels_last(cfg.model, device, cfg.channels_last)
 
     _seed_everything(cfg.seed)
-    data, counts = B.load_split_arrays(cfg.data, cfg.split, cfg.fold, s["image_size"], device,
-                                       channels_last, progress=cfg.progress and main,
-                                       split_seed=cfg.split_seed)
+    try:
+        data, counts = B.load_split_arrays(cfg.data, cfg.split, cfg.fold, s["image_size"],
+                                           device, channels_last, progress=cfg.progress and main,
+                                           split_seed=cfg.split_seed)
+    except NonFiniteError as exc:
+        raise DataError(f"{exc}; training never reads such an image: fix or remove the file "
+                        "('mambaseg data verify' lists every one)") from None
     train_data, val_data = data["train"], data["val"]
     raw = _model(cfg, train_data, device, channels_last, run_dir / R.LAST)
     graphs = G.use_cuda_graphs(cfg.cuda_graphs, device, info.world_size, cfg.compile)
@@ -182,8 +192,7 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
         prog.restore(C.load_train_state(run_dir / R.LAST), optimizer, scheduler, generators,
                      device, info, raw, meta)
     elif main:
-        with atomic_path(run_dir / R.CONFIG) as tmp:
-            tmp.write_text(json.dumps(full, indent=2, default=str) + "\n")
+        write_json(run_dir / R.CONFIG, full, indent=2, default=str)
 
     train_model: torch.nn.Module = raw
     if info.enabled:
@@ -211,6 +220,8 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
             t = train_epoch(train_model, train_data, batches, optimizer, loss_fn,
                             amp_dtype=amp_dtype, augment=augment, aug_generator=aug_gen,
                             info=info, bar=bar, step_delay=step_delay, step=step)
+            if t.bad_step is not None:  # before anything of this epoch is written
+                raise MambasegError(_nonfinite_loss(cfg, epoch, len(batches), t, prog))
             v = validate(eval_model, val_data, val_bs, loss_fn, amp_dtype=amp_dtype, info=info,
                          forward=forward)
         if scheduler is not None:
@@ -228,6 +239,26 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
             on_epoch_end(record, epochs)
     D.barrier(info)
     return prog.result(s["checkpoint"], epochs, full)
+
+
+def _nonfinite_loss(cfg: TrainConfig, epoch: int, steps: int, t, prog: "_Progress") -> str:
+    """The message for a NaN/Inf training loss: epoch, step, the batch's slices (or indices)."""
+    batch = t.bad_batch or []
+    try:
+        from mambaseg.data import resolve_split
+
+        train = resolve_split(cfg.data, cfg.split, seed=cfg.split_seed, fold=cfg.fold)["train"]
+        names = [train[i].rel for i in batch]
+    except Exception:  # noqa: BLE001 - the message must not fail: fall back to indices
+        names = []
+    shown = names or [str(i) for i in batch]
+    what = "slices" if names else "training slice indices"
+    listed = ", ".join(shown[:8]) + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
+    kept = (f"{prog.last_dir} still holds epoch {prog.epoch}, the last good checkpoint"
+            if prog.epoch else "no checkpoint was written")
+    return (f"the training loss became NaN/Inf at epoch {epoch}, step {t.bad_step} of {steps} "
+            f"(batch of {what} {listed}); training stopped and {kept}. Check the data with "
+            "'mambaseg data verify', or lower --lr")
 
 
 def _model(cfg: TrainConfig, train_data, device: torch.device, channels_last: bool,
@@ -310,8 +341,8 @@ class _Progress:
             return
         t0 = time.perf_counter()
         self.history.append(record)
-        ckpt_meta = {"training": {**meta, "epoch": record["epoch"], "val_dice": dice,
-                                  "val_loss": record["val_loss"]}}
+        ckpt_meta = json_ready({"training": {**meta, "epoch": record["epoch"], "val_dice": dice,
+                                             "val_loss": record["val_loss"]}})
         state = {"format": C.STATE_FORMAT, "epoch": record["epoch"],
                  "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler is not None else None,

@@ -222,17 +222,129 @@ def _softplus(x):
     return torch.where(x > 20, x, torch.exp(x.clamp(max=20)).add(1).log())
 
 
-def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The selective scan (mamba_ssm ``selective_scan_fn`` semantics) in plain PyTorch."""
+# ------------------------------------------------------------------------- export formulation
+# The autograd.Function above writes into preallocated buffers and unrolls its recursion for one
+# length: a traced graph of it (torch.onnx.export, torch.jit.trace) would bake that length in and
+# lose the data flow through the ``out=`` writes. ``scan_export`` computes the same recurrence
+# functionally, for any batch and length taken from the tensors' (traced) shapes:
+# EXPORT_FOLDS levels of pair folding (as ``scan_fwd``, the length first padded to a multiple of
+# 2^EXPORT_FOLDS with identity steps a=1, b=0 at the end, which leave the states before them
+# unchanged), a Hillis-Steele scan with EXPORT_LEVELS doubling steps over the M = L / 2^FOLDS
+# folded steps (steps whose shift reaches past M change nothing; shifts are gathers, O(M) each),
+# then the folds undone. Only products of decays in (0, 1] are formed, as above. Exact for
+# L <= EXPORT_MAX_LEN = 2^(EXPORT_FOLDS + EXPORT_LEVELS) (1M tokens: the 1/8-resolution Mamba
+# layers of an UltraLight VM-UNet see 1/64 of the pixels, so images up to 8192 x 8192); longer
+# sequences raise in eager use, and ``engine.export`` records the largest image a graph takes.
+
+#: pair-folding levels of the export scan (chunks of 2^EXPORT_FOLDS steps)
+EXPORT_FOLDS = 5
+#: doubling steps of the Hillis-Steele scan over the folded sequence
+EXPORT_LEVELS = 15
+#: the longest sequence the export scan is exact for
+EXPORT_MAX_LEN = 1 << (EXPORT_FOLDS + EXPORT_LEVELS)
+
+
+def scan_export(a, b):
+    """x[t] = a[t] * x[t-1] + b[t] along the first axis (x[-1] = 0), functional and
+    trace-friendly (see the comment above); a, b of one shape (L, ...)."""
+    length = b.shape[0]
+    if not torch.jit.is_tracing() and length > EXPORT_MAX_LEN:
+        raise ValueError(f"scan_export: sequence length {length} exceeds {EXPORT_MAX_LEN}")
+    chunk = 1 << EXPORT_FOLDS
+    pad = [0, 0] * (a.dim() - 1) + [0, (chunk - length % chunk) % chunk]
+    x = _scan_chunked(F.pad(a, pad, value=1.0), F.pad(b, pad, value=0.0), EXPORT_FOLDS)
+    return x[:length]
+
+
+def _scan_chunked(a, b, folds):
+    """``scan_export`` of a length that is a multiple of 2^folds (time-major: the exported
+    Gather / Concat nodes move contiguous blocks)."""
+    rest = a.shape[1:]
+    kept = []
+    for _ in range(folds):                            # fold pairs (2m, 2m+1) into one step
+        a2, b2 = a.reshape(-1, 2, *rest), b.reshape(-1, 2, *rest)
+        ae, ao, be, bo = a2[:, 0], a2[:, 1], b2[:, 0], b2[:, 1]
+        kept.append((ae, be))
+        a, b = ao * ae, ao * be + bo
+    pos = torch.ones_like(b.reshape(b.shape[0], -1)[:, 0]).cumsum(0) - 1  # 0 .. M-1
+    one, zero = a.new_ones(()), a.new_zeros(())
+    for level in range(EXPORT_LEVELS):                # inclusive scan over the M folded steps
+        shift = 1 << level
+        valid = pos >= shift
+        index = torch.where(valid, pos - shift, torch.zeros_like(pos)).long()
+        valid = valid.reshape(-1, *([1] * len(rest)))
+        a_prev = torch.where(valid, a.index_select(0, index), one)
+        b_prev = torch.where(valid, b.index_select(0, index), zero)
+        b = b + a * b_prev
+        a = a * a_prev
+    x = b                                             # states at the last step of each chunk
+    for ae, be in reversed(kept):                     # unfold: even steps from their left state
+        left = torch.cat([torch.zeros_like(x[:1]), x[:-1]], dim=0)
+        x = torch.stack([ae * left + be, x], dim=1).reshape(-1, *rest)
+    return x
+
+
+def selective_scan_export(u, delta, A, B, C):
+    """y = selective scan of (u, delta, A, B, C) by the export scan (delta already biased and
+    softplus-ed); (B,D,L) / (D,N) / (B,N,L) tensors of one float dtype -> y (B,D,L).
+
+    The first fold and the last unfold are done here, from and to the (L, B, D) and (L, B, N)
+    tensors, so that no (L, B, D, N) tensor is ever formed (onnxruntime runs op by op: every
+    state-sized tensor is a pass over memory): decays and drives are formed per pair of steps,
+    and y is read off the states of each pair.
+    """
+    length = u.shape[-1]
+    if not torch.jit.is_tracing() and length > EXPORT_MAX_LEN:
+        raise ValueError(f"selective_scan_export: sequence length {length} exceeds "
+                         f"{EXPORT_MAX_LEN}")
+    chunk = 1 << EXPORT_FOLDS
+    pad = [0, 0, 0, 0, 0, (chunk - length % chunk) % chunk]   # delta 0: decay 1, drive 0
+    dl = F.pad(delta.permute(2, 0, 1), pad)                   # (Lp, B, D)
+    dlu = F.pad((delta * u).permute(2, 0, 1), pad)
+    bt, ct = F.pad(B.permute(2, 0, 1), pad), F.pad(C.permute(2, 0, 1), pad)   # (Lp, B, N)
+
+    def pairs(t):
+        t2 = t.reshape(-1, 2, *t.shape[1:])
+        return t2[:, 0], t2[:, 1]
+
+    (dl_e, dl_o), (dlu_e, dlu_o), (b_e, b_o), (c_e, c_o) = map(pairs, (dl, dlu, bt, ct))
+    a_e, a_o = torch.exp(dl_e[..., None] * A), torch.exp(dl_o[..., None] * A)   # (Lp/2,B,D,N)
+    d_e = dlu_e[..., None] * b_e[:, :, None, :]
+    d_o = dlu_o[..., None] * b_o[:, :, None, :]
+    x_o = _scan_chunked(a_o * a_e, a_o * d_e + d_o, EXPORT_FOLDS - 1)   # states at odd steps
+    left = torch.cat([torch.zeros_like(x_o[:1]), x_o[:-1]], dim=0)
+    x_e = a_e * left + d_e
+    y_e = torch.matmul(x_e, c_e[..., None])[..., 0]                 # sum over N: (Lp/2,B,D)
+    y_o = torch.matmul(x_o, c_o[..., None])[..., 0]
+    y = torch.stack([y_e, y_o], dim=1).reshape(-1, *y_e.shape[1:])[:length]   # (L, B, D)
+    return y.permute(1, 2, 0)
+
+
+def _exporting():
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         functional=None):
+    """The selective scan (mamba_ssm ``selective_scan_fn`` semantics) in plain PyTorch.
+
+    ``functional``: use the trace-friendly ``selective_scan_export`` formulation (no autograd
+    Function, any traced length); None (default): only while tracing or exporting to ONNX.
+    """
     out_dtype = u.dtype
     f = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    if functional is None:
+        functional = _exporting()
     with no_autocast(u.device.type):
         uf, df = u.to(f), delta.to(f)
         if delta_bias is not None:
             df = df + delta_bias.to(f)[:, None]
         if delta_softplus:
             df = _softplus(df)
-        y = _ScanCore.apply(uf, df, A.to(f), B.to(f), C.to(f))
+        if functional:
+            y = selective_scan_export(uf, df, A.to(f), B.to(f), C.to(f))
+        else:
+            y = _ScanCore.apply(uf, df, A.to(f), B.to(f), C.to(f))
         if D is not None:
             y = torch.addcmul(y, uf, D.to(f)[:, None])
         if z is not None:

@@ -1,0 +1,216 @@
+"""The inputs of ``mambaseg predict``: finding the images and their ground truth, keeping masks
+away from where they could be taken for ground truth, and checking each image before it runs.
+
+No silent garbage:
+
+- the output folder may not hold any input image, nor lie inside an input folder, so a written
+  ``<stem>_mask.png`` never lands where a later run (or a person) would take it for the
+  ground truth of an image;
+- every PNG predict writes carries the text chunk ``Software: mambaseg predict ...``; a
+  ``<stem>_mask`` file carrying it, or listed by a predict ``summary.json`` in its folder or a
+  folder above, is never taken as ground truth (a warning says so), and predict's own
+  ``_prob`` / ``_overlay`` PNGs are never taken as inputs;
+- an image is checked before its pixels are decoded: the pixels the model would run on (after
+  resizing and padding) must not exceed ``max_pixels``; then it must decode to one 2-D slice
+  with finite pixels (``nan_policy="zero"`` replaces NaN/Inf by 0, with a note).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from mambaseg.engine.inference import valid_size, work_size
+from mambaseg.errors import DataError, MambasegError
+
+#: default limit on the pixels one image may have at the model's input (after padding)
+MAX_PIXELS = 4096 * 4096
+#: rough peak memory of a forward pass per input pixel, for the messages (measured on the CPU,
+#: float32: about 1.3 KB for unet, 0.8 KB for segformer, 0.3 KB for ulvm_unet_v6)
+BYTES_PER_PIXEL = 1024
+#: the PNG text chunk key marking predict's outputs, and the start of its value
+TAG_KEY, TAG_VALUE = "Software", "mambaseg predict"
+#: suffixes of predict's outputs other than masks (never inputs)
+_OTHER_OUTPUTS = ("_prob", "_overlay")
+NAN_HINT = "pass --nan-policy zero to replace them by 0"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input image: its path, its path relative to the input root, its ground-truth mask, and
+    its group (the patient whose slices are post-processed together as one volume)."""
+
+    path: Path
+    rel: str
+    truth: Path | None = None
+    group: str = ""
+
+
+def output_tag() -> dict[str, str]:
+    """The PNG text chunks of every file predict writes."""
+    from mambaseg import __version__
+
+    return {TAG_KEY: f"{TAG_VALUE} {__version__}"}
+
+
+# ----------------------------------------------------------------------------- finding inputs
+
+def is_predicted(path: Path) -> bool:
+    """Whether ``path`` was written by ``mambaseg predict``: its PNG text says so, or a predict
+    ``summary.json`` in its folder or a folder above lists it."""
+    from mambaseg.data.io import png_text
+
+    if png_text(path).get(TAG_KEY, "").startswith(TAG_VALUE):
+        return True
+    path = Path(os.path.abspath(path))
+    for folder in path.parents:
+        if path.relative_to(folder).as_posix() in _listed_outputs(folder):
+            return True
+    return False
+
+
+def _listed_outputs(folder: Path) -> frozenset[str]:
+    """The files a predict ``summary.json`` in ``folder`` lists (empty for none or another
+    kind of summary)."""
+    summary = folder / "summary.json"
+    try:
+        st = summary.stat()
+    except OSError:
+        return frozenset()
+    return _read_listed(summary, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=256)
+def _read_listed(summary: Path, mtime_ns: int, size: int) -> frozenset[str]:
+    try:
+        s = json.loads(summary.read_text(encoding="utf-8"))
+        return frozenset(str(rec[k]) for rec in s["images"] for k in ("mask", "prob", "overlay")
+                         if k in rec)
+    except (OSError, ValueError, KeyError, TypeError):
+        return frozenset()
+
+
+def _truth(mask: Path | None, image: Path, warnings: list[str]) -> Path | None:
+    if mask is not None and is_predicted(mask):
+        warnings.append(f"{mask}: written by mambaseg predict, not taken as the ground truth "
+                        f"of {image.name}")
+        return None
+    return mask
+
+
+def _truth_beside(image: Path, warnings: list[str]) -> Path | None:
+    from mambaseg.data.io import MASK_SUFFIXES
+
+    for suffix in MASK_SUFFIXES:
+        for cand in (image.with_name(f"{image.stem}_mask{suffix}"),
+                     image.with_name(f"{image.stem}_mask{suffix.upper()}")):
+            if cand.is_file():
+                return _truth(cand, image, warnings)
+    return None
+
+
+def collect_inputs(path: str | Path) -> tuple[list[Item], list[str]]:
+    """The images to segment under ``path`` and warnings about files left out.
+
+    A file is taken as it is. A folder is searched recursively for images (hidden files,
+    ``*_mask.*`` files and predict's own ``_prob`` / ``_overlay`` PNGs excluded; a
+    ``<stem>_mask`` file beside an image is its ground truth unless predict wrote it), in
+    (patient, slice) order; an item's ``group`` is its patient (``layout.scan``; a single file
+    is its own). Raises DataError when ``path`` does not exist or holds no image.
+    """
+    from mambaseg.data.layout import scan
+
+    path = Path(path)
+    warnings: list[str] = []
+    if not path.exists():
+        raise DataError(f"input {path} does not exist")
+    if path.is_file():
+        return [Item(path, path.name, _truth_beside(path, warnings), path.name)], warnings
+    found = scan(path)
+    warnings += [f"{f}: {why}" for f, why in found.problems]
+    items = []
+    for s in found.slices:
+        if s.image.stem.endswith(_OTHER_OUTPUTS) and is_predicted(s.image):
+            warnings.append(f"{s.image}: written by mambaseg predict, not segmented")
+            continue
+        items.append(Item(s.image, s.image.relative_to(path).as_posix(),
+                          _truth(s.mask, s.image, warnings), s.patient))
+    if not items:
+        from mambaseg.data.io import IMAGE_SUFFIXES
+
+        raise DataError(f"no images found in {path} (looked for {', '.join(IMAGE_SUFFIXES)} "
+                        "files, *_mask files excluded)")
+    return items, warnings
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def check_outdir(outdir: Path, input: Path, items: list[Item]) -> None:
+    """Refuse an output folder inside the input folder or holding any input image: masks
+    written there could be taken for ground truth (ground truth is only ever looked up beside
+    the inputs, so never in the output folder)."""
+    if input.is_dir() and _inside(outdir, input):
+        raise MambasegError(f"output directory {outdir} is inside the input folder {input}; "
+                            "predict never writes into its input: choose another -o")
+    out = outdir.resolve()
+    for folder in sorted({it.path.parent for it in items}):
+        if _inside(folder, out):
+            image = next(it.path for it in items if it.path.parent == folder)
+            raise MambasegError(f"output directory {outdir} holds the input image {image}; "
+                                "predict never writes its masks where they could be taken for "
+                                "ground truth: choose another -o")
+
+
+# ----------------------------------------------------------------------------- checking images
+
+def forward_size(net, h: int, w: int, rescale: bool) -> tuple[int, int]:
+    """The size (height, width) an h x w image runs through the model at: resized (unless
+    ``rescale`` is False) and padded (``mambaseg.engine.inference``)."""
+    return valid_size(net, *work_size(net, h, w, rescale))
+
+
+def check_pixels(path, net, h: int, w: int, rescale: bool, max_pixels: int) -> None:
+    """DataError naming ``path`` when the model would run on more than ``max_pixels`` pixels."""
+    ph, pw = forward_size(net, h, w, rescale)
+    if ph * pw <= max_pixels:
+        return
+    gb = ph * pw * BYTES_PER_PIXEL / 1e9
+    size = f"{pw} x {ph}" + ("" if (ph, pw) == (h, w) else f" (the {w} x {h} image "
+                             + ("padded)" if not rescale else "resized and padded)"))
+    how = "resize it, leave out --no-resize, or raise --max-pixels" if not rescale \
+        else "resize it or raise --max-pixels"
+    raise DataError(f"{path}: {size} would need about {gb:.1f} GB for the forward pass, more "
+                    f"than --max-pixels {max_pixels} allows; {how}")
+
+
+def load_image(item: Item, channels: int, net, rescale: bool = True,
+               max_pixels: int = MAX_PIXELS, nan_policy: str = "error"
+               ) -> tuple[np.ndarray, str | None]:
+    """``(image, note)`` of an input, checked: its size from the header before decoding
+    (``check_pixels``), then one finite 2-D slice. DataError naming the file otherwise."""
+    from mambaseg.data.io import NonFiniteError, image_size, read_image_noted
+
+    hw = image_size(item.path)
+    if hw is not None:
+        check_pixels(item.path, net, *hw, rescale, max_pixels)
+    try:
+        img, note = read_image_noted(item.path, channels=channels, nan_policy=nan_policy)
+    except NonFiniteError as exc:
+        raise DataError(f"{exc}; {NAN_HINT}") from None
+    if hw is None:
+        check_pixels(item.path, net, *img.shape[:2], rescale, max_pixels)
+    return img, note
+
+
+def batch_limit(net, shape, batch_size: int, rescale: bool, max_pixels: int) -> int:
+    """Images of ``shape`` (H, W, C) per forward pass: ``batch_size``, fewer when that many
+    would run on more than ``max_pixels`` pixels together (at least one)."""
+    ph, pw = forward_size(net, shape[0], shape[1], rescale)
+    return max(1, min(int(batch_size), int(max_pixels) // max(1, ph * pw)))

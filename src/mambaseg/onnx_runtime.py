@@ -1,0 +1,761 @@
+"""Segmenting with an exported model in onnxruntime, without PyTorch (``mambaseg predict --onnx``).
+
+``mambaseg export`` (``engine.export``) writes an ONNX graph whose metadata say how to feed it;
+this module reads them and runs the same pre- and post-processing as the PyTorch path
+(``engine.inference.predict_probs`` and ``engine.predict.run_predict``), importing only numpy,
+Pillow/tifffile (through ``data.io``), scipy (post-processing) and onnxruntime: never torch.
+
+    from mambaseg.onnx_runtime import OnnxModel
+    model = OnnxModel("model.onnx")
+    probs = model.predict_probs(images)          # (N, C, H, W) uint8 -> (N, 1, H, W) float32
+    mask = model.segment("slice.tif")            # (H, W) uint8 in {0, 1}
+
+Per batch of images of one size: uint8 pixels divided by 255; resized so that the longer side is
+the model's training scale ``input_size`` (aspect ratio kept; skipped when it already is, or
+``rescale=False``) with antialiased bilinear weights (PIL's / torch's ``antialias=True``
+algorithm, computed here in numpy); zero-padded at the bottom and right to the nearest valid size
+(multiple of ``size_multiple``, at least ``min_size``); run; cropped; sigmoid; resized back to the
+image's size (plain bilinear, ``align_corners=False``, as ``F.interpolate``); thresholded; then
+the recommended (or requested) post-processing per patient. The resize weights are those of
+PyTorch's kernels computed in another order, so probabilities differ from the PyTorch path by
+float32 rounding only (about 1e-6); where no resize happens (the LGG slices are 256 x 256, the
+training scale) the input reaching the graph is identical.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mambaseg.errors import DataError, MambasegError
+
+#: the ``format`` metadata value of a mambaseg export (``engine.export.FORMAT``)
+FORMAT = "mambaseg-onnx"
+#: the newest ``format_version`` this runner reads
+FORMAT_VERSION = 1
+#: suffixes of the files written per image (as ``engine.predict``)
+SUFFIXES = {"mask": "_mask.png", "prob": "_prob.png", "overlay": "_overlay.png"}
+OVERLAY_ALPHA = 0.35
+PROGRESS_MIN = 5
+#: default limit on the pixels one image may have at the model's input (after padding)
+MAX_PIXELS = 4096 * 4096
+#: the PNG text chunk marking predict's outputs (``engine.predict_inputs``)
+TAG_KEY, TAG_VALUE = "Software", "mambaseg predict"
+_REQUIRED = ("in_channels", "size_multiple", "min_size", "input_name", "output_name")
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MambasegError(f"predicting with an ONNX model needs onnxruntime ({exc}); install "
+                            "it with: pip install 'mambaseg[onnx]' (or pip install onnxruntime)"
+                            ) from None
+    return onnxruntime
+
+
+def providers_for(device: str = "auto") -> list[str]:
+    """onnxruntime execution providers for ``device``: "cpu", "cuda" (an error when
+    onnxruntime has no CUDA provider) or "auto" (CUDA when available, else CPU)."""
+    ort = _import_ort()
+    have = ort.get_available_providers()
+    dev = str(device).lower().split(":")[0]
+    if dev == "cpu":
+        return ["CPUExecutionProvider"]
+    if dev == "cuda":
+        if "CUDAExecutionProvider" not in have:
+            raise MambasegError("--device cuda: this onnxruntime has no CUDA provider (install "
+                                "onnxruntime-gpu), available: " + ", ".join(have))
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if dev == "auto":
+        return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in have else []) + \
+            ["CPUExecutionProvider"]
+    raise MambasegError(f"unknown device {device!r}: use auto, cpu or cuda")
+
+
+# ----------------------------------------------------------------------------- resizing
+
+def aa_bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32 weights of an antialiased bilinear resize along one axis: the
+    triangle filter widened by the scale when shrinking (PIL's resample, which PyTorch's
+    ``interpolate(..., antialias=True)`` follows), each row normalised to sum 1."""
+    scale = n_in / n_out
+    support = scale if scale >= 1.0 else 1.0
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    w = np.zeros((n_out, n_in), dtype=np.float64)
+    for i in range(n_out):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), n_in)
+        j = np.arange(lo, hi)
+        t = np.clip(1.0 - np.abs((j - center + 0.5) * inv), 0.0, None)
+        total = t.sum()
+        w[i, lo:hi] = t / total if total > 0 else t
+    return w.astype(np.float32)
+
+
+def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32 weights of a plain bilinear resize (``align_corners=False``, no
+    antialiasing; ``F.interpolate(mode="bilinear")``) along one axis."""
+    scale = n_in / n_out
+    w = np.zeros((n_out, n_in), dtype=np.float64)
+    for i in range(n_out):
+        src = max(scale * (i + 0.5) - 0.5, 0.0)
+        i0 = int(src)
+        i1 = i0 + (1 if i0 < n_in - 1 else 0)
+        frac = src - i0
+        w[i, i0] += 1.0 - frac
+        w[i, i1] += frac
+    return w.astype(np.float32)
+
+
+def resize(x: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
+    """Resize (..., H, W) float32 ``x`` to ``size`` (separable bilinear weights)."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    fn = aa_bilinear_weights if antialias else bilinear_weights
+    wh, ww = fn(h, size[0]), fn(w, size[1])
+    return np.matmul(np.matmul(wh, x), ww.T).astype(np.float32, copy=False)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return (1.0 / (1.0 + np.exp(-x.astype(np.float32)))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- the model
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (via onnxruntime; no onnx package needed)."""
+    return dict(OnnxModel(path).metadata)
+
+
+class OnnxModel:
+    """An exported mambaseg model in an onnxruntime session, with what its metadata say.
+
+    Raises MambasegError when the file is missing, is not an ONNX model, or carries no mambaseg
+    metadata (``"format": "mambaseg-onnx"``, written by ``mambaseg export``).
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
+        ort = _import_ort()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MambasegError(f"{self.path}: ONNX file not found")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        self.providers = providers_for(device)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MambasegError(f"{self.path}: not a loadable ONNX model ({first})") from None
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        meta = self.metadata
+        if meta.get("format") != FORMAT:
+            raise MambasegError(f"{self.path} has no mambaseg metadata (metadata 'format' is "
+                                f"{meta.get('format')!r}, expected {FORMAT!r}): predict --onnx "
+                                "needs a file written by 'mambaseg export', which records the "
+                                "input size, channels and normalisation")
+        try:
+            version = int(meta.get("format_version", "1"))
+            if version > FORMAT_VERSION:
+                raise MambasegError(f"{self.path}: format_version {version} is newer than this "
+                                    f"mambaseg reads ({FORMAT_VERSION}); upgrade mambaseg")
+            missing = [k for k in _REQUIRED if k not in meta]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+            self.in_channels = int(meta["in_channels"])
+            self.size_multiple = int(meta["size_multiple"])
+            self.min_size = int(meta["min_size"])
+            size = json.loads(meta.get("input_size", "null"))
+            self.input_size = int(size) if size else None
+            fixed = json.loads(meta.get("fixed_size", "null"))
+            self.fixed_size = (int(fixed[0]), int(fixed[1])) if fixed else None
+            self.threshold = float(meta.get("threshold", "0.5"))
+            self.postprocess_dict = json.loads(meta.get("postprocess", "null")) or {}
+            self.channels = json.loads(meta.get("channels", "null"))
+            limit = json.loads(meta.get("max_pixels", "null"))
+            #: the largest height x width the graph computes exactly (its selective scans
+            #: are exact up to a sequence length; None: no limit)
+            self.max_pixels = int(limit) if limit else None
+        except MambasegError:
+            raise
+        except (ValueError, TypeError, IndexError) as exc:
+            raise MambasegError(f"{self.path}: invalid mambaseg metadata ({exc})") from None
+        self.model_name = meta.get("model_name", "onnx")
+        self.input_name, self.output_name = meta["input_name"], meta["output_name"]
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if self.input_name not in inputs:
+            raise MambasegError(f"{self.path}: the graph has no input {self.input_name!r} "
+                                f"(inputs: {', '.join(inputs)})")
+        shape = inputs[self.input_name].shape
+        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != self.in_channels):
+            raise MambasegError(f"{self.path}: the graph's input has shape {shape}, not "
+                                f"(batch, {self.in_channels}, height, width) as its metadata say")
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({str(self.path)!r}, {self.model_name}, {self.in_channels} channels)"
+
+    @property
+    def members(self) -> int:
+        return int(self.metadata.get("members", "1"))
+
+    @property
+    def postprocess(self):
+        """The PostProcess recorded as recommended (``engine.postprocess``, numpy only)."""
+        from mambaseg.engine.postprocess import PostProcess
+
+        return PostProcess.from_dict(self.postprocess_dict)
+
+    @property
+    def device(self) -> str:
+        return "onnxruntime:" + self.session.get_providers()[0]
+
+    # -- sizes, as engine.inference -----------------------------------------------------------
+
+    def valid_size(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest size >= (height, width) the graph accepts."""
+        if self.fixed_size is not None:
+            fh, fw = self.fixed_size
+            if height > fh or width > fw:
+                raise MambasegError(f"this export takes {fh}x{fw} inputs only; cannot take "
+                                    f"{height}x{width}")
+            return fh, fw
+        m, low = self.size_multiple, self.min_size
+
+        def up(n):
+            return max(-(-int(n) // m) * m, low)
+
+        return up(height), up(width)
+
+    def work_size(self, h: int, w: int, rescale: bool = True) -> tuple[int, int]:
+        """The size an h x w image is resized to before padding (``inference.work_size``)."""
+        size = self.input_size if rescale else None
+        if not size or max(h, w) == int(size):
+            return h, w
+        scale = int(size) / max(h, w)
+        return max(1, round(h * scale)), max(1, round(w * scale))
+
+    def forward_size(self, h: int, w: int, rescale: bool = True) -> tuple[int, int]:
+        return self.valid_size(*self.work_size(h, w, rescale))
+
+    def check_pixels(self, height: int, width: int) -> None:
+        """MambasegError when the graph would run beyond the size it computes exactly."""
+        if self.max_pixels is not None and height * width > self.max_pixels:
+            raise MambasegError(f"{height} x {width} pixels at the model's input exceed the "
+                                f"{self.max_pixels} this export computes exactly (its "
+                                "selective scans are exact up to a sequence length); resize "
+                                "the image")
+
+    # -- running ------------------------------------------------------------------------------
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """The graph's output for a float32 (N, C, H, W) batch of a valid size."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self._check_batch(x)
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+    def _check_batch(self, x: np.ndarray) -> None:
+        if x.ndim != 4:
+            raise MambasegError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise MambasegError(f"{self.model_name} ({self.path.name}) takes "
+                                f"{self.in_channels}-channel images, got {x.shape[1]} channels "
+                                f"(input shape {tuple(x.shape)})")
+
+    def predict_probs(self, images: np.ndarray, batch_size: int = 8,
+                      rescale: bool = True) -> np.ndarray:
+        """Tumour probabilities (N, 1, H, W) float32 of ``images`` (N, C, H, W), uint8 or float
+        in [0, 1], any size (see the module docstring; ``inference.predict_probs``)."""
+        x = np.asarray(images)
+        if x.ndim != 4:
+            raise MambasegError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
+        self._check_batch(x)
+        if x.dtype == np.uint8:
+            to_float = (lambda a: a.astype(np.float32) / np.float32(255.0))
+        elif np.issubdtype(x.dtype, np.floating):
+            to_float = (lambda a: a.astype(np.float32, copy=False))
+        else:
+            raise MambasegError(f"images must be uint8 or float in [0, 1], got {x.dtype}")
+        n, _, h, w = x.shape
+        sh, sw = self.work_size(h, w, rescale)
+        ph, pw = self.valid_size(sh, sw)
+        self.check_pixels(ph, pw)
+        out = np.empty((n, 1, h, w), dtype=np.float32)
+        step = max(1, int(batch_size))
+        for start in range(0, n, step):
+            xb = resize(to_float(x[start:start + step]), (sh, sw), antialias=True)
+            if (ph, pw) != (sh, sw):
+                xb = np.pad(xb, ((0, 0), (0, 0), (0, ph - sh), (0, pw - sw)))
+            logits = self.logits(xb)
+            if logits.shape[1] == 1:
+                probs = sigmoid(logits)
+            elif logits.shape[1] == 2:  # two-class output: tumour = class 1
+                e = np.exp(logits - logits.max(axis=1, keepdims=True))
+                probs = (e[:, 1:2] / e.sum(axis=1, keepdims=True)).astype(np.float32)
+            else:
+                raise MambasegError(f"{self.path.name}: output has {logits.shape[1]} channels; "
+                                    "expected 1 (tumour logits) or 2 (background, tumour)")
+            out[start:start + len(xb)] = resize(probs[:, :, :sh, :sw], (h, w), antialias=False)
+        return out
+
+    def segment(self, images_or_paths, threshold: float | None = None,
+                return_probs: bool = False, rescale: bool = True, postprocess=None,
+                batch_size: int = 8):
+        """``mambaseg.segment`` with this model: uint8 (H, W) masks in {0, 1} (or float32
+        probabilities with ``return_probs``) of a path or an (H, W) / (H, W, C) array (uint8,
+        or float in [0, 1]), or of a list of those. ``threshold``: default the model's (0.5);
+        ``postprocess`` (a PostProcess or its dict; None: none) treats the inputs as one
+        patient's slices in the order given."""
+        from mambaseg.data.io import image_from_array, read_image_noted
+        from mambaseg.engine.postprocess import PostProcess
+
+        single = isinstance(images_or_paths, (str, os.PathLike, np.ndarray))
+        inputs = [images_or_paths] if single else list(images_or_paths)
+        if isinstance(postprocess, dict):
+            postprocess = PostProcess.from_dict(postprocess)
+        if return_probs and postprocess is not None and postprocess.active:
+            raise MambasegError("post-processing applies to masks: not with return_probs=True")
+        thr = self.threshold if threshold is None else float(threshold)
+        outs = []
+        for item in inputs:
+            if isinstance(item, (str, os.PathLike)):
+                img, _ = read_image_noted(item, channels=self.in_channels)
+            else:
+                arr = np.asarray(item)
+                if arr.dtype.kind == "f" and arr.size and 0.0 <= arr.min() and arr.max() <= 1.0:
+                    arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+                img, _ = image_from_array(arr, "<array>", self.in_channels)
+            prob = self.predict_probs(img.transpose(2, 0, 1)[None], batch_size, rescale)[0, 0]
+            outs.append(prob if return_probs else prob > thr)
+        if not return_probs:
+            outs = [m.astype(np.uint8) for m in
+                    postprocess_masks(outs, ["segment"] * len(outs), postprocess)]
+        return outs[0] if single else outs
+
+
+# ----------------------------------------------------------------------------- predict --onnx
+# The steps of ``engine.predict.run_predict`` (and the input checks of
+# ``engine.predict_inputs``), over an OnnxModel; both modules import torch, so the torch-free
+# path carries its own copy of the orchestration.
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    rel: str
+    truth: Path | None = None
+    group: str = ""
+
+
+@dataclass
+class PredictResult:
+    """What ``run_predict_onnx`` did (the fields of ``engine.predict.PredictResult``)."""
+
+    summary: dict
+    outdir: Path
+    written: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.skipped else 0
+
+
+def _output_tag() -> dict[str, str]:
+    from mambaseg import __version__
+
+    return {TAG_KEY: f"{TAG_VALUE} {__version__}"}
+
+
+def _is_predicted(path: Path) -> bool:
+    from mambaseg.data.io import png_text
+
+    if png_text(path).get(TAG_KEY, "").startswith(TAG_VALUE):
+        return True
+    path = Path(os.path.abspath(path))
+    for folder in path.parents:
+        summary = folder / "summary.json"
+        if not summary.is_file():
+            continue
+        try:
+            s = json.loads(summary.read_text(encoding="utf-8"))
+            listed = {str(r[k]) for r in s["images"] for k in ("mask", "prob", "overlay")
+                      if k in r}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if path.relative_to(folder).as_posix() in listed:
+            return True
+    return False
+
+
+def _truth(mask: Path | None, image: Path, warnings: list[str]) -> Path | None:
+    if mask is not None and _is_predicted(mask):
+        warnings.append(f"{mask}: written by mambaseg predict, not taken as the ground truth "
+                        f"of {image.name}")
+        return None
+    return mask
+
+
+def collect_inputs(path: str | Path) -> tuple[list[Item], list[str]]:
+    """The images to segment under ``path`` and warnings (``predict_inputs.collect_inputs``)."""
+    from mambaseg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES
+    from mambaseg.data.layout import scan
+
+    path = Path(path)
+    warnings: list[str] = []
+    if not path.exists():
+        raise DataError(f"input {path} does not exist")
+    if path.is_file():
+        truth = next((c for s in MASK_SUFFIXES for c in
+                      (path.with_name(f"{path.stem}_mask{s}"),
+                       path.with_name(f"{path.stem}_mask{s.upper()}")) if c.is_file()), None)
+        return [Item(path, path.name, _truth(truth, path, warnings), path.name)], warnings
+    found = scan(path)
+    warnings += [f"{f}: {why}" for f, why in found.problems]
+    items = []
+    for s in found.slices:
+        if s.image.stem.endswith(("_prob", "_overlay")) and _is_predicted(s.image):
+            warnings.append(f"{s.image}: written by mambaseg predict, not segmented")
+            continue
+        items.append(Item(s.image, s.image.relative_to(path).as_posix(),
+                          _truth(s.mask, s.image, warnings), s.patient))
+    if not items:
+        raise DataError(f"no images found in {path} (looked for {', '.join(IMAGE_SUFFIXES)} "
+                        "files, *_mask files excluded)")
+    return items, warnings
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def _check_outdir(outdir: Path, input: Path, items: list[Item]) -> None:
+    if input.is_dir() and _inside(outdir, input):
+        raise MambasegError(f"output directory {outdir} is inside the input folder {input}; "
+                            "predict never writes into its input: choose another -o")
+    for folder in sorted({it.path.parent for it in items}):
+        if _inside(folder, outdir):
+            image = next(it.path for it in items if it.path.parent == folder)
+            raise MambasegError(f"output directory {outdir} holds the input image {image}; "
+                                "predict never writes its masks where they could be taken for "
+                                "ground truth: choose another -o")
+
+
+def output_paths(outdir: Path, rel: str, probabilities: bool = False,
+                 overlay: bool = False) -> dict[str, Path]:
+    stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
+    kinds = ["mask"] + (["prob"] if probabilities else []) + (["overlay"] if overlay else [])
+    return {k: outdir / (stem + SUFFIXES[k]) for k in kinds}
+
+
+def _check_targets(outdir: Path, targets: dict[str, dict[str, Path]], overwrite: bool) -> None:
+    if outdir.exists() and not outdir.is_dir():
+        raise MambasegError(f"output directory {outdir} is a file")
+    seen: dict[Path, str] = {}
+    for rel, paths in targets.items():
+        for p in paths.values():
+            if p in seen:
+                raise MambasegError(f"inputs {seen[p]} and {rel} would both write {p}; "
+                                    "rename one or segment them separately")
+            seen[p] = rel
+    if overwrite:
+        return
+    existing = [p for p in [*seen, outdir / "summary.json"] if p.exists()]
+    if existing:
+        more = f" and {len(existing) - 1} more output file(s) already exist" \
+            if len(existing) > 1 else " already exists"
+        raise MambasegError(f"{existing[0]}{more}; pass --overwrite to replace them "
+                            "(nothing was written)")
+
+
+def _prepare_dir(path: Path) -> None:
+    import tempfile
+
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise MambasegError(f"output directory {path} cannot be created: {blocker} is a file, "
+                            "not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".mambaseg-probe-", dir=path)
+    except OSError as exc:
+        raise MambasegError(f"output directory {path} is not writable: "
+                            f"{exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _load_image(item: Item, model: OnnxModel, rescale: bool, max_pixels: int,
+                nan_policy: str) -> tuple[np.ndarray, str | None]:
+    from mambaseg.data import io
+
+    def check(h, w):
+        ph, pw = model.forward_size(h, w, rescale)
+        if ph * pw > max_pixels:
+            raise DataError(f"{item.path}: {pw} x {ph} pixels at the model's input, more than "
+                            f"--max-pixels {max_pixels} allows")
+        try:
+            model.check_pixels(ph, pw)
+        except MambasegError as exc:
+            raise DataError(f"{item.path}: {exc}") from None
+
+    hw = io.image_size(item.path) if hasattr(io, "image_size") else None
+    if hw is not None:
+        check(*hw)
+    kwargs = {"nan_policy": nan_policy} if nan_policy != "error" else {}
+    img, note = io.read_image_noted(item.path, channels=model.in_channels, **kwargs)
+    if hw is None:
+        check(*img.shape[:2])
+    return img, note
+
+
+def postprocess_masks(masks: Sequence[np.ndarray], groups: Sequence[str],
+                      pp) -> list[np.ndarray]:
+    """``pp`` applied to 2-D masks, the masks of one group and one size forming one volume
+    (``engine.predict.postprocess_masks``)."""
+    out = [np.asarray(m, dtype=bool) for m in masks]
+    if pp is None or not pp.active:
+        return out
+    volumes: dict[tuple, list[int]] = {}
+    for i, (m, g) in enumerate(zip(out, groups)):
+        volumes.setdefault((g, m.shape), []).append(i)
+    for (g, _), rows in volumes.items():
+        done = pp(np.stack([out[i] for i in rows]), [g] * len(rows))
+        for i, m in zip(rows, done):
+            out[i] = m
+    return out
+
+
+def overlay_image(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA):
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    out = img[:, :, :3].astype(np.float32)
+    m = np.asarray(mask) > 0
+    red = np.array([255.0, 0.0, 0.0], np.float32)
+    out[m] = (1 - alpha) * out[m] + alpha * red
+    p = np.pad(m, 1)
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    out[m & ~inner] = red
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _dice(tp, fp, fn):
+    tp, fp, fn = (np.asarray(a, dtype=np.int64) for a in (tp, fp, fn))
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
+
+
+def _record(item: Item, outdir: Path, paths: dict[str, Path], mask: np.ndarray,
+            note: str | None) -> dict:
+    from mambaseg.data.io import read_mask
+
+    rec = {"input": item.rel, "mask": paths["mask"].relative_to(outdir).as_posix(),
+           "tumour_pixels": int(mask.sum()), "notes": note,
+           "size": [int(mask.shape[0]), int(mask.shape[1])]}
+    for k in ("prob", "overlay"):
+        if k in paths:
+            rec[k] = paths[k].relative_to(outdir).as_posix()
+    if item.truth is None:
+        return rec
+    rec["truth"] = item.truth.name
+    try:
+        truth = read_mask(item.truth)
+    except DataError as exc:
+        rec["truth_error"] = _reason(exc, item.truth)
+        return rec
+    if truth.shape != mask.shape:
+        rec["truth_error"] = f"mask size {truth.shape} differs from image size {mask.shape}"
+        return rec
+    m, t = mask.astype(bool), truth.astype(bool)
+    tp, fp, fn = int((m & t).sum()), int((m & ~t).sum()), int((~m & t).sum())
+    rec.update(truth_pixels=tp + fn, tp=tp, fp=fp, fn=fn, dice=float(_dice(tp, fp, fn)))
+    return rec
+
+
+def dice_of(records: Sequence[dict]) -> dict | None:
+    scored = [r for r in records if "dice" in r]
+    if not scored:
+        return None
+    tp, fp, fn = (np.array([r[k] for r in scored]) for k in ("tp", "fp", "fn"))
+    return {"pooled": float(_dice(tp.sum(), fp.sum(), fn.sum())),
+            "slice_mean": float(_dice(tp, fp, fn).mean()),
+            "n": len(scored), "n_tumour": int(((tp + fn) > 0).sum()),
+            "tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum())}
+
+
+def _reason(exc: Exception, path: Path) -> str:
+    msg, prefix = str(exc), f"{path}: "
+    return msg[len(prefix):] if msg.startswith(prefix) else msg
+
+
+def _units(items: Sequence[Item], size: int, by_group: bool):
+    unit: list[Item] = []
+    for item in items:
+        if len(unit) >= size and (not by_group or item.group != unit[-1].group):
+            yield unit
+            unit = []
+        unit.append(item)
+    if unit:
+        yield unit
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from mambaseg.engine.progress import progress_bar
+    except ImportError:  # tqdm not installed: no bar
+        return _NoBar()
+    return progress_bar(total, "predict", True, unit="image")
+
+
+def resolve_postprocess(setting, model: OnnxModel):
+    """``(PostProcess, source)`` as ``engine.inference.resolve_postprocess``: ``"auto"``: the
+    export's recommendation (source ``"checkpoint"``); None: none; a PostProcess or dict."""
+    from mambaseg.engine.postprocess import PostProcess
+
+    if isinstance(setting, str):
+        if setting != "auto":
+            raise MambasegError(f"postprocess must be 'auto', None or a PostProcess, "
+                                f"got {setting!r}")
+        rec = model.postprocess
+        return (rec, "checkpoint") if rec.active else (PostProcess(), "none")
+    if setting is None:
+        return PostProcess(), "none"
+    if isinstance(setting, dict):
+        setting = PostProcess.from_dict(setting)
+    return setting, "options"
+
+
+def run_predict_onnx(input: str | Path, outdir: str | Path, onnx: str | Path,
+                     threshold: float = 0.5, probabilities: bool = False, overlay: bool = False,
+                     device: str = "auto", batch_size: int = 8, overwrite: bool = False,
+                     progress: bool = False, rescale: bool = True, postprocess="auto",
+                     nan_policy: str = "error", max_pixels: int = MAX_PIXELS,
+                     threads: int | None = None) -> PredictResult:
+    """``mambaseg predict --onnx``: ``engine.predict.run_predict`` with the exported model
+    ``onnx`` in onnxruntime; the same checks (before anything is written), files and
+    ``summary.json`` (``"checkpoint": "onnx:<file>"``, ``"device": "onnxruntime:<provider>"``)."""
+    input, outdir = Path(input), Path(outdir)
+    if nan_policy not in ("error", "zero"):
+        raise MambasegError(f"nan_policy must be one of error, zero, got {nan_policy!r}")
+    if int(max_pixels) < 1:
+        raise MambasegError(f"--max-pixels must be at least 1, got {max_pixels}")
+    items, warnings = collect_inputs(input)
+    _check_outdir(outdir, input, items)
+    model = OnnxModel(onnx, device=device, threads=threads)
+    pp, pp_source = resolve_postprocess(postprocess, model)
+    load = {"model": model, "rescale": rescale, "max_pixels": int(max_pixels),
+            "nan_policy": nan_policy}
+    ready = {items[0].rel: _load_image(items[0], **load)} if len(items) == 1 else {}
+    targets = {it.rel: output_paths(outdir, it.rel, probabilities, overlay) for it in items}
+    _check_targets(outdir, targets, overwrite)
+    _prepare_dir(outdir)
+
+    from mambaseg.data.io import write_png
+
+    tag = _output_tag()
+    t0 = time.perf_counter()
+    res = PredictResult({}, outdir, warnings=warnings)
+    bar = _bar(len(items), progress and len(items) > PROGRESS_MIN)
+    for unit in _units(items, max(1, int(batch_size)), by_group=pp.active):
+        loaded = []
+        for item in unit:
+            try:
+                img, note = ready.pop(item.rel) if item.rel in ready else \
+                    _load_image(item, **load)
+            except DataError as exc:
+                res.skipped.append({"input": item.rel, "reason": _reason(exc, item.path)})
+                bar.update(1)
+                continue
+            loaded.append((item, img, note))
+        probs = _probs(model, [img for _, img, _ in loaded], batch_size, rescale,
+                       int(max_pixels))
+        raw = [prob > threshold for prob in probs]
+        masks = postprocess_masks(raw, [it.group for it, _, _ in loaded], pp)
+        for (item, img, note), prob, mask, before in zip(loaded, probs, masks, raw):
+            paths = targets[item.rel]
+            write_png(paths["mask"], mask.astype(np.uint8) * 255, text=tag)
+            if "prob" in paths:
+                write_png(paths["prob"], np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8),
+                          text=tag)
+            if "overlay" in paths:
+                write_png(paths["overlay"], overlay_image(img, mask), text=tag)
+            rec = _record(item, outdir, paths, mask, note)
+            if pp.active:
+                rec["removed_pixels"] = int(before.sum()) - int(mask.sum())
+            res.written.append(rec)
+            bar.update(1)
+    bar.close()
+    res.summary = _summary(input, outdir, model, threshold, res, time.perf_counter() - t0,
+                           rescale)
+    res.summary.update({"postprocess": pp.to_dict(), "postprocess_description": pp.describe(),
+                        "postprocess_source": pp_source,
+                        "postprocess_removed_pixels": sum(r.get("removed_pixels", 0)
+                                                          for r in res.written),
+                        "nan_policy": nan_policy, "max_pixels": int(max_pixels)})
+    from mambaseg.files import write_json
+
+    write_json(outdir / "summary.json", res.summary)
+    return res
+
+
+def _probs(model: OnnxModel, images: list[np.ndarray], batch_size: int, rescale: bool,
+           max_pixels: int) -> list[np.ndarray]:
+    out: list[np.ndarray | None] = [None] * len(images)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    for rows in by_shape.values():
+        batch = np.stack([images[i] for i in rows]).transpose(0, 3, 1, 2)
+        ph, pw = model.forward_size(batch.shape[2], batch.shape[3], rescale)
+        size = max(1, min(int(batch_size), int(max_pixels) // max(1, ph * pw)))
+        probs = model.predict_probs(batch, batch_size=size, rescale=rescale)[:, 0]
+        for i, prob in zip(rows, probs):
+            out[i] = prob
+    return out
+
+
+def _summary(input, outdir, model: OnnxModel, threshold, res: PredictResult, seconds,
+             rescale) -> dict:
+    from mambaseg import __version__
+
+    records = res.written
+    return {
+        "input": str(input), "output": str(outdir), "model": model.model_name,
+        "checkpoint": f"onnx:{model.path}", "onnx": str(model.path),
+        "onnx_source": model.metadata.get("source"),
+        **({"ensemble_members": model.members} if model.members > 1 else {}),
+        "threshold": threshold,
+        "device": model.device,
+        "model_input_size": model.input_size, "rescale": bool(rescale),
+        "counts": {"inputs": len(records) + len(res.skipped), "written": len(records),
+                   "skipped": len(res.skipped),
+                   "converted": sum(1 for r in records if r["notes"]),
+                   "with_truth": sum(1 for r in records if "dice" in r)},
+        "dice": dice_of(records),
+        "images": records, "skipped": res.skipped, "warnings": res.warnings,
+        "seconds": round(seconds, 3), "mambaseg_version": __version__,
+    }
