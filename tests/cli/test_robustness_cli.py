@@ -166,8 +166,19 @@ def test_evaluate_dataset_with_a_nan_image_names_it(tmp_path, capsys, ckpt):
                        "paper", "--part", "test", "--device", "cpu", "--no-progress")
     assert code == 2
     assert (f"mambaseg evaluate: error: {bad}: non-finite pixels (NaN/Inf): 400 of 1024; "
-            "evaluate never scores such an image") in err
+            "fix or remove the file") in err and "--nan-policy zero" in err
     assert not list(ckpt.glob("summary*.json"))
+    out = tmp_path / "summary.json"
+    code, _, err = cli(capsys, "evaluate", "--checkpoint", ckpt, "--data", toy, "--split",
+                       "paper", "--part", "test", "--device", "cpu", "--no-progress",
+                       "--nan-policy", "zero", "-o", out)
+    assert code == 0
+    s = json.loads(out.read_text())
+    rel = bad.relative_to(toy / "kaggle_3m").as_posix() if (toy / "kaggle_3m").is_dir() \
+        else bad.relative_to(toy).as_posix()
+    assert list(s["nan_replaced"]) == [rel]
+    assert s["nan_replaced"][rel].startswith("400 non-finite pixel(s) (NaN/Inf) replaced by 0;")
+    assert s["n_slices"] == len(parts["test"])
 
 
 # ----------------------------------------------------------------------------- train

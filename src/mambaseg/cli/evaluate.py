@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     add_option(p, "--amp", choices=("bf16", "off"), default="off", bare="bf16",
                help="mixed precision: bf16 (faster on GPU) or off (the default)")
+    p.add_argument("--nan-policy", choices=("error", "zero"), default="error",
+                   help="images with NaN/Inf pixels: error (default; names the file) or zero "
+                        "(replace them by 0; summary.json lists them under nan_replaced)")
     p.add_argument("--save-predictions", action="store_true",
                    help="also write predictions.npz (bit-packed binary masks) beside the summary")
     add_postprocess_options(p)
@@ -109,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold, save_predictions=args.save_predictions,
         overwrite=args.overwrite, seed=args.split_seed, fold=args.fold,
         amp=args.amp == "bf16",
-        progress=not args.no_progress, postprocess=postprocess_from_args(args))
+        progress=not args.no_progress, postprocess=postprocess_from_args(args),
+        nan_policy=args.nan_policy)
     members = summary.get("ensemble_members")
     print(f"{summary['model']}" + (f" ensemble of {members}" if members else "")
           + f" ({summary['parameters']:,} parameters) on the {summary['part']} "

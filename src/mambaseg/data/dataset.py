@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mambaseg.data.augment import augment_batch
-from mambaseg.data.io import read_image, read_mask
+from mambaseg.data.io import read_image, read_image_noted, read_mask
 from mambaseg.data.layout import Slice
 from mambaseg.errors import DataError
 
@@ -59,12 +59,15 @@ class SliceDataset(Dataset):
 
 
 def load_arrays(slices: Sequence[Slice], progress: bool | None = True, channels: int = 3,
-                workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                workers: int | None = None, nan_policy: str = "error",
+                notes: dict[str, str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode ``slices`` into ``(images uint8 (N,C,H,W), masks uint8 (N,1,H,W) in {0,1})``.
 
     Files are decoded on a thread pool straight into preallocated tensors. All slices must have
     one size (DataError names the first that does not). ``progress``: True shows a tqdm bar on
-    stderr when it is a terminal, False never.
+    stderr when it is a terminal, False never. Non-finite pixels raise a DataError naming the
+    file, or with ``nan_policy="zero"`` become 0; ``notes`` (when given) then collects each
+    converted image's note by ``Slice.rel``.
     """
     from tqdm import tqdm
 
@@ -73,7 +76,13 @@ def load_arrays(slices: Sequence[Slice], progress: bool | None = True, channels:
     slices = list(slices)
     if not slices:
         raise DataError("load_arrays: no slices to load")
-    first = read_image(slices[0].image, channels)
+    def decode(s: Slice):
+        image, note = read_image_noted(s.image, channels, nan_policy=nan_policy)
+        if note and notes is not None and nan_policy == "zero" and "non-finite" in note:
+            notes[s.rel] = note
+        return image
+
+    first = decode(slices[0])
     h, w = first.shape[:2]
     images = torch.empty((len(slices), channels, h, w), dtype=torch.uint8)
     masks = torch.empty((len(slices), 1, h, w), dtype=torch.uint8)
@@ -81,7 +90,7 @@ def load_arrays(slices: Sequence[Slice], progress: bool | None = True, channels:
 
     def load(i: int) -> None:
         s = slices[i]
-        image = first if i == 0 else read_image(s.image, channels)
+        image = first if i == 0 else decode(s)
         if image.shape[:2] != (h, w):
             raise DataError(f"{s.image}: image is {image.shape[1]}x{image.shape[0]}, but "
                             f"{slices[0].image.name} is {w}x{h}; all slices must share one size")

@@ -45,7 +45,8 @@ class Evaluation:
 def evaluate_slices(model, slices, batch_size: int = 16, device: str | torch.device = "cpu",
                     threshold: float = 0.5, amp: bool = False, keep_predictions: bool = False,
                     n_boot: int = metrics.N_BOOT, seed: int = metrics.BOOT_SEED,
-                    progress: bool = False, postprocess: PostProcess | None = None) -> Evaluation:
+                    progress: bool = False, postprocess: PostProcess | None = None,
+                    nan_policy: str = "error") -> Evaluation:
     """Run ``model`` over ``slices`` (``layout.Slice`` with masks, in split order) and compute
     every metric of docs/metrics.md.
 
@@ -56,9 +57,12 @@ def evaluate_slices(model, slices, batch_size: int = 16, device: str | torch.dev
 
     Returns an :class:`Evaluation` whose ``summary`` holds one key per metric name, the
     post-processing applied, and ``per_slice`` ({rel, patient, tp, fp, fn, dice, hd95}) and
-    ``per_patient`` ({patient, tp, fp, fn, dice, slices}) tables.
+    ``per_patient`` ({patient, tp, fp, fn, dice, slices}) tables. An image with NaN/Inf pixels
+    is a DataError naming it, or with ``nan_policy="zero"`` its pixels become 0 and
+    ``summary["nan_replaced"]`` lists it.
     """
     slices = list(slices)
+    notes: dict[str, str] = {}
     if not slices:
         raise DataError("no slices to evaluate")
     pp = postprocess or PostProcess()
@@ -68,7 +72,8 @@ def evaluate_slices(model, slices, batch_size: int = 16, device: str | torch.dev
     bar = _progress(len(slices), progress)
     for rows in patient_units(slices, max(1, int(batch_size)) * 4):
         part = [slices[i] for i in rows]
-        pred, truth = _predict_part(model, part, batch_size, device, threshold, amp)
+        pred, truth = _predict_part(model, part, batch_size, device, threshold, amp,
+                                    nan_policy, notes)
         raw[:, rows] = metrics.dice_counts(pred, truth)
         if pp.active:
             pred = pp(pred, [s.patient for s in part])
@@ -83,6 +88,8 @@ def evaluate_slices(model, slices, batch_size: int = 16, device: str | torch.dev
     tp, fp, fn = counts
     patients = [s.patient for s in slices]
     summary = metrics.summarize(tp, fp, fn, patients, hds, n_boot=n_boot, seed=seed)
+    if notes:
+        summary["nan_replaced"] = dict(sorted(notes.items()))
     summary["postprocess"] = pp.to_dict()
     summary["postprocess_description"] = pp.describe()
     if pp.active:
@@ -113,16 +120,18 @@ def patient_units(slices, size: int) -> list[list[int]]:
     return units + ([unit] if unit else [])
 
 
-def _predict_part(model, part, batch_size, device, threshold, amp) -> tuple[np.ndarray, np.ndarray]:
+def _predict_part(model, part, batch_size, device, threshold, amp, nan_policy="error",
+                  notes=None) -> tuple[np.ndarray, np.ndarray]:
     """Binary predictions and truths, bool (N, H, W), of the slices ``part``."""
     from mambaseg.data.dataset import load_arrays
     from mambaseg.data.io import NonFiniteError
 
     try:
-        images, masks = load_arrays(part, progress=False, channels=in_channels(model))
+        images, masks = load_arrays(part, progress=False, channels=in_channels(model),
+                                    nan_policy=nan_policy, notes=notes)
     except NonFiniteError as exc:
-        raise DataError(f"{exc}; evaluate never scores such an image: fix or remove the file "
-                        "('mambaseg data verify' lists every one)") from None
+        raise DataError(f"{exc}; fix or remove the file ('mambaseg data verify' lists every "
+                        "one), or pass --nan-policy zero to replace them by 0") from None
     probs = predict_probs(model, images, batch_size=batch_size, device=device, amp=amp)
     return (probs > threshold)[:, 0].numpy(), masks[:, 0].numpy() > 0
 
@@ -228,7 +237,7 @@ def run_evaluation(data: str | Path | None, checkpoint=None,
                    save_predictions: bool = False, overwrite: bool = False,
                    seed: int | None = None, fold: int | None = None, amp: bool = False,
                    n_boot: int = metrics.N_BOOT, progress: bool = False,
-                   postprocess="auto") -> tuple[dict, Path]:
+                   postprocess="auto", nan_policy: str = "error") -> tuple[dict, Path]:
     """Evaluate a checkpoint (or the shipped weights of ``model``) on ``part`` of ``split`` of
     the dataset at ``data``; write the summary (default ``default_out(checkpoint, part)``).
 
@@ -280,7 +289,7 @@ def run_evaluation(data: str | Path | None, checkpoint=None,
     t0 = time.perf_counter()
     ev = evaluate_slices(net, slices, batch_size=batch_size, device=dev, threshold=threshold,
                          amp=amp, keep_predictions=save_predictions, n_boot=n_boot,
-                         progress=progress, postprocess=pp)
+                         progress=progress, postprocess=pp, nan_policy=nan_policy)
     from mambaseg import __version__
 
     head = {
