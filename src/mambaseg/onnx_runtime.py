@@ -32,20 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
+from mambaseg.engine.predict_inputs import (MAX_PIXELS, Item, check_outdir, collect_inputs,
+                                            output_paths, output_tag, reason)
+from mambaseg.engine.predict_inputs import check_targets as _check_targets
 from mambaseg.errors import DataError, MambasegError
 
 #: the ``format`` metadata value of a mambaseg export (``engine.export.FORMAT``)
 FORMAT = "mambaseg-onnx"
 #: the newest ``format_version`` this runner reads
 FORMAT_VERSION = 1
-#: suffixes of the files written per image (as ``engine.predict``)
-SUFFIXES = {"mask": "_mask.png", "prob": "_prob.png", "overlay": "_overlay.png"}
 OVERLAY_ALPHA = 0.35
 PROGRESS_MIN = 5
-#: default limit on the pixels one image may have at the model's input (after padding)
-MAX_PIXELS = 4096 * 4096
-#: the PNG text chunk marking predict's outputs (``engine.predict_inputs``)
-TAG_KEY, TAG_VALUE = "Software", "mambaseg predict"
 _REQUIRED = ("in_channels", "size_multiple", "min_size", "input_name", "output_name")
 
 
@@ -348,14 +345,6 @@ class OnnxModel:
 # ``engine.predict_inputs``), over an OnnxModel; both modules import torch, so the torch-free
 # path carries its own copy of the orchestration.
 
-@dataclass(frozen=True)
-class Item:
-    path: Path
-    rel: str
-    truth: Path | None = None
-    group: str = ""
-
-
 @dataclass
 class PredictResult:
     """What ``run_predict_onnx`` did (the fields of ``engine.predict.PredictResult``)."""
@@ -369,114 +358,6 @@ class PredictResult:
     @property
     def exit_status(self) -> int:
         return 1 if self.skipped else 0
-
-
-def _output_tag() -> dict[str, str]:
-    from mambaseg import __version__
-
-    return {TAG_KEY: f"{TAG_VALUE} {__version__}"}
-
-
-def _is_predicted(path: Path) -> bool:
-    from mambaseg.data.io import png_text
-
-    if png_text(path).get(TAG_KEY, "").startswith(TAG_VALUE):
-        return True
-    path = Path(os.path.abspath(path))
-    for folder in path.parents:
-        summary = folder / "summary.json"
-        if not summary.is_file():
-            continue
-        try:
-            s = json.loads(summary.read_text(encoding="utf-8"))
-            listed = {str(r[k]) for r in s["images"] for k in ("mask", "prob", "overlay")
-                      if k in r}
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if path.relative_to(folder).as_posix() in listed:
-            return True
-    return False
-
-
-def _truth(mask: Path | None, image: Path, warnings: list[str]) -> Path | None:
-    if mask is not None and _is_predicted(mask):
-        warnings.append(f"{mask}: written by mambaseg predict, not taken as the ground truth "
-                        f"of {image.name}")
-        return None
-    return mask
-
-
-def collect_inputs(path: str | Path) -> tuple[list[Item], list[str]]:
-    """The images to segment under ``path`` and warnings (``predict_inputs.collect_inputs``)."""
-    from mambaseg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES
-    from mambaseg.data.layout import scan
-
-    path = Path(path)
-    warnings: list[str] = []
-    if not path.exists():
-        raise DataError(f"input {path} does not exist")
-    if path.is_file():
-        truth = next((c for s in MASK_SUFFIXES for c in
-                      (path.with_name(f"{path.stem}_mask{s}"),
-                       path.with_name(f"{path.stem}_mask{s.upper()}")) if c.is_file()), None)
-        return [Item(path, path.name, _truth(truth, path, warnings), path.name)], warnings
-    found = scan(path)
-    warnings += [f"{f}: {why}" for f, why in found.problems]
-    items = []
-    for s in found.slices:
-        if s.image.stem.endswith(("_prob", "_overlay")) and _is_predicted(s.image):
-            warnings.append(f"{s.image}: written by mambaseg predict, not segmented")
-            continue
-        items.append(Item(s.image, s.image.relative_to(path).as_posix(),
-                          _truth(s.mask, s.image, warnings), s.patient))
-    if not items:
-        raise DataError(f"no images found in {path} (looked for {', '.join(IMAGE_SUFFIXES)} "
-                        "files, *_mask files excluded)")
-    return items, warnings
-
-
-def _inside(child: Path, parent: Path) -> bool:
-    child, parent = child.resolve(), parent.resolve()
-    return child == parent or parent in child.parents
-
-
-def _check_outdir(outdir: Path, input: Path, items: list[Item]) -> None:
-    if input.is_dir() and _inside(outdir, input):
-        raise MambasegError(f"output directory {outdir} is inside the input folder {input}; "
-                            "predict never writes into its input: choose another -o")
-    for folder in sorted({it.path.parent for it in items}):
-        if _inside(folder, outdir):
-            image = next(it.path for it in items if it.path.parent == folder)
-            raise MambasegError(f"output directory {outdir} holds the input image {image}; "
-                                "predict never writes its masks where they could be taken for "
-                                "ground truth: choose another -o")
-
-
-def output_paths(outdir: Path, rel: str, probabilities: bool = False,
-                 overlay: bool = False) -> dict[str, Path]:
-    stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
-    kinds = ["mask"] + (["prob"] if probabilities else []) + (["overlay"] if overlay else [])
-    return {k: outdir / (stem + SUFFIXES[k]) for k in kinds}
-
-
-def _check_targets(outdir: Path, targets: dict[str, dict[str, Path]], overwrite: bool) -> None:
-    if outdir.exists() and not outdir.is_dir():
-        raise MambasegError(f"output directory {outdir} is a file")
-    seen: dict[Path, str] = {}
-    for rel, paths in targets.items():
-        for p in paths.values():
-            if p in seen:
-                raise MambasegError(f"inputs {seen[p]} and {rel} would both write {p}; "
-                                    "rename one or segment them separately")
-            seen[p] = rel
-    if overwrite:
-        return
-    existing = [p for p in [*seen, outdir / "summary.json"] if p.exists()]
-    if existing:
-        more = f" and {len(existing) - 1} more output file(s) already exist" \
-            if len(existing) > 1 else " already exists"
-        raise MambasegError(f"{existing[0]}{more}; pass --overwrite to replace them "
-                            "(nothing was written)")
 
 
 def _prepare_dir(path: Path) -> None:
@@ -575,7 +456,7 @@ def _record(item: Item, outdir: Path, paths: dict[str, Path], mask: np.ndarray,
     try:
         truth = read_mask(item.truth)
     except DataError as exc:
-        rec["truth_error"] = _reason(exc, item.truth)
+        rec["truth_error"] = reason(exc, item.truth)
         return rec
     if truth.shape != mask.shape:
         rec["truth_error"] = f"mask size {truth.shape} differs from image size {mask.shape}"
@@ -595,11 +476,6 @@ def dice_of(records: Sequence[dict]) -> dict | None:
             "slice_mean": float(_dice(tp, fp, fn).mean()),
             "n": len(scored), "n_tumour": int(((tp + fn) > 0).sum()),
             "tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum())}
-
-
-def _reason(exc: Exception, path: Path) -> str:
-    msg, prefix = str(exc), f"{path}: "
-    return msg[len(prefix):] if msg.startswith(prefix) else msg
 
 
 def _units(items: Sequence[Item], size: int, by_group: bool):
@@ -664,7 +540,7 @@ def run_predict_onnx(input: str | Path, outdir: str | Path, onnx: str | Path,
     if int(max_pixels) < 1:
         raise MambasegError(f"--max-pixels must be at least 1, got {max_pixels}")
     items, warnings = collect_inputs(input)
-    _check_outdir(outdir, input, items)
+    check_outdir(outdir, input, items)
     model = OnnxModel(onnx, device=device, threads=threads)
     pp, pp_source = resolve_postprocess(postprocess, model)
     load = {"model": model, "rescale": rescale, "max_pixels": int(max_pixels),
@@ -676,7 +552,7 @@ def run_predict_onnx(input: str | Path, outdir: str | Path, onnx: str | Path,
 
     from mambaseg.data.io import write_png
 
-    tag = _output_tag()
+    tag = output_tag()
     t0 = time.perf_counter()
     res = PredictResult({}, outdir, warnings=warnings)
     bar = _bar(len(items), progress and len(items) > PROGRESS_MIN)
@@ -687,7 +563,7 @@ def run_predict_onnx(input: str | Path, outdir: str | Path, onnx: str | Path,
                 img, note = ready.pop(item.rel) if item.rel in ready else \
                     _load_image(item, **load)
             except DataError as exc:
-                res.skipped.append({"input": item.rel, "reason": _reason(exc, item.path)})
+                res.skipped.append({"input": item.rel, "reason": reason(exc, item.path)})
                 bar.update(1)
                 continue
             loaded.append((item, img, note))

@@ -30,12 +30,13 @@ from mambaseg.engine.inference import (checkpoint_list, in_channels, load_checkp
                                        predict_probs, prepare_dir, resolve_device,
                                        resolve_postprocess)
 from mambaseg.engine.postprocess import PostProcess
-from mambaseg.engine.predict_inputs import (MAX_PIXELS, Item, batch_limit, check_outdir,
-                                            collect_inputs, load_image, output_tag)
+from mambaseg.engine.predict_inputs import (MAX_PIXELS, SUFFIXES, Item, batch_limit,
+                                            check_outdir, collect_inputs, load_image,
+                                            output_paths, output_tag)
+from mambaseg.engine.predict_inputs import check_targets as _check_targets
+from mambaseg.engine.predict_inputs import reason as _reason
 from mambaseg.errors import DataError, MambasegError
 
-#: suffixes of the files written per image
-SUFFIXES = {"mask": "_mask.png", "prob": "_prob.png", "overlay": "_overlay.png"}
 #: red tint strength of the overlay inside the mask
 OVERLAY_ALPHA = 0.35
 #: a progress bar is shown for more inputs than this
@@ -60,13 +61,6 @@ class PredictResult:
 
 # ----------------------------------------------------------------------------- inputs
 # (finding them and checking each image: engine.predict_inputs)
-
-def output_paths(outdir: Path, rel: str, probabilities: bool = False,
-                 overlay: bool = False) -> dict[str, Path]:
-    """The files written for the input ``rel``: keys ``mask`` and optionally ``prob``, ``overlay``."""
-    stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
-    kinds = ["mask"] + (["prob"] if probabilities else []) + (["overlay"] if overlay else [])
-    return {k: outdir / (stem + SUFFIXES[k]) for k in kinds}
 
 
 # ----------------------------------------------------------------------------- models
@@ -274,32 +268,6 @@ def _pp_summary(pp: PostProcess, source: str, records: list[dict]) -> dict:
     return {"postprocess": pp.to_dict(), "postprocess_description": pp.describe(),
             "postprocess_source": source,
             "postprocess_removed_pixels": sum(r.get("removed_pixels", 0) for r in records)}
-
-
-def _check_targets(outdir: Path, targets: dict[str, dict[str, Path]], overwrite: bool) -> None:
-    if outdir.exists() and not outdir.is_dir():
-        raise MambasegError(f"output directory {outdir} is a file")
-    seen: dict[Path, str] = {}
-    for rel, paths in targets.items():
-        for p in paths.values():
-            if p in seen:
-                raise MambasegError(f"inputs {seen[p]} and {rel} would both write {p}; "
-                                    "rename one or segment them separately")
-            seen[p] = rel
-    if overwrite:
-        return
-    existing = [p for p in [*seen, outdir / "summary.json"] if p.exists()]
-    if existing:
-        more = f" and {len(existing) - 1} more output file(s) already exist" if len(existing) > 1 \
-            else " already exists"
-        raise MambasegError(f"{existing[0]}{more}; pass --overwrite to replace them "
-                            "(nothing was written)")
-
-
-def _reason(exc: Exception, path: Path) -> str:
-    msg = str(exc)
-    prefix = f"{path}: "
-    return msg[len(prefix):] if msg.startswith(prefix) else msg
 
 
 def _record(item: Item, outdir: Path, paths: dict[str, Path], mask: np.ndarray,

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mambaseg.engine.inference import valid_size, work_size
 from mambaseg.errors import DataError, MambasegError
 
 #: default limit on the pixels one image may have at the model's input (after padding)
@@ -37,6 +36,8 @@ TAG_KEY, TAG_VALUE = "Software", "mambaseg predict"
 #: suffixes of predict's outputs other than masks (never inputs)
 _OTHER_OUTPUTS = ("_prob", "_overlay")
 NAN_HINT = "pass --nan-policy zero to replace them by 0"
+#: suffixes of the files written per image
+SUFFIXES = {"mask": "_mask.png", "prob": "_prob.png", "overlay": "_overlay.png"}
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,12 @@ def check_outdir(outdir: Path, input: Path, items: list[Item]) -> None:
 
 def forward_size(net, h: int, w: int, rescale: bool) -> tuple[int, int]:
     """The size (height, width) an h x w image runs through the model at: resized (unless
-    ``rescale`` is False) and padded (``mambaseg.engine.inference``)."""
+    ``rescale`` is False) and padded (``mambaseg.engine.inference``; an ONNX model says it
+    itself, so this module imports no torch)."""
+    if hasattr(net, "forward_size"):
+        return net.forward_size(h, w, rescale)
+    from mambaseg.engine.inference import valid_size, work_size
+
     return valid_size(net, *work_size(net, h, w, rescale))
 
 
@@ -214,3 +220,41 @@ def batch_limit(net, shape, batch_size: int, rescale: bool, max_pixels: int) -> 
     would run on more than ``max_pixels`` pixels together (at least one)."""
     ph, pw = forward_size(net, shape[0], shape[1], rescale)
     return max(1, min(int(batch_size), int(max_pixels) // max(1, ph * pw)))
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def output_paths(outdir: Path, rel: str, probabilities: bool = False,
+                 overlay: bool = False) -> dict[str, Path]:
+    """The files written for the input ``rel``: keys ``mask`` and optionally ``prob``, ``overlay``."""
+    stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
+    kinds = ["mask"] + (["prob"] if probabilities else []) + (["overlay"] if overlay else [])
+    return {k: outdir / (stem + SUFFIXES[k]) for k in kinds}
+
+
+def check_targets(outdir: Path, targets: dict[str, dict[str, Path]], overwrite: bool) -> None:
+    """No two inputs write one file, and (unless ``overwrite``) no output exists yet."""
+    if outdir.exists() and not outdir.is_dir():
+        raise MambasegError(f"output directory {outdir} is a file")
+    seen: dict[Path, str] = {}
+    for rel, paths in targets.items():
+        for p in paths.values():
+            if p in seen:
+                raise MambasegError(f"inputs {seen[p]} and {rel} would both write {p}; "
+                                    "rename one or segment them separately")
+            seen[p] = rel
+    if overwrite:
+        return
+    existing = [p for p in [*seen, outdir / "summary.json"] if p.exists()]
+    if existing:
+        more = f" and {len(existing) - 1} more output file(s) already exist" if len(existing) > 1 \
+            else " already exists"
+        raise MambasegError(f"{existing[0]}{more}; pass --overwrite to replace them "
+                            "(nothing was written)")
+
+
+def reason(exc: Exception, path: Path) -> str:
+    """An error's message without its leading ``PATH: ``."""
+    msg = str(exc)
+    prefix = f"{path}: "
+    return msg[len(prefix):] if msg.startswith(prefix) else msg
