@@ -27,13 +27,13 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mambaseg.engine.predict_inputs import (MAX_PIXELS, Item, check_outdir, collect_inputs,
-                                            output_paths, output_tag, reason)
+from mambaseg.engine.postprocess import postprocess_masks
+from mambaseg.engine.predict_inputs import (MAX_PIXELS, Item, PredictResult, check_outdir,
+                                            collect_inputs, output_paths, output_tag, reason)
 from mambaseg.engine.predict_inputs import check_targets as _check_targets
 from mambaseg.errors import DataError, MambasegError
 
@@ -345,18 +345,7 @@ class OnnxModel:
 # ``engine.predict_inputs``), over an OnnxModel; both modules import torch, so the torch-free
 # path carries its own copy of the orchestration.
 
-@dataclass
-class PredictResult:
-    """What ``run_predict_onnx`` did (the fields of ``engine.predict.PredictResult``)."""
-
-    summary: dict
-    outdir: Path
-    written: list[dict] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def exit_status(self) -> int:
+def exit_status(self) -> int:
         return 1 if self.skipped else 0
 
 
@@ -399,23 +388,6 @@ def _load_image(item: Item, model: OnnxModel, rescale: bool, max_pixels: int,
     if hw is None:
         check(*img.shape[:2])
     return img, note
-
-
-def postprocess_masks(masks: Sequence[np.ndarray], groups: Sequence[str],
-                      pp) -> list[np.ndarray]:
-    """``pp`` applied to 2-D masks, the masks of one group and one size forming one volume
-    (``engine.predict.postprocess_masks``)."""
-    out = [np.asarray(m, dtype=bool) for m in masks]
-    if pp is None or not pp.active:
-        return out
-    volumes: dict[tuple, list[int]] = {}
-    for i, (m, g) in enumerate(zip(out, groups)):
-        volumes.setdefault((g, m.shape), []).append(i)
-    for (g, _), rows in volumes.items():
-        done = pp(np.stack([out[i] for i in rows]), [g] * len(rows))
-        for i, m in zip(rows, done):
-            out[i] = m
-    return out
 
 
 def overlay_image(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA):

@@ -116,3 +116,20 @@ def apply(masks: np.ndarray, groups: Sequence[str], pp: PostProcess) -> np.ndarr
     if pp.min_area:
         out = remove_small_slices(out, pp.min_area)
     return out
+
+
+def postprocess_masks(masks: Sequence[np.ndarray], groups: Sequence[str],
+                      pp: PostProcess | None) -> list[np.ndarray]:
+    """``pp`` applied to 2-D ``masks`` (bool; sizes may differ): the masks of one group and one
+    size form one volume. Returns the masks unchanged when ``pp`` is None or inactive."""
+    out = [np.asarray(m, dtype=bool) for m in masks]
+    if pp is None or not pp.active:
+        return out
+    volumes: dict[tuple, list[int]] = {}
+    for i, (m, g) in enumerate(zip(out, groups)):
+        volumes.setdefault((g, m.shape), []).append(i)
+    for (g, _), rows in volumes.items():
+        done = pp(np.stack([out[i] for i in rows]), [g] * len(rows))
+        for i, m in zip(rows, done):
+            out[i] = m
+    return out

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,8 @@ from mambaseg.engine.inference import (checkpoint_list, in_channels, load_checkp
                                        load_models, load_shipped_model, model_name,
                                        predict_probs, prepare_dir, resolve_device,
                                        resolve_postprocess)
-from mambaseg.engine.postprocess import PostProcess
-from mambaseg.engine.predict_inputs import (MAX_PIXELS, SUFFIXES, Item, batch_limit,
+from mambaseg.engine.postprocess import PostProcess, postprocess_masks
+from mambaseg.engine.predict_inputs import (MAX_PIXELS, Item, PredictResult, batch_limit,
                                             check_outdir, collect_inputs, load_image,
                                             output_paths, output_tag)
 from mambaseg.engine.predict_inputs import check_targets as _check_targets
@@ -41,22 +40,6 @@ from mambaseg.errors import DataError, MambasegError
 OVERLAY_ALPHA = 0.35
 #: a progress bar is shown for more inputs than this
 PROGRESS_MIN = 5
-
-
-@dataclass
-class PredictResult:
-    """What ``run_predict`` did; ``summary`` is what was written to ``OUTDIR/summary.json``."""
-
-    summary: dict
-    outdir: Path
-    written: list[dict] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def exit_status(self) -> int:
-        """1 if any input was skipped, else 0."""
-        return 1 if self.skipped else 0
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -244,23 +227,6 @@ def _probs(net, images: list[np.ndarray], batch_size, device, amp, rescale,
                               rescale=rescale)[:, 0].numpy()
         for i, prob in zip(rows, probs):
             out[i] = prob
-    return out
-
-
-def postprocess_masks(masks: Sequence[np.ndarray], groups: Sequence[str],
-                      pp: PostProcess | None) -> list[np.ndarray]:
-    """``pp`` applied to 2-D ``masks`` (bool; sizes may differ): the masks of one group and one
-    size form one volume. Returns the masks unchanged when ``pp`` is None or inactive."""
-    out = [np.asarray(m, dtype=bool) for m in masks]
-    if pp is None or not pp.active:
-        return out
-    volumes: dict[tuple, list[int]] = {}
-    for i, (m, g) in enumerate(zip(out, groups)):
-        volumes.setdefault((g, m.shape), []).append(i)
-    for (g, _), rows in volumes.items():
-        done = pp(np.stack([out[i] for i in rows]), [g] * len(rows))
-        for i, m in zip(rows, done):
-            out[i] = m
     return out
 
 

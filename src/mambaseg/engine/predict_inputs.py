@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -223,6 +223,22 @@ def batch_limit(net, shape, batch_size: int, rescale: bool, max_pixels: int) -> 
 
 
 # ----------------------------------------------------------------------------- outputs
+
+@dataclass
+class PredictResult:
+    """What ``run_predict`` did; ``summary`` is what was written to ``OUTDIR/summary.json``."""
+
+    summary: dict
+    outdir: Path
+    written: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        """1 if any input was skipped, else 0."""
+        return 1 if self.skipped else 0
+
 
 def output_paths(outdir: Path, rel: str, probabilities: bool = False,
                  overlay: bool = False) -> dict[str, Path]:
