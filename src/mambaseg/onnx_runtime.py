@@ -26,14 +26,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from mambaseg.engine.postprocess import postprocess_masks
 from mambaseg.engine.predict_inputs import (MAX_PIXELS, Item, PredictResult, check_outdir,
-                                            collect_inputs, output_paths, output_tag, reason)
+                                            collect_inputs, dice_of, output_paths, output_tag,
+                                            reason, record, units)
 from mambaseg.engine.predict_inputs import check_targets as _check_targets
 from mambaseg.errors import DataError, MambasegError
 
@@ -406,61 +406,6 @@ def overlay_image(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_AL
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _dice(tp, fp, fn):
-    tp, fp, fn = (np.asarray(a, dtype=np.int64) for a in (tp, fp, fn))
-    den = 2 * tp + fp + fn
-    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
-
-
-def _record(item: Item, outdir: Path, paths: dict[str, Path], mask: np.ndarray,
-            note: str | None) -> dict:
-    from mambaseg.data.io import read_mask
-
-    rec = {"input": item.rel, "mask": paths["mask"].relative_to(outdir).as_posix(),
-           "tumour_pixels": int(mask.sum()), "notes": note,
-           "size": [int(mask.shape[0]), int(mask.shape[1])]}
-    for k in ("prob", "overlay"):
-        if k in paths:
-            rec[k] = paths[k].relative_to(outdir).as_posix()
-    if item.truth is None:
-        return rec
-    rec["truth"] = item.truth.name
-    try:
-        truth = read_mask(item.truth)
-    except DataError as exc:
-        rec["truth_error"] = reason(exc, item.truth)
-        return rec
-    if truth.shape != mask.shape:
-        rec["truth_error"] = f"mask size {truth.shape} differs from image size {mask.shape}"
-        return rec
-    m, t = mask.astype(bool), truth.astype(bool)
-    tp, fp, fn = int((m & t).sum()), int((m & ~t).sum()), int((~m & t).sum())
-    rec.update(truth_pixels=tp + fn, tp=tp, fp=fp, fn=fn, dice=float(_dice(tp, fp, fn)))
-    return rec
-
-
-def dice_of(records: Sequence[dict]) -> dict | None:
-    scored = [r for r in records if "dice" in r]
-    if not scored:
-        return None
-    tp, fp, fn = (np.array([r[k] for r in scored]) for k in ("tp", "fp", "fn"))
-    return {"pooled": float(_dice(tp.sum(), fp.sum(), fn.sum())),
-            "slice_mean": float(_dice(tp, fp, fn).mean()),
-            "n": len(scored), "n_tumour": int(((tp + fn) > 0).sum()),
-            "tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum())}
-
-
-def _units(items: Sequence[Item], size: int, by_group: bool):
-    unit: list[Item] = []
-    for item in items:
-        if len(unit) >= size and (not by_group or item.group != unit[-1].group):
-            yield unit
-            unit = []
-        unit.append(item)
-    if unit:
-        yield unit
-
-
 class _NoBar:
     def update(self, n=1):
         pass
@@ -528,7 +473,7 @@ def run_predict_onnx(input: str | Path, outdir: str | Path, onnx: str | Path,
     t0 = time.perf_counter()
     res = PredictResult({}, outdir, warnings=warnings)
     bar = _bar(len(items), progress and len(items) > PROGRESS_MIN)
-    for unit in _units(items, max(1, int(batch_size)), by_group=pp.active):
+    for unit in units(items, max(1, int(batch_size)), by_group=pp.active):
         loaded = []
         for item in unit:
             try:
@@ -551,7 +496,7 @@ def run_predict_onnx(input: str | Path, outdir: str | Path, onnx: str | Path,
                           text=tag)
             if "overlay" in paths:
                 write_png(paths["overlay"], overlay_image(img, mask), text=tag)
-            rec = _record(item, outdir, paths, mask, note)
+            rec = record(item, outdir, paths, mask, note)
             if pp.active:
                 rec["removed_pixels"] = int(before.sum()) - int(mask.sum())
             res.written.append(rec)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,9 @@ from mambaseg.engine.inference import (checkpoint_list, in_channels, load_checkp
                                        predict_probs, prepare_dir, resolve_device,
                                        resolve_postprocess)
 from mambaseg.engine.postprocess import PostProcess, postprocess_masks
-from mambaseg.engine.predict_inputs import (MAX_PIXELS, Item, PredictResult, batch_limit,
-                                            check_outdir, collect_inputs, load_image,
-                                            output_paths, output_tag)
+from mambaseg.engine.predict_inputs import (MAX_PIXELS, PredictResult, batch_limit,
+                                            check_outdir, collect_inputs, dice_of, load_image,
+                                            output_paths, output_tag, record, units)
 from mambaseg.engine.predict_inputs import check_targets as _check_targets
 from mambaseg.engine.predict_inputs import reason as _reason
 from mambaseg.errors import DataError, MambasegError
@@ -159,7 +158,7 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
     t0 = time.perf_counter()
     res = PredictResult({}, outdir, warnings=warnings)
     bar = _bar(len(items), progress and len(items) > PROGRESS_MIN)
-    for unit in _units(items, max(1, int(batch_size)), by_group=pp.active):
+    for unit in units(items, max(1, int(batch_size)), by_group=pp.active):
         loaded = _read_unit(unit, load, ready, res, bar)
         probs = _probs(net, [img for _, img, _ in loaded], batch_size, dev, amp, rescale,
                        int(max_pixels))
@@ -167,7 +166,7 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
         masks = postprocess_masks(raw, [it.group for it, _, _ in loaded], pp)
         for (item, img, note), prob, mask, before in zip(loaded, probs, masks, raw):
             _write_outputs(targets[item.rel], img, prob, mask)
-            rec = _record(item, outdir, targets[item.rel], mask, note)
+            rec = record(item, outdir, targets[item.rel], mask, note)
             if pp.active:
                 rec["removed_pixels"] = int(before.sum()) - int(mask.sum())
             res.written.append(rec)
@@ -182,19 +181,6 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
 
     write_json(outdir / "summary.json", res.summary)
     return res
-
-
-def _units(items: Sequence[Item], size: int, by_group: bool):
-    """Consecutive items predicted together: about ``size`` of them, cut only between groups
-    (patients) when ``by_group`` so that each patient's masks are post-processed together."""
-    unit: list[Item] = []
-    for item in items:
-        if len(unit) >= size and (not by_group or item.group != unit[-1].group):
-            yield unit
-            unit = []
-        unit.append(item)
-    if unit:
-        yield unit
 
 
 def _read_unit(unit, load: dict, ready: dict, res: PredictResult, bar) -> list[tuple]:
@@ -234,49 +220,6 @@ def _pp_summary(pp: PostProcess, source: str, records: list[dict]) -> dict:
     return {"postprocess": pp.to_dict(), "postprocess_description": pp.describe(),
             "postprocess_source": source,
             "postprocess_removed_pixels": sum(r.get("removed_pixels", 0) for r in records)}
-
-
-def _record(item: Item, outdir: Path, paths: dict[str, Path], mask: np.ndarray,
-            note: str | None) -> dict:
-    rec = {"input": item.rel, "mask": paths["mask"].relative_to(outdir).as_posix(),
-           "tumour_pixels": int(mask.sum()), "notes": note,
-           "size": [int(mask.shape[0]), int(mask.shape[1])]}
-    for k in ("prob", "overlay"):
-        if k in paths:
-            rec[k] = paths[k].relative_to(outdir).as_posix()
-    if item.truth is not None:
-        _score(rec, item.truth, mask)
-    return rec
-
-
-def _score(rec: dict, truth_path: Path, mask: np.ndarray) -> None:
-    """Add the counts and Dice against the ground truth at ``truth_path`` to ``rec``."""
-    from mambaseg.data.io import read_mask
-
-    rec["truth"] = truth_path.name
-    try:
-        truth = read_mask(truth_path)
-    except DataError as exc:
-        rec["truth_error"] = _reason(exc, truth_path)
-        return
-    if truth.shape != mask.shape:
-        rec["truth_error"] = f"mask size {truth.shape} differs from image size {mask.shape}"
-        return
-    tp, fp, fn = (int(v[0]) for v in metrics.dice_counts(mask[None], truth[None]))
-    rec.update(truth_pixels=tp + fn, tp=tp, fp=fp, fn=fn,
-               dice=float(metrics.dice_from_counts(tp, fp, fn)))
-
-
-def dice_of(records: Sequence[dict]) -> dict | None:
-    """Pooled and per-slice-mean Dice over the records scored against a ground truth."""
-    scored = [r for r in records if "dice" in r]
-    if not scored:
-        return None
-    tp, fp, fn = (np.array([r[k] for r in scored]) for k in ("tp", "fp", "fn"))
-    return {"pooled": float(metrics.dice_from_counts(tp.sum(), fp.sum(), fn.sum())),
-            "slice_mean": float(metrics.dice_from_counts(tp, fp, fn).mean()),
-            "n": len(scored), "n_tumour": int(((tp + fn) > 0).sum()),
-            "tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum())}
 
 
 def _summary(input, outdir, net, model, checkpoint, threshold, dev, records, res,

@@ -17,6 +17,7 @@ No silent garbage:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -274,3 +275,67 @@ def reason(exc: Exception, path: Path) -> str:
     msg = str(exc)
     prefix = f"{path}: "
     return msg[len(prefix):] if msg.startswith(prefix) else msg
+
+
+def units(items: Sequence[Item], size: int, by_group: bool):
+    """Consecutive items predicted together: about ``size`` of them, cut only between groups
+    (patients) when ``by_group`` so that each patient's masks are post-processed together."""
+    unit: list[Item] = []
+    for item in items:
+        if len(unit) >= size and (not by_group or item.group != unit[-1].group):
+            yield unit
+            unit = []
+        unit.append(item)
+    if unit:
+        yield unit
+
+
+# ----------------------------------------------------------------------------- records
+
+def _dice(tp, fp, fn) -> np.ndarray:
+    """Dice ``2tp / (2tp + fp + fn)`` elementwise, 1.0 where both are empty
+    (``engine.metrics.dice_from_counts``, without importing torch)."""
+    tp, fp, fn = (np.asarray(a, dtype=np.int64) for a in (tp, fp, fn))
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
+
+
+def record(item: Item, outdir: Path, paths: dict[str, Path], mask: np.ndarray,
+            note: str | None) -> dict:
+    """The summary.json entry of one written mask; with a ground truth beside the input, its
+    counts and Dice (or why it could not be read)."""
+    from mambaseg.data.io import read_mask
+
+    rec = {"input": item.rel, "mask": paths["mask"].relative_to(outdir).as_posix(),
+           "tumour_pixels": int(mask.sum()), "notes": note,
+           "size": [int(mask.shape[0]), int(mask.shape[1])]}
+    for k in ("prob", "overlay"):
+        if k in paths:
+            rec[k] = paths[k].relative_to(outdir).as_posix()
+    if item.truth is None:
+        return rec
+    rec["truth"] = item.truth.name
+    try:
+        truth = read_mask(item.truth)
+    except DataError as exc:
+        rec["truth_error"] = reason(exc, item.truth)
+        return rec
+    if truth.shape != mask.shape:
+        rec["truth_error"] = f"mask size {truth.shape} differs from image size {mask.shape}"
+        return rec
+    m, t = mask.astype(bool), truth.astype(bool)
+    tp, fp, fn = int((m & t).sum()), int((m & ~t).sum()), int((~m & t).sum())
+    rec.update(truth_pixels=tp + fn, tp=tp, fp=fp, fn=fn, dice=float(_dice(tp, fp, fn)))
+    return rec
+
+
+def dice_of(records: Sequence[dict]) -> dict | None:
+    """Pooled and per-slice-mean Dice over the records scored against a ground truth."""
+    scored = [r for r in records if "dice" in r]
+    if not scored:
+        return None
+    tp, fp, fn = (np.array([r[k] for r in scored]) for k in ("tp", "fp", "fn"))
+    return {"pooled": float(_dice(tp.sum(), fp.sum(), fn.sum())),
+            "slice_mean": float(_dice(tp, fp, fn).mean()),
+            "n": len(scored), "n_tumour": int(((tp + fn) > 0).sum()),
+            "tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum())}
