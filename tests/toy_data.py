@@ -1,6 +1,7 @@
 """A tiny learnable dataset for trainer and CLI tests (importable: pytest's pythonpath has tests/)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,26 @@ class Bright(torch.nn.Module):
 
     def forward(self, x):
         return (x[:, :1] - 0.5) * 40 * self.w
+
+
+def nan_loss_at(epoch: int, step: int):
+    """A get_loss replacement whose training loss is NaN at ``step`` of ``epoch`` (validation
+    calls, under inference mode, mark the epochs)."""
+    from mambaseg.engine.losses import get_loss
+
+    state = {"epoch": 1, "step": 0, "validating": False}
+
+    def make(name):
+        real = get_loss(name)
+
+        def loss_fn(logits, y):
+            if torch.is_inference_mode_enabled():
+                state["validating"] = True
+                return real(logits, y)
+            if state["validating"]:
+                state.update(epoch=state["epoch"] + 1, step=0, validating=False)
+            state["step"] += 1
+            loss = real(logits, y)
+            return loss * math.nan if (state["epoch"], state["step"]) == (epoch, step) else loss
+        return loss_fn
+    return make

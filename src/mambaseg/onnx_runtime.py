@@ -33,7 +33,7 @@ import numpy as np
 from mambaseg.engine.postprocess import postprocess_masks
 from mambaseg.engine.predict_inputs import (MAX_PIXELS, Item, PredictResult, check_outdir,
                                             collect_inputs, dice_of, output_paths, output_tag,
-                                            reason, record, units)
+                                            overlay_image, reason, record, units)
 from mambaseg.engine.predict_inputs import check_targets as _check_targets
 from mambaseg.errors import DataError, MambasegError
 
@@ -41,7 +41,6 @@ from mambaseg.errors import DataError, MambasegError
 FORMAT = "mambaseg-onnx"
 #: the newest ``format_version`` this runner reads
 FORMAT_VERSION = 1
-OVERLAY_ALPHA = 0.35
 PROGRESS_MIN = 5
 _REQUIRED = ("in_channels", "size_multiple", "min_size", "input_name", "output_name")
 
@@ -388,22 +387,6 @@ def _load_image(item: Item, model: OnnxModel, rescale: bool, max_pixels: int,
     if hw is None:
         check(*img.shape[:2])
     return img, note
-
-
-def overlay_image(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA):
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = img[:, :, None]
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    out = img[:, :, :3].astype(np.float32)
-    m = np.asarray(mask) > 0
-    red = np.array([255.0, 0.0, 0.0], np.float32)
-    out[m] = (1 - alpha) * out[m] + alpha * red
-    p = np.pad(m, 1)
-    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
-    out[m & ~inner] = red
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 class _NoBar:

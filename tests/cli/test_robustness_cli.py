@@ -4,7 +4,6 @@ masks beside images, forward passes too large, and a NaN training loss."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from PIL import Image
 
 from mambaseg.cli import main
-from toy_data import make_toy_dataset
+from toy_data import make_toy_dataset, nan_loss_at
 
 NAN_REASON = ("non-finite pixels (NaN/Inf): 400 of 1024; pass --nan-policy zero to replace them "
               "by 0")
@@ -183,35 +182,11 @@ def test_evaluate_dataset_with_a_nan_image_names_it(tmp_path, capsys, ckpt):
 
 # ----------------------------------------------------------------------------- train
 
-def _nan_at(epoch: int, step: int):
-    """A get_loss replacement whose training loss is NaN at ``step`` of ``epoch`` (validation
-    calls, under inference mode, mark the epochs)."""
-    from mambaseg.engine.losses import get_loss
-
-    state = {"epoch": 1, "step": 0, "validating": False}
-
-    def make(name):
-        real = get_loss(name)
-
-        def loss_fn(logits, y):
-            if torch.is_inference_mode_enabled():
-                state["validating"] = True
-            elif state["validating"]:
-                state.update(epoch=state["epoch"] + 1, step=1, validating=False)
-            else:
-                state["step"] += 1
-            loss = real(logits, y)
-            bad = not state["validating"] and (state["epoch"], state["step"]) == (epoch, step)
-            return loss * math.nan if bad else loss
-        return loss_fn
-    return make
-
-
 @pytest.mark.usefixtures("one_thread")
 def test_train_stops_at_a_nan_loss_keeping_the_last_good_epoch(tmp_path, capsys, monkeypatch):
     from mambaseg.engine.checkpoint import load_train_state
 
-    monkeypatch.setattr("mambaseg.engine.trainer.get_loss", _nan_at(2, 2))
+    monkeypatch.setattr("mambaseg.engine.trainer.get_loss", nan_loss_at(2, 2))
     toy = make_toy_dataset(tmp_path / "toy", per_patient=4)
     run = tmp_path / "run"
     code, out, err = cli(capsys, "train", "--model", "ulvm_unet", "--data", toy, "-o", run,

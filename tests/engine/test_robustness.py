@@ -16,7 +16,7 @@ from PIL import Image
 
 from mambaseg.engine import predict as P
 from mambaseg.errors import DataError, MambasegError
-from toy_data import Bright, make_toy_dataset
+from toy_data import Bright, make_toy_dataset, nan_loss_at
 
 NAN_REASON = ("non-finite pixels (NaN/Inf): 400 of 1024; pass --nan-policy zero to replace them "
               "by 0")
@@ -227,36 +227,13 @@ def test_train_epoch_flags_the_first_non_finite_step():
     assert t.bad_step is None and t.bad_batch is None
 
 
-def _nan_at(epoch: int, step: int):
-    """A get_loss replacement whose training loss is NaN at ``step`` of ``epoch`` (validation
-    calls, under inference mode, mark the epochs)."""
-    from mambaseg.engine.losses import get_loss
-
-    state = {"epoch": 1, "step": 0, "validating": False}
-
-    def make(name):
-        real = get_loss(name)
-
-        def loss_fn(logits, y):
-            if torch.is_inference_mode_enabled():
-                state["validating"] = True
-                return real(logits, y)
-            if state["validating"]:
-                state.update(epoch=state["epoch"] + 1, step=0, validating=False)
-            state["step"] += 1
-            loss = real(logits, y)
-            return loss * math.nan if (state["epoch"], state["step"]) == (epoch, step) else loss
-        return loss_fn
-    return make
-
-
 def test_nan_loss_stops_training_keeping_the_last_good_checkpoint(tmp_path, monkeypatch):
     from mambaseg.engine.checkpoint import load_train_state
     from mambaseg.engine.config import TrainConfig
     from mambaseg.engine.trainer import train
 
     toy = make_toy_dataset(tmp_path / "toy", per_patient=4)
-    monkeypatch.setattr("mambaseg.engine.trainer.get_loss", _nan_at(2, 2))
+    monkeypatch.setattr("mambaseg.engine.trainer.get_loss", nan_loss_at(2, 2))
     run = tmp_path / "run"
     cfg = TrainConfig(model="ulvm_unet", data=toy, out=run, epochs=3, batch_size=4, seed=0,
                       device="cpu", progress=False)

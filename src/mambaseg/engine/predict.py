@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mambaseg.engine import metrics
 from mambaseg.engine.ensemble import Ensemble
 from mambaseg.engine.inference import (checkpoint_list, in_channels, load_checkpoint,
                                        load_models, load_shipped_model, model_name,
@@ -30,13 +29,11 @@ from mambaseg.engine.inference import (checkpoint_list, in_channels, load_checkp
 from mambaseg.engine.postprocess import PostProcess, postprocess_masks
 from mambaseg.engine.predict_inputs import (MAX_PIXELS, PredictResult, batch_limit,
                                             check_outdir, collect_inputs, dice_of, load_image,
-                                            output_paths, output_tag, record, units)
+                                            output_paths, output_tag, overlay_image, record, units)
 from mambaseg.engine.predict_inputs import check_targets as _check_targets
 from mambaseg.engine.predict_inputs import reason as _reason
 from mambaseg.errors import DataError, MambasegError
 
-#: red tint strength of the overlay inside the mask
-OVERLAY_ALPHA = 0.35
 #: a progress bar is shown for more inputs than this
 PROGRESS_MIN = 5
 
@@ -79,21 +76,6 @@ def _checkpoint_label(model, checkpoint, net) -> str:
 
 
 # ----------------------------------------------------------------------------- images
-
-def overlay_image(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """RGB uint8 (H, W, 3): ``image`` with ``mask`` tinted red and its contour in pure red."""
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = img[:, :, None]
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    out = img[:, :, :3].astype(np.float32)
-    m = np.asarray(mask) > 0
-    red = np.array([255.0, 0.0, 0.0], np.float32)
-    out[m] = (1 - alpha) * out[m] + alpha * red
-    out[metrics.boundary(m)] = red
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
 
 def _write_outputs(paths: dict[str, Path], image: np.ndarray, prob: np.ndarray,
                    mask: np.ndarray) -> None:

@@ -37,6 +37,8 @@ TAG_KEY, TAG_VALUE = "Software", "mambaseg predict"
 #: suffixes of predict's outputs other than masks (never inputs)
 _OTHER_OUTPUTS = ("_prob", "_overlay")
 NAN_HINT = "pass --nan-policy zero to replace them by 0"
+#: red tint strength of the overlay inside the mask
+OVERLAY_ALPHA = 0.35
 #: suffixes of the files written per image
 SUFFIXES = {"mask": "_mask.png", "prob": "_prob.png", "overlay": "_overlay.png"}
 
@@ -339,3 +341,21 @@ def dice_of(records: Sequence[dict]) -> dict | None:
             "slice_mean": float(_dice(tp, fp, fn).mean()),
             "n": len(scored), "n_tumour": int(((tp + fn) > 0).sum()),
             "tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum())}
+
+
+def overlay_image(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """RGB uint8 (H, W, 3): ``image`` with ``mask`` tinted red and its contour (mask pixels with
+    a 4-neighbour outside it, as ``engine.metrics.boundary``) in pure red."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    out = img[:, :, :3].astype(np.float32)
+    m = np.asarray(mask) > 0
+    red = np.array([255.0, 0.0, 0.0], np.float32)
+    out[m] = (1 - alpha) * out[m] + alpha * red
+    p = np.pad(m, 1)
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    out[m & ~inner] = red
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
