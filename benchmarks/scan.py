@@ -4,7 +4,7 @@
     python benchmarks/scan.py --device cpu --reps 5
     python benchmarks/scan.py --shapes 8x12x1024,8x16x4096 --backends torch,reference
     python benchmarks/scan.py --sweep               # also a few Triton launch configurations
-    python benchmarks/scan.py --backends triton --configs "KERNEL=2;KERNEL=2,BC=1"
+    python benchmarks/scan.py --backends triton --configs "BC=1;T=64"
                                                     # Triton next to the given configurations
 
 Inputs: N = 16 (--dstate), with z, D, delta_bias and softplus, Mamba-like statistics. Times are
@@ -54,7 +54,7 @@ def mamba_ssm_targets(device_name):
 CPU_MAX_ELEMS = 1 << 21  # batch*dim*L above this is skipped on CPU unless --shapes names it
 REF_MAX_ELEMS = {"cpu": 1 << 17, "cuda": 1 << 17}
 SWEEP = [  # Triton configurations tried with --sweep (besides the default); compiled once each
-    {"KERNEL": 1}, {"T": 64}, {"T": 32}, {"WARPS": 8}, {"MAXNREG": 0}, {"BC": 1},
+    {"T": 64}, {"T": 32}, {"WARPS": 8}, {"MAXNREG": 0}, {"BC": 1},
 ]
 SWEEP_SPLIT = [{"P": 1}, {"P": 8}, {"P": 64}]  # extra ones where the default splits along L
 
@@ -178,7 +178,7 @@ def scan_calls(backend, shape, args, device, config=None):
 
     def call():
         if backend == "triton" and config is not None:
-            from mambaseg.ops.scan_triton import selective_scan_triton
+            from mambaseg.ops.triton.launch import selective_scan_triton
 
             return selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"],
                                          z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True,
@@ -234,7 +234,7 @@ def main(argv=None):
     p.add_argument("--configs", default=None,
                    help="Triton launch configurations timed after the Triton default, "
                         "';'-separated, keys as MAMBASEG_TRITON_CONFIG "
-                        "(e.g. 'KERNEL=2;KERNEL=2,T=64')")
+                        "(e.g. 'BC=1;T=64')")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     args = p.parse_args(argv)
@@ -297,7 +297,8 @@ def main(argv=None):
                 print(f"{str(shape):18s} {b}: failed: {type(exc).__name__}: {str(exc)[:500]}")
                 continue
             if b == "triton" and specs:
-                from mambaseg.ops.scan_triton import _parse_env_config, make_config
+                from mambaseg.ops.triton.config import make_config
+                from mambaseg.ops.triton.config import parse_env_config as _parse_env_config
 
                 for spec in specs:
                     label = f"triton {spec}"
@@ -309,7 +310,7 @@ def main(argv=None):
                     except Exception as exc:  # report a failing configuration, keep going
                         print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:500]}")
             if b == "triton" and args.sweep:
-                from mambaseg.ops.scan_triton import make_config
+                from mambaseg.ops.triton.config import make_config
 
                 cfg0 = make_config(shape[0], shape[1], shape[2], args.dstate, device)
                 extra = SWEEP + (SWEEP_SPLIT if cfg0["P"] > 1 else [])
@@ -336,12 +337,12 @@ def main(argv=None):
                 line += f"; vs mamba_ssm in this run: graph {tg[0] / here[2]:.2f}"
             print(line, flush=True)
         if device.type == "cuda" and "triton" in backends:
-            from mambaseg.ops.scan_triton import make_config
+            from mambaseg.ops.triton.config import make_config
 
             c = make_config(shape[0], shape[1], shape[2], args.dstate, device)
             print(f"{'':18s} triton default config: " + ", ".join(f"{k}={v}" for k, v in c.items()))
     if device.type == "cuda" and {"triton", "mamba_ssm"} <= set(backends):
-        from mambaseg.ops.scan_triton import _parse_env_config
+        from mambaseg.ops.triton.config import parse_env_config as _parse_env_config
 
         entries = [("triton", "triton", None)] + [
             (f"triton {spec}", "triton", _parse_env_config(spec)) for spec in specs] + [

@@ -1,9 +1,9 @@
 """Host-side cost of the Triton scan (not a test): the time the host needs to issue each part
-of a forward+backward, with the direct launches of mambaseg.ops.triton_launch on and off, next
-to plain PyTorch baselines; then a cProfile of 100 forward+backward calls.
+of a forward+backward, with the direct launches of mambaseg.ops.triton.fast_launch on and off,
+next to plain PyTorch baselines; then a cProfile of 100 forward+backward calls.
 
     python benchmarks/scan_host_profile.py                 # repository root, CUDA machine
-    python benchmarks/scan_host_profile.py --shape 8x16x4096 --configs "default;KERNEL=2"
+    python benchmarks/scan_host_profile.py --shape 8x16x4096 --configs "default;BC=1"
 
 Every number is the median over 50 calls of the host time of one call, the GPU idle at its
 start (microseconds).
@@ -20,8 +20,9 @@ sys.path.insert(0, "benchmarks")
 from scan import NullScan, make_inputs  # noqa: E402
 from scan_profile import host_time, parse_configs  # noqa: E402
 
-from mambaseg.ops import selective_scan, triton_launch  # noqa: E402
-from mambaseg.ops.scan_triton import selective_scan_triton  # noqa: E402
+from mambaseg.ops import selective_scan  # noqa: E402
+from mambaseg.ops.triton import fast_launch as triton_launch  # noqa: E402
+from mambaseg.ops.triton.launch import selective_scan_triton  # noqa: E402
 
 
 def calls(shape, config):

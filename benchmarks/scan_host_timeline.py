@@ -9,7 +9,7 @@ autograd Function's forward and backward and prints the medians of the six inter
 ``torch.autograd.grad(scan(...), inputs, dy)`` (GPU idle at its start), with the autograd
 engine's default worker thread and on the calling thread. Then the host cost of the single
 operations the Triton path is made of (an allocation, a zero fill, one launch through
-mambaseg.ops.triton_launch, the compiled launcher's C function alone). Microseconds.
+mambaseg.ops.triton.fast_launch, the compiled launcher's C function alone). Microseconds.
 """
 import argparse
 import statistics
@@ -22,7 +22,7 @@ sys.path.insert(0, "src")
 sys.path.insert(0, "benchmarks")
 from scan import NullScan, make_inputs, parse_shapes  # noqa: E402
 
-from mambaseg.ops import scan_triton as st  # noqa: E402
+from mambaseg.ops.triton import launch as st  # noqa: E402
 from mambaseg.ops.selective_scan import _mamba_ssm_fn  # noqa: E402
 
 STAMPS = {}
@@ -126,7 +126,7 @@ def single_ops(shape):
                                                                     device="cuda").unbind(0),
         "split_with_sizes into 4": lambda: ws.split_with_sizes([16, 16, 16, ws.numel() - 48]),
         "t.data_ptr() x 8": lambda: [t.data_ptr() for t in ins],
-        "forward kernel, triton_launch.Launcher": lambda: plan.fwd(ptrs, tensors),
+        "forward kernel, fast_launch.Launcher": lambda: plan.fwd(ptrs, tensors),
     }
     entry = next((e for e in plan.fwd._entries.values() if e), None)
     if entry is not None:

@@ -3,7 +3,7 @@ the host time to issue it, the same work replayed as a CUDA graph (GPU time only
 kernels' own times (torch.profiler), at the five benchmark shapes.
 
     python benchmarks/scan_profile.py     # run from the repository root on a CUDA machine
-    python benchmarks/scan_profile.py --configs "default;KERNEL=2" --shapes 8x12x1024
+    python benchmarks/scan_profile.py --configs "default;BC=1" --shapes 8x12x1024
 
 Ends with one summary table (config x shape: eager fwd+bwd, host time, CUDA-graph replay, the
 backward and forward kernels' times) next to mamba_ssm's H100/H200 times from the issue.
@@ -21,8 +21,9 @@ sys.path.insert(0, "benchmarks")
 from scan import (SHAPES, graph_time, make_inputs, mamba_ssm_targets,  # noqa: E402
                   parse_shapes, timer)
 
-from mambaseg.ops.scan_triton import (_parse_env_config, make_config,  # noqa: E402
-                                      selective_scan_triton)
+from mambaseg.ops.triton.config import make_config  # noqa: E402
+from mambaseg.ops.triton.config import parse_env_config as _parse_env_config  # noqa: E402
+from mambaseg.ops.triton.launch import selective_scan_triton  # noqa: E402
 
 
 def event_time(fn, reps=30):
@@ -43,7 +44,7 @@ def host_time(fn, reps=30):
 
 
 def parse_configs(spec):
-    """"default;KERNEL=2,T=64" -> [None, {"KERNEL": 2, "T": 64}]."""
+    """"default;BC=1,T=64" -> [None, {"BC": 1, "T": 64}]."""
     items = (x.strip() for x in spec.split(";"))
     return [None if item == "default" else (_parse_env_config(item) or None) for item in items]
 
@@ -102,7 +103,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="default",
-                   help='";"-separated launch configurations, e.g. "default;KERNEL=2,T=64"')
+                   help='";"-separated launch configurations, e.g. "default;BC=1,T=64"')
     p.add_argument("--shapes", default=None, help="e.g. 8x12x1024,8x16x4096 (default: the five)")
     args = p.parse_args(argv)
     shapes = parse_shapes(args.shapes) if args.shapes else SHAPES

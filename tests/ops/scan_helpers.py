@@ -94,8 +94,8 @@ def compare(y, grads, y_ref, grads_ref, dtype, what=""):
 
 
 # Cases for the Triton interpreter (tiny shapes: the interpreter runs the scan element by element).
-# (id, (batch, dim, L, N), flags, config)
-INTERP_CASES = [  # the tile layout (KERNEL=1); the lean layout, the default, below
+# (id, (batch, dim, L, N), flags, config); the chunk length T is at least N.
+INTERP_CASES = [
     ("L1", (2, 3, 1, 4), dict(), {"T": 8, "BD": 4}),
     ("odd_L_split", (2, 3, 29, 4), dict(), {"T": 8, "BD": 4}),
     ("odd_L_nosplit_dblocks", (1, 3, 37, 3), dict(), {"T": 8, "BD": 2, "P": 1}),
@@ -107,38 +107,34 @@ INTERP_CASES = [  # the tile layout (KERNEL=1); the lean layout, the default, be
     ("strong_decay", (1, 2, 40, 4), dict(strong=True), {"T": 8, "BD": 2}),
     ("moderate_decay_split", (1, 2, 45, 4), dict(moderate=True, has_bias=False), {"T": 8, "BD": 2}),
     ("bf16", (2, 3, 24, 4), dict(dtype=torch.bfloat16), {"T": 8, "BD": 4}),
-    ("reverse_scan_variant", (1, 2, 27, 4), dict(), {"T": 8, "BD": 2, "REV": 1}),
+    ("odd_L_27", (1, 2, 27, 4), dict(), {"T": 8, "BD": 2}),
 ]
-INTERP_CASES = [(cid, shape, flags, dict(config, KERNEL=1))
-                for cid, shape, flags, config in INTERP_CASES]
+_BASE = {cid: (shape, flags, config) for cid, shape, flags, config in INTERP_CASES}
 
-# Every case again with the lean kernel layout (launch-config key KERNEL=2, the default;
-# mambaseg.ops.scan_triton_lean); its chunk length is at least N.
-INTERP_CASES += [("k2_" + cid, shape, flags, dict(config, KERNEL=2))
-                 for cid, shape, flags, config in list(INTERP_CASES)]
+
+def _variants(prefix, ids, **keys):
+    return [(prefix + cid, _BASE[cid][0], _BASE[cid][1], dict(_BASE[cid][2], **keys))
+            for cid in ids]
+
+
 # ... with dB/dC reduced over the channel block in the program (BC=1; then atomically added
 # with several channel blocks, stored in the input dtype with one)
-INTERP_CASES += [("k2_bc1_" + cid, shape, flags, dict(config, KERNEL=2, BC=1))
-                 for cid, shape, flags, config in list(INTERP_CASES)
-                 if cid in ("split_partial_parts", "z_only", "bf16")]
+INTERP_CASES += _variants("bc1_", ("split_partial_parts", "z_only", "bf16"), BC=1)
 # ... without the backward's loads of the next state's rows ahead of time (PF=0; PF=1 is the
 # default)
-INTERP_CASES += [("k2_pf0_" + cid, shape, flags, dict(config, KERNEL=2, PF=0))
-                 for cid, shape, flags, config in list(INTERP_CASES)
-                 if cid in ("odd_L_nosplit_dblocks", "split_partial_parts", "bf16")]
+INTERP_CASES += _variants("pf0_", ("odd_L_nosplit_dblocks", "split_partial_parts", "bf16"), PF=0)
 # ... with the forward's own chunk length (T_FWD > T: it saves the states entering each of the
 # backward's chunks from inside its own) or parts (P_FWD != P)
 INTERP_CASES += [
-    ("k2_tfwd_odd_L", (2, 3, 45, 4), dict(), {"KERNEL": 2, "T": 8, "T_FWD": 32, "BD": 1}),
-    ("k2_tfwd_short", (1, 2, 5, 4), dict(), {"KERNEL": 2, "T": 8, "T_FWD": 16, "BD": 2}),
-    ("k2_tfwd_no_z_bf16", (1, 3, 40, 4), dict(has_z=False, dtype=torch.bfloat16),
-     {"KERNEL": 2, "T": 8, "T_FWD": 16, "BD": 1, "P": 2}),
-    ("k2_pfwd1_split_bwd", (1, 3, 34, 4), dict(), {"KERNEL": 2, "T": 8, "P": 3, "P_FWD": 1}),
-    ("k2_split_fwd_pbwd1", (1, 3, 34, 4), dict(), {"KERNEL": 2, "T": 8, "P": 1, "P_FWD": 3}),
+    ("tfwd_odd_L", (2, 3, 45, 4), dict(), {"T": 8, "T_FWD": 32, "BD": 1}),
+    ("tfwd_short", (1, 2, 5, 4), dict(), {"T": 8, "T_FWD": 16, "BD": 2}),
+    ("tfwd_no_z_bf16", (1, 3, 40, 4), dict(has_z=False, dtype=torch.bfloat16),
+     {"T": 8, "T_FWD": 16, "BD": 1, "P": 2}),
+    ("pfwd1_split_bwd", (1, 3, 34, 4), dict(), {"T": 8, "P": 3, "P_FWD": 1}),
+    ("split_fwd_pbwd1", (1, 3, 34, 4), dict(), {"T": 8, "P": 1, "P_FWD": 3}),
 ]
 # ... with the split backward's carry pass (LB=0; LB=1, one launch with look-back between the
 # parts, is the default where the backward splits)
-INTERP_CASES += [("k2_lb0_" + cid, shape, flags, dict(config, KERNEL=2, LB=0))
-                 for cid, shape, flags, config in list(INTERP_CASES)
-                 if cid in ("odd_L_split", "split_partial_parts", "D_bias_no_z", "bf16")]
+INTERP_CASES += _variants("lb0_", ("odd_L_split", "split_partial_parts", "D_bias_no_z", "bf16"),
+                          LB=0)
 INTERP_CASES.append(("default_config", (1, 3, 21, 2), dict(), None))

@@ -191,8 +191,8 @@ def _layout_inputs(shape, layout):
 
 def check_triton_layouts_and_repeats(shape, layout):
     """Outputs and gradients against the reference, then the same call twice more (the direct
-    launches of mambaseg.ops.triton_launch: pointers as ints) giving the same results."""
-    from mambaseg.ops.scan_triton import selective_scan_triton
+    launches of mambaseg.ops.triton.fast_launch: pointers as ints) giving the same results."""
+    from mambaseg.ops.triton.launch import selective_scan_triton
 
     inp = _layout_inputs(shape, layout)
     gy = torch.randn(shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
@@ -237,7 +237,8 @@ if pytest is not None:
         same results (run here eagerly, the graphed one named explicitly)."""
         if "triton" not in _backends():
             pytest.skip("triton not available")
-        from mambaseg.ops.scan_triton import make_config, selective_scan_triton
+        from mambaseg.ops.triton.config import make_config
+        from mambaseg.ops.triton.launch import selective_scan_triton
 
         cfg = {k: make_config(*shape, DSTATE, torch.device("cuda"), graphed=g)
                for k, g in (("eager", False), ("graphed", True))}
@@ -266,7 +267,8 @@ if pytest is not None:
         gives the gradients of the carry pass (LB=0), call after call."""
         if "triton" not in _backends():
             pytest.skip("triton not available")
-        from mambaseg.ops.scan_triton import make_config, selective_scan_triton
+        from mambaseg.ops.triton.config import make_config
+        from mambaseg.ops.triton.launch import selective_scan_triton
 
         assert make_config(*shape, DSTATE, torch.device("cuda"), config)["LB"] == 1
         inp = _layout_inputs(shape, "contiguous")

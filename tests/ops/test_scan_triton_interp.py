@@ -53,8 +53,8 @@ def _summary(tb):
     return lines[-1] if lines else tb.strip()[:300]
 
 
-@pytest.mark.parametrize("case_id", ["dispatch", "autocast_bf16", "k1_backward_twice",
-                                     "k2_backward_twice"] + [c[0] for c in INTERP_CASES])
+@pytest.mark.parametrize("case_id", ["dispatch", "autocast_bf16", "backward_twice"]
+                         + [c[0] for c in INTERP_CASES])
 def test_triton_interpreter(interp_results, case_id):
     result = interp_results.get(case_id)
     if result != "ok":

@@ -1,21 +1,21 @@
-"""Launch configurations of the Triton scan (mambaseg.ops.scan_triton.make_config): defaults
+"""Launch configurations of the Triton scan (mambaseg.ops.triton.config.make_config): defaults
 per problem, overrides, and errors. Pure host code: no GPU needed (Triton must import)."""
 import pytest
 import torch
 
 pytest.importorskip("triton")
-from mambaseg.ops import scan_triton  # noqa: E402
-from mambaseg.ops.scan_triton import make_config  # noqa: E402
+from mambaseg.ops.triton import config  # noqa: E402
+from mambaseg.ops.triton.config import make_config  # noqa: E402
 
 
 @pytest.fixture
 def h100(monkeypatch):
     """make_config as on a 132-SM GPU (without one: the SM count is all it asks the device)."""
-    monkeypatch.setattr(scan_triton, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(config, "_sm_count", lambda device: 132)
     monkeypatch.delenv("MAMBASEG_TRITON_CONFIG", raising=False)
-    scan_triton._make_config.cache_clear()
+    config._make_config.cache_clear()
     yield torch.device("cuda", 0)
-    scan_triton._make_config.cache_clear()
+    config._make_config.cache_clear()
 
 
 @pytest.mark.parametrize("shape, P, fmaxnreg", [
@@ -27,7 +27,7 @@ def h100(monkeypatch):
 ])
 def test_lean_defaults(h100, shape, P, fmaxnreg):
     cfg = make_config(*shape, 16, h100, graphed=True)
-    assert (cfg["KERNEL"], cfg["T"], cfg["BD"], cfg["BD_BWD"], cfg["NP"]) == (2, 128, 4, 4, 16)
+    assert (cfg["T"], cfg["BD"], cfg["BD_BWD"], cfg["NP"]) == (128, 4, 4, 16)
     assert cfg["P"] == P and cfg["n_chunks"] == shape[2] // 128
     assert cfg["PF"] == 1 and cfg["MAXNREG"] == 128 and cfg["BC"] == 2
     assert cfg.get("FMAXNREG") == fmaxnreg
@@ -85,15 +85,10 @@ def test_overrides_and_environment(h100, monkeypatch):
     assert make_config(8, 1024, 4096, 16, h100, {"PF": 1})["PF"] == 1
 
 
-def test_tile_layout_has_no_lean_keys(h100):
-    cfg = make_config(8, 1024, 4096, 16, h100, {"KERNEL": 1})
-    assert cfg["T"] == 16 and not {"PF", "FMAXNREG", "MAXNREG", "BC"} & set(cfg)
-
-
 def test_bad_keys_are_named(h100, monkeypatch):
     monkeypatch.setenv("MAMBASEG_TRITON_CONFIG", "PF=1,BLOCK=3")
     with pytest.raises(ValueError, match="MAMBASEG_TRITON_CONFIG: unknown key 'BLOCK'"):
         make_config(8, 1024, 4096, 16, h100)
-    monkeypatch.delenv("MAMBASEG_TRITON_CONFIG")
-    with pytest.raises(ValueError, match="KERNEL must be 1 or 2, got 3"):
-        make_config(8, 1024, 4096, 16, h100, {"KERNEL": 3})
+    monkeypatch.setenv("MAMBASEG_TRITON_CONFIG", "KERNEL=1")  # the tile layout: deleted
+    with pytest.raises(ValueError, match="MAMBASEG_TRITON_CONFIG: unknown key 'KERNEL'"):
+        make_config(8, 1024, 4096, 16, h100)

@@ -6,7 +6,6 @@ accepts things the compiler rejects; this catches those (and reports registers a
 Usage: python triton_compile_check.py OUT.json [ARCH]     (ARCH: 90 = H100/H200 by default)
 Writes {"status": "ok" | "skip: ..." | error text, "kernels": [...]}.
 """
-import dataclasses
 import json
 import os
 import re
@@ -46,8 +45,8 @@ def main():
         driver.set_active(StubDriver())
         from scan_helpers import make_inputs
 
-        from mambaseg.ops import scan_triton as st
-        from mambaseg.ops import scan_triton_lean as ln
+        from mambaseg.ops.triton import config as triton_config
+        from mambaseg.ops.triton import launch
 
         compiled = []
 
@@ -56,47 +55,38 @@ def main():
                 self.kernel = kernel
 
             def __getitem__(self, grid):
-                def launch(*args, **kwargs):
+                def compile_only(*args, **kwargs):
                     ck = self.kernel.warmup(*args, grid=grid, **kwargs)
                     compiled.append((self.kernel.fn.__name__, kwargs, ck))
-                return launch
+                return compile_only
 
-        def warm(kernels):  # the same kernel set, compiled instead of launched
-            return dataclasses.replace(kernels, **{k: Warm(getattr(kernels, k))
-                                                   for k in ("fwd", "fix", "carry", "bwd")})
-
-        st.DEFAULT_KERNELS = warm(st.DEFAULT_KERNELS)
-        ln.LEAN_KERNELS = warm(ln.LEAN_KERNELS)  # the lean layout (config KERNEL=2, the default)
-        st._sm_count = lambda device: 132
+        for name in ("scan_fwd_kernel", "scan_fwd_fix_kernel", "scan_bwd_carry_kernel",
+                     "scan_bwd_kernel"):  # the plans' kernels, compiled instead of launched
+            setattr(launch, name, Warm(getattr(launch, name)))
+        triton_config._sm_count = lambda device: 132
         cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                                  "cuobjdump")
         cases = [  # (batch, dim, L, N), flags, config: split and single-pass, fp32 and bf16
-            # tile layout (KERNEL=1)
-            ((64, 64, 48, 16), dict(), {"KERNEL": 1}),  # one pass (P = 1)
-            ((2, 12, 1024, 16), dict(), {"KERNEL": 1}),
-            ((2, 16, 300, 16), dict(dtype=torch.bfloat16, has_D=False, has_bias=False),
-             {"KERNEL": 1}),
-            ((2, 32, 200, 16), dict(has_z=False, softplus=False), {"KERNEL": 1, "REV": 1}),
-            # lean layout (KERNEL=2, the default): one pass and split; per-channel dB/dC atomics
-            # (BC=2, its default), reduced then atomic and reduced then stored (BC=1); L % 16 == 0
-            # (the vectorised layout) and not
+            # one pass and split; per-channel dB/dC atomics (BC=2, the default), reduced then
+            # atomic and reduced then stored (BC=1); L % 16 == 0 (the vectorised layout) and not
             ((64, 64, 256, 16), dict(), None),
-            ((2, 12, 1024, 16), dict(), {"KERNEL": 2}),
+            ((2, 12, 1024, 16), dict(), None),
             ((2, 16, 300, 16), dict(dtype=torch.bfloat16, has_D=False, has_bias=False),
-             {"KERNEL": 2, "BC": 1}),
-            ((2, 4, 256, 16), dict(has_z=False, softplus=False), {"KERNEL": 2, "BC": 1, "P": 1}),
-            # its split backward with the carry pass (LB=0) instead of the look-back (the default)
-            ((2, 12, 1024, 16), dict(has_z=False), {"KERNEL": 2, "LB": 0}),
-            # its forward in chunks of its own, longer than the backward's (T_FWD > T)
-            ((2, 12, 1024, 16), dict(), {"KERNEL": 2, "T_FWD": 1024, "BD": 1}),
+             {"BC": 1}),
+            ((2, 4, 256, 16), dict(has_z=False, softplus=False), {"BC": 1, "P": 1}),
+            # the split backward with the carry pass (LB=0) instead of the look-back (the default)
+            ((2, 12, 1024, 16), dict(has_z=False), {"LB": 0}),
+            # the forward in chunks of its own, longer than the backward's (T_FWD > T)
+            ((2, 12, 1024, 16), dict(), {"T_FWD": 1024, "BD": 1}),
         ]
         for shape, flags, config in cases:
             flags = dict(flags)
             dtype = flags.pop("dtype", torch.float32)
             inp = make_inputs(*shape, dtype=dtype, **flags)
-            y = st.selective_scan_triton(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"],
-                                         D=inp["D"], z=inp["z"], delta_bias=inp["delta_bias"],
-                                         delta_softplus=flags.get("softplus", True), config=config)
+            y = launch.selective_scan_triton(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"],
+                                             D=inp["D"], z=inp["z"], delta_bias=inp["delta_bias"],
+                                             delta_softplus=flags.get("softplus", True),
+                                             config=config)
             y.backward(torch.ones_like(y))
         seen = set()
         for name, kwargs, ck in compiled:

@@ -31,7 +31,7 @@ from scan_helpers import INTERP_CASES, compare, detached_copy, make_inputs, run 
 
 from mambaseg.ops import available_backends, selective_scan  # noqa: E402
 from mambaseg.ops.reference import selective_scan_reference  # noqa: E402
-from mambaseg.ops.scan_triton import selective_scan_triton  # noqa: E402
+from mambaseg.ops.triton.launch import _Plan, selective_scan_triton  # noqa: E402
 
 _NUMPY_INDEX_ERR = "only 0-dimensional arrays can be converted to Python scalars"
 
@@ -73,25 +73,22 @@ def _interpreter_compat():
             "int(data.squeeze()) as in triton 3.8")
 
 
-def _count_lean_calls():
-    """Count the forward and backward launches with the lean kernels (config KERNEL=2, the
-    default), so that a case can check that its variant really ran."""
-    from mambaseg.ops.scan_triton import _Plan
-    from mambaseg.ops.scan_triton_lean import LEAN_KERNELS
-
+def _count_plan_calls():
+    """Count the plans' forward and backward calls, so that a case can check that the kernels
+    really ran (and no fallback did)."""
     calls = {"forward": 0, "backward": 0}
     for name in calls:
         fn = getattr(_Plan, name)
 
         def wrapped(plan, *args, _fn=fn, _name=name, **kwargs):
-            calls[_name] += plan.K is LEAN_KERNELS
+            calls[_name] += 1
             return _fn(plan, *args, **kwargs)
 
         setattr(_Plan, name, wrapped)
     return calls
 
 
-LEAN_CALLS = _count_lean_calls()
+PLAN_CALLS = _count_plan_calls()
 
 
 def run_case(shape, flags, config):
@@ -100,21 +97,18 @@ def run_case(shape, flags, config):
     softplus = flags.get("softplus", True)
     inputs = make_inputs(*shape, dtype=dtype, seed=sum(shape), **flags)
     y_ref, g_ref, gy = run(selective_scan_reference, detached_copy(inputs, torch.float64), softplus)
-    before = dict(LEAN_CALLS)
+    before = dict(PLAN_CALLS)
     y, g, _ = run(selective_scan_triton, inputs, softplus, gy.to(dtype), config=config)
-    lean = (config or {}).get("KERNEL", 2) == 2  # the lean layout is the default
-    ran = {k: LEAN_CALLS[k] - before[k] for k in LEAN_CALLS}
-    assert ran == {k: int(lean) for k in ran}, f"lean kernel launches {ran}, lean: {lean}"
+    ran = {k: PLAN_CALLS[k] - before[k] for k in PLAN_CALLS}
+    assert ran == {"forward": 1, "backward": 1}, f"plan calls {ran}"
     for k, v in g.items():
         assert v.dtype == inputs[k].dtype, f"grad {k} dtype {v.dtype} != {inputs[k].dtype}"
     compare(y, g, y_ref, g_ref, dtype, f"triton {shape} {flags} {config}")
-    if lean:  # its forward without autograd (no saved states) gives the same output
-        with torch.no_grad():
-            y2 = selective_scan_triton(*(inputs[k] for k in ("u", "delta", "A", "B", "C")),
-                                       D=inputs["D"], z=inputs["z"],
-                                       delta_bias=inputs["delta_bias"], delta_softplus=softplus,
-                                       config=config)
-        torch.testing.assert_close(y2, y, rtol=0, atol=0)
+    with torch.no_grad():  # the forward without autograd (no saved states): the same output
+        y2 = selective_scan_triton(*(inputs[k] for k in ("u", "delta", "A", "B", "C")),
+                                   D=inputs["D"], z=inputs["z"], delta_bias=inputs["delta_bias"],
+                                   delta_softplus=softplus, config=config)
+    torch.testing.assert_close(y2, y, rtol=0, atol=0)
 
 
 def main():
@@ -147,23 +141,21 @@ def main():
         results["autocast_bf16"] = "ok"
     except Exception:
         results["autocast_bf16"] = traceback.format_exc()
-    for kernel in (1, 2):  # the accumulator the forward zeroes serves one backward; a second
-        try:               # backward through the same graph (retain_graph) gets a fresh one
-            inputs = make_inputs(1, 3, 21, 4, seed=2)
-            cfg = {"KERNEL": kernel, "T": 8, "P": 2}
-            y = selective_scan_triton(*(inputs[k] for k in ("u", "delta", "A", "B", "C")),
-                                      D=inputs["D"], z=inputs["z"],
-                                      delta_bias=inputs["delta_bias"], delta_softplus=True,
-                                      config=cfg)
-            leaves = [v for v in inputs.values() if v is not None]
-            gy = torch.randn_like(y)
-            first = torch.autograd.grad(y, leaves, gy, retain_graph=True)
-            second = torch.autograd.grad(y, leaves, gy)
-            for a, b in zip(first, second):
-                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-            results[f"k{kernel}_backward_twice"] = "ok"
-        except Exception:
-            results[f"k{kernel}_backward_twice"] = traceback.format_exc()
+    try:  # the accumulator the forward zeroes serves one backward; a second backward through
+        # the same graph (retain_graph) gets a fresh one
+        inputs = make_inputs(1, 3, 21, 4, seed=2)
+        y = selective_scan_triton(*(inputs[k] for k in ("u", "delta", "A", "B", "C")),
+                                  D=inputs["D"], z=inputs["z"], delta_bias=inputs["delta_bias"],
+                                  delta_softplus=True, config={"T": 8, "P": 2})
+        leaves = [v for v in inputs.values() if v is not None]
+        gy = torch.randn_like(y)
+        first = torch.autograd.grad(y, leaves, gy, retain_graph=True)
+        second = torch.autograd.grad(y, leaves, gy)
+        for a, b in zip(first, second):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        results["backward_twice"] = "ok"
+    except Exception:
+        results["backward_twice"] = traceback.format_exc()
     for case_id, shape, flags, config in INTERP_CASES:
         if wanted and case_id not in wanted:
             continue

@@ -9,10 +9,9 @@ Backends:
 
 Choice: the ``backend`` argument when given; else the ``MAMBASEG_SCAN_BACKEND`` environment
 variable (unset, empty or ``auto``: no preference); else the fastest backend available for the
-tensors' device (CUDA: triton, else mamba_ssm, else torch; CPU: torch). On an H200 the Triton
-kernels' GPU time is below mamba_ssm's at all five benchmark shapes and an eager call is faster at
-four (benchmarks/results/scan_vs_mamba_ssm_h200.txt). An unknown or unavailable backend raises
-ValueError naming the available ones.
+tensors' device (CUDA: triton, else mamba_ssm, else torch; CPU: torch); triton comes first
+since it measured faster than mamba_ssm (docs/scan.md). An unknown or unavailable backend
+raises ValueError naming the available ones.
 """
 from __future__ import annotations
 
@@ -40,7 +39,7 @@ def _triton_ok():
     if not _importable("triton"):
         return False
     try:
-        from mambaseg.ops import scan_triton  # noqa: F401
+        from mambaseg.ops.triton import launch  # noqa: F401
     except Exception:  # a broken triton install: treat as unavailable
         return False
     return True
@@ -131,7 +130,7 @@ def _run(name, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     if name == "torch":
         from mambaseg.ops.scan_torch import selective_scan_torch as fn
     elif name == "triton":
-        from mambaseg.ops.scan_triton import selective_scan_triton as fn
+        from mambaseg.ops.triton.launch import selective_scan_triton as fn
     elif name == "mamba_ssm":
         fn = _mamba_ssm
     else:

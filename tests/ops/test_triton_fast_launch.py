@@ -1,10 +1,10 @@
-"""The direct launches of mambaseg.ops.triton_launch.Launcher, with stand-ins for Triton's
+"""The direct launches of mambaseg.ops.triton.fast_launch.Launcher, with stand-ins for Triton's
 objects (the real launches run in tests/ops/test_scan_cuda.py on a GPU)."""
 import pytest
 import torch
 
-from mambaseg.ops import triton_launch
-from mambaseg.ops.triton_launch import Launcher, alignment_key
+from mambaseg.ops.triton import fast_launch
+from mambaseg.ops.triton.fast_launch import Launcher, alignment_key
 
 
 class FakeCompiled:
@@ -35,9 +35,9 @@ class FakeKernel:
 
 @pytest.fixture
 def kernel(monkeypatch):
-    monkeypatch.setattr(triton_launch, "current_stream", lambda dev: 1000 + dev)
-    monkeypatch.setattr(triton_launch, "_hooks_active", lambda: False)
-    monkeypatch.setattr(triton_launch, "_FAST", True)
+    monkeypatch.setattr(fast_launch, "current_stream", lambda dev: 1000 + dev)
+    monkeypatch.setattr(fast_launch, "_hooks_active", lambda: False)
+    monkeypatch.setattr(fast_launch, "_FAST", True)
     return FakeKernel()
 
 
@@ -81,13 +81,13 @@ def test_triton_path_when_disabled_interpreted_or_hooked(kernel, monkeypatch):
     for _ in range(2):  # CPU tensors (interpreter): no device index
         call(Launcher(kernel, (1, 1), (7, 1), meta, None), [x, x])
     lau = Launcher(kernel, (1, 1), (7, 1), meta, 0)
-    triton_launch.set_fast_launch(False)
+    fast_launch.set_fast_launch(False)
     try:
         for _ in range(2):
             call(lau, [x, x])
     finally:
-        triton_launch.set_fast_launch(True)
-    monkeypatch.setattr(triton_launch, "_hooks_active", lambda: True)  # a profiler's hooks
+        fast_launch.set_fast_launch(True)
+    monkeypatch.setattr(fast_launch, "_hooks_active", lambda: True)  # a profiler's hooks
     for _ in range(2):
         call(lau, [x, x])
     assert [e[0] for e in kernel.log] == ["triton"] * 6
@@ -128,14 +128,14 @@ def test_hook_detection_follows_triton_knobs(monkeypatch):
         launch_enter_hook = Chain([])
         launch_exit_hook = Chain([])
 
-    monkeypatch.setattr(triton_launch, "_KNOBS", Knobs)
-    assert not triton_launch._hooks_active()
+    monkeypatch.setattr(fast_launch, "_KNOBS", Knobs)
+    assert not fast_launch._hooks_active()
     Knobs.launch_enter_hook = Chain([print])
-    assert triton_launch._hooks_active()
+    assert fast_launch._hooks_active()
     Knobs.launch_enter_hook, Knobs.launch_exit_hook = None, None  # other versions: None ...
-    assert not triton_launch._hooks_active()
+    assert not fast_launch._hooks_active()
     Knobs.launch_exit_hook = print  # ... or a callable
-    assert triton_launch._hooks_active()
+    assert fast_launch._hooks_active()
 
 
 def test_warmup_compiles_then_first_launch_is_direct(kernel):

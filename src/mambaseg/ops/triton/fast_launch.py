@@ -1,30 +1,10 @@
-"""Cheap launches of compiled Triton kernels (host overhead, not GPU work).
+"""Cheap launches of compiled Triton kernels: the host's time per launch, not the GPU's.
 
-``kernel[grid](*args, **meta)`` costs tens of microseconds of Python per call in Triton 3.x: it
-binds and specialises every argument (about 35 for the scan kernels), builds a cache key from
-them, checks globals and builds launch metadata; its launcher then calls ``data_ptr()`` on
-every tensor and asks the driver about each pointer. The selective scan issues 2 to 4 launches
-per forward+backward; at the small shapes of UltraLight's PVM layers the GPU work takes less
-time than that host work, so the host sets the speed.
-
-A `Launcher` is one kernel bound to one grid, one list of run-time ints and one set of
-constexprs and launch options, for pointer arguments of fixed dtypes (the caller keeps one
-launcher per such signature; the scan keeps them in its per-problem plans). Its first call for
-each *alignment* of the pointers goes through Triton (which compiles, or finds the kernel in its
-cache, and launches it) and keeps the compiled kernel; later calls with the same alignment call
-the compiled kernel's launcher directly with the pointers as ints (so the launcher neither calls
-``data_ptr()`` nor queries the driver) and the argument list that Triton itself passes it (every
-parameter in order, constexprs included, which the launcher skips). Triton specialises pointers
-on their dtype and on 16-byte alignment, ints on their value being 1, divisible by 16 or 64-bit
-wide: the ints are fixed per launcher and the dtypes by the caller's contract, so the alignment
-is the only thing left to key on.
-
-The direct path is skipped (Triton's own path runs) when Triton launch hooks are active
-(profilers such as proton), under the Triton interpreter (CPU tensors: no device index), when
-the compiled kernel lacks the launcher attributes (another Triton version), and when direct
-launches are switched off: ``MAMBASEG_TRITON_FAST_LAUNCH=0`` in the environment when this module
-is imported, or ``set_fast_launch(False)``. (The switch is read once: an environment lookup costs
-about 1.5 us on the GPU machines' hosts, a sizeable part of a launch's 10 us.)
+``kernel[grid](...)`` binds and specialises every argument on every call; at the scan's small
+shapes that host work takes longer than the kernels. A `Launcher` takes Triton's own path once
+per pointer alignment, then calls the compiled kernel's launcher directly with the pointers as
+ints. Switched off by MAMBASEG_TRITON_FAST_LAUNCH=0 (read at import) or `set_fast_launch(False)`,
+and skipped under Triton launch hooks (profilers) and the interpreter (docs/scan.md, "Launches").
 """
 from __future__ import annotations
 
@@ -33,6 +13,7 @@ import os
 import torch
 
 
+# read once: an environment lookup per call would be a sizeable part of a launch's host time
 _FAST = os.environ.get("MAMBASEG_TRITON_FAST_LAUNCH", "1").strip() not in ("0", "")
 
 
