@@ -1,4 +1,4 @@
-"""Training epoch time of models at their paper preset, through the trainer's own loop (not a test).
+"""Training epoch time of models at a preset (paper by default), through the trainer's own loop (not a test).
 
 Runs :func:`mambaseg.engine.loop.train_epoch` and :func:`~mambaseg.engine.loop.validate` exactly
 as ``mambaseg train`` does (split resident on the device as uint8, batches gathered, converted
@@ -7,6 +7,7 @@ one host sync per epoch), after a warm-up, and prints one row per model::
 
     python benchmarks/train_epoch.py                                  # unet, random data
     python benchmarks/train_epoch.py --models all --data ~/lgg/kaggle_3m
+    python benchmarks/train_epoch.py --models unet mambaseg_s --preset recommended
     python benchmarks/train_epoch.py --models unet --compile
     python benchmarks/train_epoch.py --models ulvm_unet --cuda-graphs off   # eager steps
     python benchmarks/train_epoch.py --device cpu --models ulvm_unet --n-train 64 --n-val 16
@@ -73,7 +74,7 @@ def _sync(device: torch.device) -> None:
 
 def bench_model(name: str, arrays, device: torch.device, args) -> dict:
     """Time one model; returns a table row."""
-    s = resolved_settings(TrainConfig(model=name, preset="paper", batch_size=args.batch_size))
+    s = resolved_settings(TrainConfig(model=name, preset=args.preset, batch_size=args.batch_size))
     bs = int(s["batch_size"])
     channels_last = B.use_channels_last(name, device, None)
     parts = {}
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, help="at most this many steps per timed epoch")
     p.add_argument("--warmup-steps", type=int, default=10)
     p.add_argument("--probe-steps", type=int, default=5)
+    p.add_argument("--preset", default="paper", choices=("paper", "recommended"),
+                   help="settings of each model (default: paper)")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size")
     p.add_argument("--n-train", type=int, default=PAPER_TRAIN, help="random data: train slices")
     p.add_argument("--n-val", type=int, default=PAPER_VAL, help="random data: val slices")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mambaseg.errors import MambasegError
-from mambaseg.models import best_shipped, create_model, load_shipped, pretrained, shipped_models
+from mambaseg.models import best_shipped, create_model, list_models, load_shipped, pretrained, shipped_models
 from mambaseg.models.pretrained import default_shipped
 
 
@@ -166,7 +166,7 @@ def test_models_cli_table(weights_dir, capsys):
     assert "* default of predict, segment() and demo: ulvm_unet, test Dice 0.9012" in out
     row = next(line for line in lines if line.startswith("resnet50 "))
     assert "42,909,633" in row and "resnet" in row
-    assert "13 models, 1 with shipped trained weights" in out
+    assert f"{len(list_models())} models, 1 with shipped trained weights" in out
 
 
 def test_models_cli_json(weights_dir, capsys):
@@ -187,7 +187,7 @@ def test_models_cli_lists_shipped_ensembles_and_the_default(weights_dir, capsys)
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].rstrip().endswith("TEST DICE  CV DICE")
-    names = [line.split()[0] for line in lines[1:15]]
+    names = [line.split()[0] for line in lines[1:len(list_models()) + 2]]
     assert names.index("unet_cv2*") == names.index("unet") + 1      # after its model's row
     row = next(line for line in lines if line.startswith("unet_cv2*"))
     params = sum(p.numel() for p in _tiny_unet(0).parameters())
@@ -195,7 +195,7 @@ def test_models_cli_lists_shipped_ensembles_and_the_default(weights_dir, capsys)
     assert row.split()[1] == "unet"                                  # the family
     row = next(line for line in lines if line.startswith("ulvm_unet "))
     assert "0.9012" in row and row.rstrip().endswith("-")
-    assert "13 models, 1 with shipped trained weights, 1 shipped ensemble" in out
+    assert f"{len(list_models())} models, 1 with shipped trained weights, 1 shipped ensemble" in out
     assert ("* default of predict, segment() and demo: unet_cv2, OOF per-patient Dice 0.8312 "
             "over 110 patients (2-fold cross-validation, results/cv/unet_cv2)") in out
     assert _run_cli(["models", "--json"]) == 0
@@ -250,9 +250,9 @@ def test_segformer_sizes(size):
 
 
 def test_segformer_reads_both_transformers_layouts():
-    from mambaseg.models.segformer import rename_keys
+    from mambaseg.models.segformer_mit import rename_keys
 
-    model = create_model("segformer")
+    model = create_model("segformer_mit_b0")
     state = model.state_dict()
     legacy = rename_keys(state, "legacy")
     v5 = rename_keys(state, "v5")
@@ -276,4 +276,5 @@ def test_segformer_without_transformers_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     monkeypatch.delitem(sys.modules, "transformers", raising=False)
     with pytest.raises(MambasegError, match=r"pip install 'mambaseg\[segformer\]'"):
-        create_model("segformer")
+        create_model("segformer_mit_b0")
+    assert create_model("segformer").num_parameters() == 17_782_913  # the seed's: plain torch

@@ -18,7 +18,7 @@ from mambaseg.models.registry import (
 )
 
 # importing the family modules registers their models
-from mambaseg.models import resnet, segformer, ultralight, umamba, unet  # noqa: E402,F401  isort: skip
+from mambaseg.models import mambaseg_net, resnet, segformer, segformer_mit, ultralight, umamba, unet  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "SegModel",
