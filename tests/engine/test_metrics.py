@@ -216,8 +216,48 @@ def test_hd95_large_boundaries_use_the_distance_transform():
     ba, bb = M.boundary(a), M.boundary(b)
     assert int(ba.sum()) * int(bb.sum()) > 4_000_000
     pts = [torch.from_numpy(np.argwhere(x)).float() for x in (ba, bb)]
-    exact = torch.cat([torch.cdist(pts[0], pts[1]).amin(1), torch.cdist(pts[1], pts[0]).amin(1)])
-    assert M.hd95(a, b) == pytest.approx(float(np.percentile(exact.double().numpy(), 95)))
+    ab, ba_ = (torch.cdist(pts[0], pts[1]).amin(1).double().numpy(),
+               torch.cdist(pts[1], pts[0]).amin(1).double().numpy())
+    assert M.hd95_pooled(a, b) == pytest.approx(float(np.percentile(np.concatenate([ab, ba_]), 95)))
+    assert M.hd95(a, b) == pytest.approx(max(np.percentile(ab, 95), np.percentile(ba_, 95)))
+
+
+def _brute_force_hd95(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """(max of the directed 95th percentiles, 95th percentile of both directions pooled), written
+    independently of engine/metrics.py: boundary = mask XOR its 4-connected erosion (scipy,
+    zero outside the image, as MONAI's get_mask_edges), all pairwise Euclidean distances."""
+    from scipy.ndimage import binary_erosion
+    from scipy.spatial.distance import cdist
+
+    edge = [np.argwhere(m ^ binary_erosion(m, border_value=0)) for m in (pred, target)]
+    d = cdist(edge[0], edge[1])                              # (boundary of pred, boundary of target)
+    pred_to_target, target_to_pred = d.min(1), d.min(0)
+    directed = max(np.percentile(pred_to_target, 95), np.percentile(target_to_pred, 95))
+    pooled = np.percentile(np.concatenate([pred_to_target, target_to_pred]), 95)
+    return float(directed), float(pooled)
+
+
+def test_hd95_definitions_match_an_independent_computation():
+    # the truth: a 12x12 square; the prediction: the square moved 2 px right, plus a 2x2
+    # false-positive blob far away. The blob's 4 boundary pixels are 8 % of the prediction's 48
+    # boundary distances (the directed 95th percentile lands on them) but 4 % of the 92 of both
+    # directions pooled (the pooled 95th percentile stays at the square's 2 px).
+    target = np.zeros((48, 48), bool)
+    target[8:20, 8:20] = True
+    pred = np.zeros_like(target)
+    pred[8:20, 10:22] = True
+    pred[38:40, 38:40] = True
+    directed, pooled = _brute_force_hd95(pred, target)
+    assert directed - pooled > 10                            # the definitions really differ here
+    assert pooled == pytest.approx(2.0)                      # the square's offset
+    assert M.hd95(pred, target) == pytest.approx(directed)
+    assert M.hd95_pooled(pred, target) == pytest.approx(pooled)
+    assert M.hd95_both(torch.from_numpy(pred), torch.from_numpy(target)) == pytest.approx(
+        (directed, pooled))
+    # the directed definition is symmetric in its arguments, like the pooled one
+    assert M.hd95(target, pred) == pytest.approx(directed)
+    assert M.hd95_pooled(target, pred) == pytest.approx(pooled)
+    assert M.hd95_both(np.zeros_like(pred), target) == (None, None)
 
 
 def test_hd95_summary_counts_empty_predictions():
@@ -225,6 +265,16 @@ def test_hd95_summary_counts_empty_predictions():
     r = M.hd95_summary([2.0, None, None, 4.0], tp, fp, fn)
     assert r["mean"] == pytest.approx(3.0) and r["median"] == pytest.approx(3.0)
     assert r["n"] == 2 and r["n_tumour_slices"] == 3 and r["n_empty_prediction"] == 1
+
+
+def test_summarize_gives_both_hd95_definitions_named():
+    s = M.summarize([1, 0], [0, 1], [1, 0], ["a", "b"], hd=[3.0, None], hd_pooled=[2.0, None],
+                    n_boot=100)
+    assert s["hd95"]["mean"] == 3.0 and s["hd95"]["definition"] == "max_directed"
+    assert s["hd95_pooled"]["mean"] == 2.0 and s["hd95_pooled"]["definition"] == "pooled"
+    assert {k: v for k, v in s["hd95"].items() if k not in ("mean", "median")} == \
+        {k: v for k, v in s["hd95_pooled"].items() if k not in ("mean", "median", "definition")} \
+        | {"definition": "max_directed"}
 
 
 # ----------------------------------------------------------------------------- summarize

@@ -74,6 +74,48 @@ def test_main_table_rows_hold_the_summary_numbers(cv):
     assert paper[1] == "paper" and paper[-1] == "100" and paper[8] == "40/222 slices (18.0 %)"
 
 
+def test_legacy_hd95_is_the_pooled_one_and_is_labelled_so(cv):
+    main = section(report(cv), "## Main table")
+    header = next(ln for ln in main.splitlines() if ln.startswith("| Model |"))
+    assert "| HD95 pooled, medpy (px) |" in header and "max of directed" not in header
+    assert "hold the pooled one only" in main
+
+
+def test_both_hd95_definitions_get_a_column_each(cv):
+    """A summary holding both definitions shows both; an old one (``hd95`` only, which is the
+    pooled value) shows its value under the pooled column and n/a under the other."""
+    path = cv / "ulvm_unet_v2" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["hd95"] = {"mean": 14.44, "median": 3.0, "n": 70, "unit": "pixel",
+                       "definition": "max_directed"}
+    summary["hd95_pooled"] = {"mean": 9.87, "median": 2.0, "n": 70, "unit": "pixel",
+                              "definition": "pooled"}
+    path.write_text(json.dumps(summary))
+    main = section(report(cv), "## Main table")
+    header = next(ln for ln in main.splitlines() if ln.startswith("| Model |"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[7:9] == ["HD95 max of directed, MONAI (px)", "HD95 pooled, medpy (px)"]
+    assert row(main, "ulvm_unet_v2")[7:9] == ["14.4", "9.9"]
+    assert row(main, "unet")[7:9] == ["n/a", "12.3"]
+    assert row(main, "umamba_bot")[7:9] == ["—", "—"]                  # not finished
+    assert "`n/a`: the summary of `unet`, `unet-paper` was written before both" in main
+
+
+def test_hd95_metrics_reads_every_kind_of_summary():
+    from mambaseg.engine.metrics import HD95_DEFINITIONS
+    from mambaseg.report.collect import HD95_LABELS, HD95_MAX, HD95_POOLED, hd95_metrics
+
+    assert set(HD95_LABELS) == set(HD95_DEFINITIONS.values())
+    assert (HD95_DEFINITIONS["hd95"], HD95_DEFINITIONS["hd95_pooled"]) == (HD95_MAX, HD95_POOLED)
+    legacy = {"hd95": {"mean": 5.0}}
+    assert hd95_metrics(legacy) == {HD95_POOLED: {"mean": 5.0}}
+    both = {"hd95": {"mean": 7.0}, "hd95_pooled": {"mean": 5.0}}     # keys without definition
+    assert hd95_metrics(both) == {HD95_MAX: {"mean": 7.0}, HD95_POOLED: {"mean": 5.0}}
+    named = {"hd95": {"mean": 7.0, "definition": HD95_MAX}}
+    assert hd95_metrics(named) == {HD95_MAX: named["hd95"]}
+    assert hd95_metrics(None) == {} and hd95_metrics({"hd95": None}) == {}
+
+
 def test_per_fold_and_post_processing_tables(cv):
     readme = report(cv)
     folds = section(readme, "## Per-fold results")

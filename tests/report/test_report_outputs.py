@@ -35,23 +35,75 @@ def test_readme_table_rows_hold_the_summary_values(results, cli, capsys):
     unet = table_row(readme, "unet")
     assert unet[1] == "7,765,985" and unet[2] == "7,765,985"
     assert unet[3] == "0.8712" and unet[4] == "0.8929" and unet[5] == "-0.0217"
-    assert unet[6] == "0.8123"                       # per-slice Dice, patient split
-    assert unet[7] == "0.7900 [0.750, 0.830]"        # per-patient Dice with its 95 % interval
-    assert unet[8] == "12.0 s"                       # median of epoch_time_s 11, 12, 13
-    assert unet[9].startswith("36.0 s")              # sum of the epoch times
-    assert unet[10] == "3/3 (paper 100)"
-    assert unet[11] == fake_results.DEVICE
+    assert unet[6] == "0.8123"                       # per-slice Dice (all slices), patient split
+    assert unet[7] == "n/a"                          # the summary holds no tumour-slice Dice
+    assert unet[8] == "0.7900 [0.750, 0.830]"        # per-patient Dice with its 95 % interval
+    assert unet[9] == "12.0 s"                       # median of epoch_time_s 11, 12, 13
+    assert unet[10].startswith("36.0 s")             # sum of the epoch times
+    assert unet[11] == "3/3 (paper 100)"
+    assert unet[12] == fake_results.DEVICE
     v2 = table_row(readme, "ulvm_unet_v2")
     assert v2[3] == "0.8250" and v2[4] == "0.8243" and v2[5] == "+0.0007"
-    assert table_row(readme, "umamba_bot")[6] == "not run"      # no patient-protocol run
+    assert table_row(readme, "umamba_bot")[6:8] == ["not run"] * 2   # no patient-protocol run
     for model in ("resnet50", "segformer", "ulvm_unet_v6"):
         row = table_row(readme, model)
-        assert row[3] == "not run" and row[7] == "not run"
+        assert row[3] == "not run" and row[8] == "not run"
         assert row[1].startswith(f"{count_parameters(model):,}")   # counted without a run
     assert table_row(readme, "resnet50")[4] == "0.8672"          # paper's number still shown
     out = capsys.readouterr().out
     printed = next(ln for ln in out.splitlines() if ln.startswith("unet "))
     assert "0.8712" in printed and "0.8929" in printed and "not run" in out
+
+
+def test_tumour_slice_dice_beside_the_all_slice_mean(results):
+    """The leak-free columns: all-slice mean (empty-empty slices count 1.0) and tumour slices only;
+    an old summary without ``tumour_mean`` shows n/a, never a number made up."""
+    path = results / "patient" / "unet" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["dice_slice"].update({"tumour_mean": 0.61234, "n": 6, "n_tumour": 3})
+    path.write_text(json.dumps(summary))
+    path = results / "patient" / "ulvm_unet_v2" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["dice_slice"].update({"n": 6, "n_tumour": 3})       # an old summary: no tumour_mean
+    path.write_text(json.dumps(summary))
+    from mambaseg.report.collect import load_runs
+    from mambaseg.report.paper import load_paper_table
+    from mambaseg.report.readme import slice_dice_note
+    from mambaseg.report.tables import HEADER, build_rows
+
+    rows = {r.model: r for r in build_rows(load_runs(results), load_paper_table(results))}
+    assert HEADER[6:8] == ["Per-slice Dice (all slices), patient split", "Tumour-slice Dice, patient split"]
+    assert rows["unet"].cells()[6:8] == ["0.8123", "0.6123"]
+    assert rows["ulvm_unet_v2"].cells()[6:8] == ["0.7601", "n/a"]
+    note = slice_dice_note(list(rows.values()))
+    assert "tumour-free slice predicted empty scores 1.0" in note and "(3 of the 6 test slices here)" in note
+    assert "averages the 3 slices with tumour only" in note and "`n/a`: the summary does not hold it" in note
+
+
+def test_runs_table_says_when_config_names_another_checkpoint(results):
+    def edit(name, **values):
+        path = results / "patient" / "unet" / name
+        doc = json.loads(path.read_text())
+        doc.update(values)
+        path.write_text(json.dumps(doc))
+
+    def runs_cell():
+        readme = (results / "README.md").read_text()
+        line = next(ln for ln in readme.splitlines() if ln.startswith("| patient | `unet` |"))
+        return [c.strip() for c in line.strip("|").split("|")][8], readme
+
+    edit("summary.json", checkpoint="/runs/patient/unet/best")
+    edit("config.json", checkpoint="last")                 # trained with the paper preset's setting
+    make_report(results)
+    cell, readme = runs_cell()
+    assert cell == "best (config.json: last)" and "`(config.json: …)`: the run's `config.json`" in readme
+    edit("config.json", evaluation_checkpoint="best")      # recorded at the end of training
+    from mambaseg.report.collect import load_runs
+    from mambaseg.report.tables import runs_rows
+
+    runs = load_runs(results)
+    assert not any(r.checkpoint_mismatch for r in runs.values())
+    assert next(r for r in runs_rows(runs) if r[:2] == ["patient", "`unet`"])[8] == "best"
 
 
 def test_overview_section_of_notes_goes_above_the_table(results):
@@ -170,7 +222,7 @@ def test_truncated_last_metrics_line_is_tolerated(results):
     path = results / "paper" / "unet" / "metrics.jsonl"
     path.write_text(path.read_text() + '{"epoch": 4, "train_lo')
     make_report(results)
-    assert table_row((results / "README.md").read_text(), "unet")[10].startswith("3/3")
+    assert table_row((results / "README.md").read_text(), "unet")[11].startswith("3/3")
 
 
 def test_parameter_mismatch_is_marked(results):
@@ -225,7 +277,7 @@ def test_invalid_runs_are_marked_and_left_out_of_the_figures(results, monkeypatc
     readme = (results / "README.md").read_text()
     unet = table_row(readme, "unet")
     assert unet[3] == "0.8712 ✗" and unet[5] == "-0.0217 ✗"
-    assert unet[6] == "0.8123" and "✗" not in unet[7]  # the patient run is not marked
+    assert unet[6] == "0.8123" and "✗" not in unet[8]  # the patient run is not marked
     assert "unet" not in drawn["fig3"] and drawn["fig3"]
     assert "`✗`: the run's evaluation is known to be wrong" in readme
     runs = load_runs(results)

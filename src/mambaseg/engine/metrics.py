@@ -239,11 +239,19 @@ def fpr_empty(tp, fp, fn) -> dict:
     }
 
 
-def hd95_summary(hd: Sequence[float | None], tp, fp, fn) -> dict:
+#: the HD95 keys of summary.json and the definition each holds (docs/metrics.md, "HD95")
+HD95_DEFINITIONS = {
+    "hd95": "max_directed",    # max of the two directed 95th percentiles (MONAI, surface-distance)
+    "hd95_pooled": "pooled",   # 95th percentile of both directed sets pooled (medpy)
+}
+
+
+def hd95_summary(hd: Sequence[float | None], tp, fp, fn, definition: str | None = None) -> dict:
     """Summarise per-slice HD95 values (``None``/NaN where not computed) over tumour slices.
 
     HD95 is defined only where prediction and truth are both non-empty; tumour slices with an
     empty prediction are counted in ``n_empty_prediction`` (they have no distance).
+    ``definition`` (a value of :data:`HD95_DEFINITIONS`), when given, is recorded as is.
     """
     tp, fp, fn = _as_counts(tp, fp, fn)
     h = np.array([np.nan if v is None else float(v) for v in hd], dtype=np.float64)
@@ -251,7 +259,7 @@ def hd95_summary(hd: Sequence[float | None], tp, fp, fn) -> dict:
     pred = (tp + fp) > 0
     ok = tumour & pred & ~np.isnan(h)
     vals = h[ok]
-    return {
+    out = {
         "mean": float(vals.mean()) if len(vals) else float("nan"),
         "median": float(np.median(vals)) if len(vals) else float("nan"),
         "n": int(ok.sum()),
@@ -259,15 +267,21 @@ def hd95_summary(hd: Sequence[float | None], tp, fp, fn) -> dict:
         "n_empty_prediction": int((tumour & ~pred).sum()),
         "unit": "pixel",
     }
+    if definition is not None:
+        out["definition"] = definition
+    return out
 
 
 def summarize(tp, fp, fn, patients: Sequence[str], hd: Sequence[float | None] | None = None,
-              batch_size: int = PAPER_BATCH, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> dict:
+              batch_size: int = PAPER_BATCH, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+              hd_pooled: Sequence[float | None] | None = None) -> dict:
     """All metrics of one evaluation from per-slice counts (slices in split order).
 
     Returns a dict with one key per metric: ``dice_paper``, ``dice_slice``, ``dice_patient``,
-    ``dice_global``, ``iou``, ``precision``, ``recall``, ``hd95`` (when ``hd`` is given) and
-    ``fpr_empty``.
+    ``dice_global``, ``iou``, ``precision``, ``recall``, ``hd95`` (when ``hd``, the per-slice
+    :func:`hd95` values, is given), ``hd95_pooled`` (when ``hd_pooled``, the per-slice
+    :func:`hd95_pooled` values, is given) and ``fpr_empty``; each HD95 entry records its
+    ``definition`` (:data:`HD95_DEFINITIONS`).
     """
     out = {
         "dice_paper": dice_paper(tp, fp, fn, batch_size),
@@ -275,8 +289,9 @@ def summarize(tp, fp, fn, patients: Sequence[str], hd: Sequence[float | None] | 
         "dice_patient": dice_patient(tp, fp, fn, patients, n_boot, seed),
     }
     out.update(global_scores(tp, fp, fn, patients, n_boot, seed))
-    if hd is not None:
-        out["hd95"] = hd95_summary(hd, tp, fp, fn)
+    for key, values in (("hd95", hd), ("hd95_pooled", hd_pooled)):
+        if values is not None:
+            out[key] = hd95_summary(values, tp, fp, fn, HD95_DEFINITIONS[key])
     out["fpr_empty"] = fpr_empty(tp, fp, fn)
     return out
 
@@ -322,12 +337,13 @@ def _directed(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return distance_to(torch.from_numpy(dst))[torch.from_numpy(src)].numpy()
 
 
-def hd95(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> float | None:
-    """95th-percentile symmetric Hausdorff distance (pixels) between the boundaries of two
-    2-D binary masks: the 95th percentile (numpy linear interpolation) of the pooled distances
-    from each boundary pixel of one mask to the nearest boundary pixel of the other, both ways.
+def surface_distances(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two directed boundary-distance sets of two 2-D binary masks (pixels, float64):
+    from each boundary pixel of ``pred`` to the nearest boundary pixel of ``target``, and from
+    each boundary pixel of ``target`` to the nearest one of ``pred``.
 
-    Returns ``None`` when either mask is empty (the distance is undefined).
+    Returns ``None`` when either mask is empty (no distance exists).
     """
     p = _numpy(pred).squeeze() > 0
     t = _numpy(target).squeeze() > 0
@@ -336,5 +352,45 @@ def hd95(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> 
     if not p.any() or not t.any():
         return None
     bp, bt = boundary(p), boundary(t)
-    d = np.concatenate([_directed(bp, bt), _directed(bt, bp)]).astype(np.float64)
-    return float(np.percentile(d, 95))
+    return _directed(bp, bt).astype(np.float64), _directed(bt, bp).astype(np.float64)
+
+
+def hd95_from_distances(d_pt: np.ndarray, d_tp: np.ndarray) -> float:
+    """HD95 as MONAI and surface-distance define it: the larger of the two directed 95th
+    percentiles (numpy linear interpolation) of the distance sets of :func:`surface_distances`."""
+    return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
+
+
+def hd95_pooled_from_distances(d_pt: np.ndarray, d_tp: np.ndarray) -> float:
+    """HD95 as medpy defines it: the 95th percentile (numpy linear interpolation) of the two
+    directed distance sets of :func:`surface_distances` pooled into one."""
+    return float(np.percentile(np.concatenate([d_pt, d_tp]), 95))
+
+
+def hd95_both(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray
+              ) -> tuple[float | None, float | None]:
+    """``(hd95(pred, target), hd95_pooled(pred, target))`` from one distance computation;
+    ``(None, None)`` when either mask is empty."""
+    d = surface_distances(pred, target)
+    if d is None:
+        return None, None
+    return hd95_from_distances(*d), hd95_pooled_from_distances(*d)
+
+
+def hd95(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> float | None:
+    """95th-percentile symmetric Hausdorff distance (pixels) between the boundaries of two
+    2-D binary masks, as MONAI's ``compute_hausdorff_distance(percentile=95)`` and DeepMind
+    surface-distance's ``compute_robust_hausdorff(..., 95)`` define it: the larger of the two
+    directed 95th percentiles (see :func:`hd95_from_distances`).
+
+    Returns ``None`` when either mask is empty (the distance is undefined).
+    """
+    return hd95_both(pred, target)[0]
+
+
+def hd95_pooled(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray
+                ) -> float | None:
+    """95th-percentile symmetric Hausdorff distance (pixels) as medpy's ``hd95`` defines it:
+    the 95th percentile of the distances of both directions pooled (see
+    :func:`hd95_pooled_from_distances`). ``None`` when either mask is empty."""
+    return hd95_both(pred, target)[1]

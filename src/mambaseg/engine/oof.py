@@ -91,8 +91,7 @@ def write_oof_summary(out: str | Path, data: str | Path, printer: Callable = pri
     pp = CANDIDATES[best]
     post = apply(pred, patients, pp)
     tp, fp, fn = metrics.dice_counts(post, truth)
-    hds = [metrics.hd95(post[i], truth[i]) if tp[i] + fp[i] > 0 and tp[i] + fn[i] > 0
-           else None for i in range(len(slices))]
+    hds, hdp = zip(*(metrics.hd95_both(post[i], truth[i]) for i in range(len(slices))))
     settings = json.loads((out / SETTINGS).read_text())
     rows = fold_rows(out, settings["folds"])
     first = json.loads((out / "fold_0" / SUMMARY).read_text())
@@ -109,8 +108,8 @@ def write_oof_summary(out: str | Path, data: str | Path, printer: Callable = pri
         "without_postprocess": variants[0],
         "mambaseg_version": __version__,
     }
-    summary.update(metrics.summarize(tp, fp, fn, patients, hds, n_boot=n_boot))
-    summary["per_slice"] = _per_slice(slices, tp, fp, fn, hds)
+    summary.update(metrics.summarize(tp, fp, fn, patients, hds, n_boot=n_boot, hd_pooled=hdp))
+    summary["per_slice"] = _per_slice(slices, tp, fp, fn, hds, hdp)
     summary["per_patient"] = _per_patient(tp, fp, fn, patients)
     summary["predictions"] = PREDICTIONS
     summary["seconds"] = round(time.perf_counter() - t0, 3)

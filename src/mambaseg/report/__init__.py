@@ -1,7 +1,7 @@
 """Tables and figures from saved runs: ``mambaseg report RESULTS_DIR``.
 
 A results folder holds ``<protocol>/<model>/`` (config.json, metrics.jsonl, summary.json, and
-predictions.npz for the paper protocol), ``splits/``, ``data_stats.json``, ``fig3_inputs.npz``,
+predictions.npz where the run kept it), ``splits/``, ``data_stats.json``, ``fig3_inputs.npz``,
 ``paper_table1.json`` and a hand-written ``notes.md``. :func:`make_report` turns them into
 ``README.md`` and ``figures/fig1_data.png``, ``fig2_dice_params.png``, ``fig3_samples.png``;
 when ``cv/`` (the ``mambaseg crossval`` folders) exists, also ``cv/README.md``

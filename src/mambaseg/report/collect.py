@@ -1,5 +1,5 @@
 """Find and read the saved runs of a results folder: ``<protocol>/<model>/`` with
-config.json, metrics.jsonl, summary.json (and predictions.npz for the paper protocol)."""
+config.json, metrics.jsonl, summary.json (and predictions.npz where the run kept it)."""
 from __future__ import annotations
 
 import json
@@ -55,6 +55,31 @@ def metric(summary: dict | None, name: str) -> dict | None:
     if isinstance(value, dict) and value.get("mean") is not None:
         return value
     return None
+
+
+#: the two HD95 definitions a summary.json may hold (the values of
+#: ``mambaseg.engine.metrics.HD95_DEFINITIONS``; docs/metrics.md, "HD95"), in table order
+HD95_MAX, HD95_POOLED = "max_directed", "pooled"
+#: how tables name each definition
+HD95_LABELS = {HD95_MAX: "HD95 max of directed, MONAI", HD95_POOLED: "HD95 pooled, medpy"}
+
+
+def hd95_metrics(summary: dict | None) -> dict[str, dict]:
+    """The HD95 values of a summary by definition: ``{HD95_MAX: metric, HD95_POOLED: metric}``
+    with the definitions it holds.
+
+    A summary with ``hd95_pooled`` holds both (``hd95`` is then the max of the directed
+    percentiles); one without it was written before the split, and its ``hd95`` is the pooled
+    (medpy) value. A metric's own ``definition`` field, when present, wins.
+    """
+    out: dict[str, dict] = {}
+    split = metric(summary, "hd95_pooled") is not None
+    for key, default in (("hd95", HD95_MAX if split else HD95_POOLED), ("hd95_pooled", HD95_POOLED)):
+        m = metric(summary, key)
+        if m is not None:
+            named = m.get("definition")
+            out[named if named in HD95_LABELS else default] = m
+    return out
 
 
 @dataclass
@@ -150,6 +175,20 @@ class Run:
         """The checkpoint folder the summary was computed from (``last`` or ``best``)."""
         value = (self.summary or {}).get("checkpoint")
         return Path(str(value)).name if value else None
+
+    @property
+    def recorded_checkpoint(self) -> str | None:
+        """The checkpoint config.json says the protocol evaluates: ``evaluation_checkpoint``
+        (written at the end of training), else the ``checkpoint`` setting."""
+        cfg = self.config or {}
+        value = cfg.get("evaluation_checkpoint") or cfg.get("checkpoint")
+        return value if isinstance(value, str) else None
+
+    @property
+    def checkpoint_mismatch(self) -> bool:
+        """True when config.json names another checkpoint than the summary was computed from."""
+        ev, rec = self.evaluated_checkpoint, self.recorded_checkpoint
+        return ev in ("last", "best") and rec is not None and rec != ev
 
     @property
     def parameters(self) -> int | None:

@@ -22,9 +22,12 @@ from typing import Any
 
 from mambaseg import files as atomic
 from mambaseg.errors import MambasegError
-from mambaseg.report.collect import Run, load_run, read_json
+from mambaseg.report.collect import (
+    HD95_LABELS, HD95_MAX, HD95_POOLED, Run, hd95_metrics, load_run, read_json,
+)
 from mambaseg.report.tables import (
-    MISSING, fmt_ci, fmt_delta, fmt_dice, fmt_epochs, fmt_int, markdown_table, text_table,
+    MISSING, NOT_AVAILABLE, fmt_ci, fmt_delta, fmt_dice, fmt_epochs, fmt_int, markdown_table,
+    text_table,
 )
 
 #: the cross-validation folder inside a results folder
@@ -46,11 +49,14 @@ AUTHORS_DICE = 0.836
 AUTHORS_SOURCE = "Buda et al. 2019, 22-fold cross-validation"
 INTER_READER_DICE = 0.84
 
+#: the main table's columns; one HD95 column per definition some summary holds goes in at
+#: HD95_AT (see :func:`main_header`)
 MAIN_HEADER = [
     "Model", "Preset", "Params", "OOF per-patient Dice [95 % CI]", "Median", "Global Dice",
-    "Tumour-slice Dice", "HD95 (px)", "False positives on tumour-free slices",
+    "Tumour-slice Dice", "False positives on tumour-free slices",
     "Post-processing", "Per-patient Dice without post-processing", "GPU minutes", "Epochs",
 ]
+HD95_AT = MAIN_HEADER.index("Tumour-slice Dice") + 1
 FOLD_HEADER = ["Fold", "Test patients", "Per-patient Dice", "Global Dice", "Best epoch",
                "Epochs run", "Minutes"]
 POST_HEADER = ["Post-processing", "OOF per-patient Dice", "Global Dice", "Tumour-slice Dice",
@@ -155,6 +161,10 @@ class CVModel:
     def metric(self, name: str) -> dict:
         return _dict((self.summary or {}).get(name))
 
+    def hd95(self) -> dict[str, dict]:
+        """The OOF HD95 by definition (:func:`mambaseg.report.collect.hd95_metrics`)."""
+        return hd95_metrics(self.summary)
+
 
 def _sort_key(m: CVModel) -> tuple:
     return (m.model != BASELINE, m.name != BASELINE, m.name)
@@ -237,22 +247,39 @@ def not_finished(m: CVModel) -> str:
     return f"not finished (folds done: {', '.join(map(str, done)) if done else 'none'})"
 
 
-def main_row(m: CVModel) -> list[str]:
-    """The model's cells of the main table (:data:`MAIN_HEADER`)."""
+def hd95_definitions(models: list[CVModel]) -> list[str]:
+    """The HD95 definitions held by some finished model's summary, in table order."""
+    held = {d for m in models for d in m.hd95()}
+    return [d for d in HD95_LABELS if d in held]
+
+
+def main_header(definitions: list[str]) -> list[str]:
+    """:data:`MAIN_HEADER` with one column per HD95 definition, named by it."""
+    hd = [f"{HD95_LABELS[d]} (px)" for d in definitions]
+    return MAIN_HEADER[:HD95_AT] + hd + MAIN_HEADER[HD95_AT:]
+
+
+def main_row(m: CVModel, definitions: list[str]) -> list[str]:
+    """The model's cells of the main table (:func:`main_header` of ``definitions``); an HD95
+    its summary does not hold is ``n/a``."""
     if not m.finished:
-        return [_name(m), m.preset, MISSING, not_finished(m)] + [MISSING] * (len(MAIN_HEADER) - 5) \
+        n = len(main_header(definitions))
+        return [_name(m), m.preset, MISSING, not_finished(m)] + [MISSING] * (n - 5) \
             + [fmt_int(m.epochs)]
     s = m.summary
-    dp, hd = m.metric("dice_patient"), m.metric("hd95")
+    dp, hd = m.metric("dice_patient"), m.hd95()
     params = _number(s.get("parameters"))
-    hd_mean = _number(hd.get("mean"))
+    hd_cells = []
+    for d in definitions:
+        mean = _number(hd[d].get("mean")) if d in hd else None
+        hd_cells.append(NOT_AVAILABLE if d not in hd else MISSING if mean is None else f"{mean:.1f}")
     return [
         _name(m), m.preset, fmt_int(None if params is None else int(params)),
         fmt_ci(dp) if _number(dp.get("mean")) is not None else MISSING,
         _dice(dp.get("median")),
         _dice(m.metric("dice_global").get("mean")),
         _dice(m.metric("dice_slice").get("tumour_mean")),
-        MISSING if hd_mean is None else f"{hd_mean:.1f}",
+        *hd_cells,
         fmt_fpr(m.metric("fpr_empty")),
         str(s.get("postprocess_describe") or MISSING),
         _dice(_dict(s.get("without_postprocess")).get("dice_patient")),
@@ -505,10 +532,32 @@ def machine_line(cv_dir: Path) -> list[str]:
     return out + [""]
 
 
+def hd95_note(models: list[CVModel], definitions: list[str]) -> str:
+    """The main table's note on its HD95 column(s): the definition each holds, and which
+    summaries lack one."""
+    text = ("- **HD95**: mean over tumour slices with a non-empty prediction of the 95 % "
+            "Hausdorff distance (pixels), by the definition its column names "
+            "(`docs/metrics.md`): *max of directed* is the larger of the two directed 95th "
+            "percentiles, as MONAI and DeepMind's surface-distance compute it; *pooled* is the "
+            "95th percentile of both directions' distances pooled, as medpy computes it "
+            "(never larger, up to interpolation).")
+    legacy = [_name(m) for m in models if m.finished and HD95_POOLED in m.hd95()
+              and HD95_MAX not in m.hd95()]
+    if legacy and HD95_MAX in definitions:
+        text += (f" `{NOT_AVAILABLE}`: the summary of {', '.join(legacy)} was written before "
+                 "both were recorded and holds the pooled one only.")
+    elif legacy:
+        text += (" These summaries were written before both were recorded and hold the pooled "
+                 "one only; the max-of-directed one is not shown (it needs the dataset's masks to "
+                 "be recomputed from `predictions.npz`).")
+    return text
+
+
 def render(cv_dir: Path, models: list[CVModel], ablation: list[Run] | None) -> str:
     from mambaseg import __version__
 
     finished = [m for m in models if m.finished]
+    definitions = hd95_definitions(models)
     parts = [
         "# Cross-validation results",
         "",
@@ -528,12 +577,12 @@ def render(cv_dir: Path, models: list[CVModel], ablation: list[Run] | None) -> s
         parts += [
             f"{len(finished)} of {len(models)} cross-validations finished.",
             "",
-            markdown_table(MAIN_HEADER, [main_row(m) for m in models]),
+            markdown_table(main_header(definitions), [main_row(m, definitions) for m in models]),
             "",
             "- **OOF per-patient Dice**: mean over patients of each patient's Dice (all its slices "
             "pooled), with the 95 % bootstrap interval over patients; **global Dice** pools every "
-            "pixel; **tumour-slice Dice**: mean over slices with tumour; **HD95**: mean 95 % "
-            "Hausdorff distance (pixels) over tumour slices with a non-empty prediction.",
+            "pixel; **tumour-slice Dice**: mean over slices with tumour.",
+            *([hd95_note(models, definitions)] if definitions else []),
             "- **False positives on tumour-free slices**: tumour-free slices with any predicted "
             "pixel.",
             "- **Post-processing**: the candidate with the highest OOF per-patient Dice, applied to "
@@ -571,6 +620,7 @@ def make_cv_report(cv_dir: str | Path, out: str | Path | None = None) -> tuple[P
     models = load_cv_models(cv_dir)
     text = render(cv_dir, models, load_ablation(cv_dir))
     path = atomic.write_text(Path(out if out is not None else cv_dir) / README, text)
-    table = text_table(MAIN_HEADER, [main_row(m) for m in models]) if models else \
-        "No cross-validation saved yet."
+    definitions = hd95_definitions(models)
+    table = text_table(main_header(definitions), [main_row(m, definitions) for m in models]) \
+        if models else "No cross-validation saved yet."
     return path, table

@@ -7,7 +7,8 @@ from pathlib import Path
 from mambaseg.report.collect import Run
 from mambaseg.report.paper import PaperTable
 from mambaseg.report.tables import (
-    HEADER, RUNS_HEADER, TOLERANCE, Row, fmt_delta, fmt_dice, markdown_table, runs_rows,
+    HEADER, NOT_AVAILABLE, RUNS_HEADER, TOLERANCE, Row, fmt_delta, fmt_dice, markdown_table,
+    patient_slice_counts, runs_rows,
 )
 
 NO_EXPLANATION = "**⚠ No explanation recorded yet.**"
@@ -18,9 +19,28 @@ FIGURE_CAPTIONS = {
 }
 
 
+#: the note under the runs table when a run's config.json names another checkpoint than its summary
+CHECKPOINT_MISMATCH = ("`(config.json: …)`: the run's `config.json` names another checkpoint than the one its "
+                       "`summary.json` was computed from (it was trained with that setting and evaluated on the "
+                       "other); the numbers are those of the checkpoint named first.")
+
 #: the legend of the ✗ mark, shown when some run is marked in invalid.json
 INVALID_LEGEND = ("; `✗`: the run's evaluation is known to be wrong (`invalid.json` says why, the "
                   "notes give the evidence); it is left out of Figs. 2 and 3 until it is redone.")
+
+
+def slice_dice_note(rows: list[Row]) -> str:
+    """The note on the patient split's two per-slice Dice columns."""
+    counts = patient_slice_counts(rows)
+    free = f" ({counts[0] - counts[1]} of the {counts[0]} test slices here)" if counts else ""
+    tumour = f"the {counts[1]} slices with tumour" if counts else "the slices with tumour"
+    missing = any(r.patient_run and r.patient_run.metric("dice_slice")
+                  and not isinstance(r.patient_run.metric("dice_slice").get("tumour_mean"), (int, float))
+                  for r in rows)
+    return ("- **Per-slice Dice (all slices)** averages the Dice of every test slice, and a tumour-free "
+            "slice predicted empty scores 1.0, so it is high when most slices are tumour-free" + free
+            + f"; **tumour-slice Dice** (`dice_slice.tumour_mean` of `summary.json`) averages {tumour} "
+            "only" + (f"; `{NOT_AVAILABLE}`: the summary does not hold it." if missing else "."))
 
 
 def differences_section(rows: list[Row], notes: dict[str, str]) -> str:
@@ -113,6 +133,7 @@ def render(results_dir: Path, out_dir: Path, rows: list[Row], runs: dict[tuple[s
         "- **Per-slice / per-patient Dice, patient split**: the *leak-free* protocol (each patient in one "
         "part only), evaluated on the best-validation checkpoint; the interval is the 95 % interval "
         "from `summary.json`.",
+        slice_dice_note(rows),
         "- **Epoch time** (median), **training time** (sum of epoch times) and **epochs** are those of the "
         "paper-protocol run, from `metrics.jsonl`; the machine is from its `config.json`. "
         "The paper's times are on 4× NVIDIA T4 (ulvm_unet_v4: 1× RTX 3060).",
@@ -125,6 +146,7 @@ def render(results_dir: Path, out_dir: Path, rows: list[Row], runs: dict[tuple[s
         "",
         markdown_table(RUNS_HEADER, runs_rows(runs, [r.model for r in rows])) if runs else "No run saved yet.",
         "",
+        *([CHECKPOINT_MISMATCH, ""] if any(run.checkpoint_mismatch for run in runs.values()) else []),
         "## Figures",
         "",
     ]

@@ -8,6 +8,8 @@ from mambaseg.report.paper import PAPER_MODELS, PaperEntry, PaperTable
 
 NOT_RUN = "not run"
 MISSING = "—"
+#: a value a saved summary does not hold (written before the report asked for it)
+NOT_AVAILABLE = "n/a"
 #: appended to the numbers of a run whose evaluation is marked wrong in invalid.json
 INVALID_MARK = " ✗"
 #: a row is listed under "Differences from the paper" when |ours - paper| exceeds this
@@ -115,6 +117,7 @@ class Row:
         if self.parameters is not None and pub_params is not None and self.parameters != pub_params:
             params += " ≠"
         slice_dice = qr.metric("dice_slice") if qr else None
+        tumour_dice = None if slice_dice is None else slice_dice.get("tumour_mean")
         patient_dice = qr.metric("dice_patient") if qr else None
         pmark = INVALID_MARK if pr and pr.invalid else ""
         qmark = INVALID_MARK if qr and qr.invalid else ""
@@ -126,6 +129,9 @@ class Row:
             (fmt_dice(self.published_dice) if self.paper and self.published_dice is not None else "n/a"),
             fmt_delta(self.delta) + (pmark if self.delta is not None else ""),
             (fmt_dice(None if slice_dice is None else float(slice_dice["mean"])) + qmark if qr else NOT_RUN),
+            (NOT_RUN if not qr else MISSING if slice_dice is None
+             else NOT_AVAILABLE if not isinstance(tumour_dice, (int, float))
+             else fmt_dice(float(tumour_dice)) + qmark),
             (fmt_ci(patient_dice) + qmark if qr else NOT_RUN),
             (fmt_duration(pr.epoch_time_s) if pr else NOT_RUN),
             (fmt_duration(pr.train_time_s) if pr else NOT_RUN)
@@ -137,9 +143,21 @@ class Row:
 
 HEADER = [
     "Model", "Params (ours)", "Params (paper)", "dice_paper (ours)", "Dice (paper)", "Δ",
-    "Per-slice Dice, patient split", "Per-patient Dice, patient split [95 % CI]",
+    "Per-slice Dice (all slices), patient split", "Tumour-slice Dice, patient split",
+    "Per-patient Dice, patient split [95 % CI]",
     "Epoch time", "Training time", "Epochs run/planned", "Machine",
 ]
+
+
+def patient_slice_counts(rows: list[Row]) -> tuple[int, int] | None:
+    """(test slices, tumour slices among them) of the patient-protocol runs, from their
+    ``dice_slice`` (``n``, ``n_tumour``); None when no run records them or the runs disagree."""
+    counts = set()
+    for r in rows:
+        m = r.patient_run.metric("dice_slice") if r.patient_run else None
+        if m is not None and isinstance(m.get("n"), int) and isinstance(m.get("n_tumour"), int):
+            counts.add((m["n"], m["n_tumour"]))
+    return counts.pop() if len(counts) == 1 else None
 
 
 def build_rows(runs: dict[tuple[str, str], Run], paper: PaperTable) -> list[Row]:
@@ -183,7 +201,9 @@ def runs_rows(runs: dict[tuple[str, str], Run], order: list[str] | None = None) 
             protocol, f"`{model}`", run.device or MISSING, fmt_epochs(run),
             fmt_duration(run.epoch_time_s), fmt_duration(run.train_time_s),
             MISSING if ips is None else f"{ips:.0f}", fmt_dice(run.best_val_dice),
-            ((run.evaluated_checkpoint or "yes") + (INVALID_MARK if run.invalid else ""))
+            ((run.evaluated_checkpoint or "yes")
+             + (f" (config.json: {run.recorded_checkpoint})" if run.checkpoint_mismatch else "")
+             + (INVALID_MARK if run.invalid else ""))
             if run.summary else "no",
             "yes" if run.has_predictions else "no",
         ])
