@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Cross-validation runs of results/cv on one GPU (docs/reproduce.md, "Cross-validation").
 #
-#   bash scripts/crossval_gpu.sh start DATA   # in the background: the 5-fold split, then
-#                                             #   unet and ulvm_unet_v6 under --preset
-#                                             #   recommended (5 folds each, side by side), then
-#                                             #   the recipe ablation (fold 0, validation only)
-#   bash scripts/crossval_gpu.sh wait S       # wait up to S s; pack what is done into $OUT
+#   bash scripts/crossval_gpu.sh start DATA PLAN  # in the background: the 5-fold split, then
+#                                                 #   the runs of PLAN side by side (below)
+#   bash scripts/crossval_gpu.sh wait S           # wait up to S s; pack what is done into $OUT
+#
+# Plans (every run uses --preset recommended plus the options shown):
+#   recipe1  unet and ulvm_unet_v6, 5 folds each (30 epochs), and the recipe ablation
+#            (ulvm_unet_v6, fold 0, 15 epochs, scored on fold 0's validation patients)
+#   round2   solo training throughput (benchmarks/train_epoch.py, batch 16), then 5 folds of
+#            unet (40 epochs, lr 3e-4) and mambaseg_s (40 epochs), and fold-0 ablation rows
+#            (40 epochs): unet at lr 1e-3, mambaseg_s with one scan order, mambaseg_s without
+#            Mamba, ulvm_unet_v6
 #
 # Runs land in $CV (default /root/cv); `wait` copies the small files (and the weights of the
 # models of at most 1 M parameters) into $OUT as tar files.
@@ -14,18 +20,25 @@ CV=${CV:-/root/cv}
 SRC=${SRC:-$PWD/src}           # the package to run; `start` runs a frozen copy of it
 if [ "${1:-}" = start ]; then
   mkdir -p "$CV" && rm -rf "$CV/src" && cp -r "$SRC" "$CV/src" && cp "$0" "$CV/crossval_gpu.sh"
+  [ -d "$SRC/../benchmarks" ] && rm -rf "$CV/benchmarks" && cp -r "$SRC/../benchmarks" "$CV/benchmarks"
 fi
 export PYTHONPATH="$CV/src" PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 ms="python3 -m mambaseg"
 mkdir -p "$CV/logs"
-
 EPOCHS=${EPOCHS:-}             # set only to shorten every run (a smoke test)
-ablation() {  # NAME ARGS...: ulvm_unet_v6 on fold 0, 15 epochs, scored on its validation part
-  local name=$1; shift
-  $ms train --model ulvm_unet_v6 --data "$DATA" --split "$CV/split5.json" --fold 0 \
-    --preset recommended --epochs "${EPOCHS:-15}" -o "$CV/ablation/$name" --overwrite \
-    --no-progress "$@" > "$CV/logs/ablation_$name.log" 2>&1
+
+cv() {  # NAME MODEL ARGS...: 5-fold cross-validation, folds side by side, in the background
+  local name=$1 model=$2; shift 2
+  setsid nohup $ms crossval --model "$model" --data "$DATA" --split "$CV/split5.json" \
+    --preset recommended -o "$CV/$name" --parallel 5 --no-progress "$@" ${EPOCHS:+--epochs $EPOCHS} \
+    $([ -d "$CV/$name" ] && echo --resume) > "$CV/logs/$name.log" 2>&1 < /dev/null &
+}
+fold0() {  # NAME MODEL ARGS...: fold 0 only, in the background, scored on its validation part
+  local name=$1 model=$2; shift 2
+  setsid nohup $ms train --model "$model" --data "$DATA" --split "$CV/split5.json" --fold 0 \
+    --preset recommended -o "$CV/ablation/$name" --overwrite --no-progress "$@" \
+    ${EPOCHS:+--epochs $EPOCHS} > "$CV/logs/ablation_$name.log" 2>&1 < /dev/null &
 }
 
 case "${1:?start|wait}" in
@@ -34,31 +47,52 @@ start)
   [ -f "$CV/split5.json" ] || $ms data split "$DATA" --split patient --folds 5 \
     -o "$CV/split5.json" > "$CV/logs/split.log" 2>&1
   nvidia-smi --query-gpu=name,memory.total --format=csv > "$CV/logs/gpu.txt"
-  for m in unet ulvm_unet_v6; do
-    setsid nohup $ms crossval --model $m --data "$DATA" --split "$CV/split5.json" \
-      --preset recommended -o "$CV/$m" --parallel 5 --no-progress ${EPOCHS:+--epochs $EPOCHS} \
-      $([ -d "$CV/$m" ] && echo --resume) > "$CV/logs/$m.log" 2>&1 < /dev/null &
-  done
-  setsid nohup bash "$CV/crossval_gpu.sh" ablation "$DATA" > /dev/null 2>&1 < /dev/null &
+  case "${3:?plan: recipe1 or round2}" in
+  recipe1)
+    cv unet unet
+    cv ulvm_unet_v6 ulvm_unet_v6
+    sleep 30
+    for e in "r1_base --no-augment --scheduler none --warmup-epochs 0 --tumour-fraction 0" \
+             "r2_augment --scheduler none --warmup-epochs 0 --tumour-fraction 0" \
+             "r3_schedule --tumour-fraction 0" "r4_oversample"; do
+      set -- $e; name=$1; shift
+      EPOCHS=${EPOCHS:-15} fold0 "$name" ulvm_unet_v6 "$@"
+    done
+    ;;
+  round2)
+    # the solo throughput first: the GPU is still idle, and it checks each model runs there
+    python3 "$CV/benchmarks/train_epoch.py" --models unet mambaseg_s ulvm_unet_v6 \
+      --preset recommended --epochs 1 --budget 15 --no-checkpoint-time \
+      --output "$CV/logs/train_epoch_b16.txt" > "$CV/logs/train_epoch_b16.log" 2>&1
+    tail -n 5 "$CV/logs/train_epoch_b16.log"
+    cv unet_e40_lr3e-4 unet --epochs 40 --lr 3e-4
+    cv mambaseg_s_e40 mambaseg_s --epochs 40
+    sleep 30
+    fold0 r5_unet_e40_lr1e-3 unet --epochs 40
+    fold0 r6_mambaseg_s_one_order mambaseg_s --epochs 40 --model-arg directions=1
+    fold0 r7_mambaseg_s_no_mamba mambaseg_s --epochs 40 --model-arg mixer=conv
+    fold0 r8_ulvm_unet_v6_e40 ulvm_unet_v6 --epochs 40
+    ;;
+  *) echo "unknown plan $3" >&2; exit 2 ;;
+  esac
   echo started; date
-  ;;
-ablation)  # the recipe's steps, one row each (started by `start`)
-  DATA=${2:?data folder}
-  sleep 30
-  ablation r1_base --no-augment --scheduler none --warmup-epochs 0 --tumour-fraction 0 &
-  ablation r2_augment --scheduler none --warmup-epochs 0 --tumour-fraction 0 &
-  ablation r3_schedule --tumour-fraction 0 &
-  ablation r4_oversample &
-  wait
   ;;
 wait)
   end=$((SECONDS + ${2:?seconds}))
   while [ $SECONDS -lt $end ] && pgrep -f "mambaseg (crossval|train)" > /dev/null; do sleep 10; done
   date; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
-  tail -n 3 "$CV"/logs/*.log
-  cd "$CV" && tar cf "$OUT/cv-results.tar" --exclude='last' --exclude='best' \
-    --exclude='*.png' logs split5.json unet ulvm_unet_v6 ablation 2>/dev/null
-  tar cf "$OUT/cv-weights.tar" ulvm_unet_v6/fold_*/best 2>/dev/null
+  tail -n 2 "$CV"/logs/*.log
+  cd "$CV" && tar cf "$OUT/cv-results.tar" --exclude='last' --exclude='best' --exclude='src' \
+    --exclude='benchmarks' --exclude='*.png' --exclude='*.tar' . 2>/dev/null
+  # weights of the models of at most 1 M parameters (one tar per fold: 16 MiB per file)
+  for d in */fold_0/best; do
+    m=${d%%/*}
+    python3 -c "import json,sys; sys.exit(json.load(open('$d/config.json')).get('num_parameters', 0) > 1e6)" \
+      2>/dev/null || continue
+    for f in "$m"/fold_*; do
+      tar cf "$OUT/weights-$m-${f##*/}.tar" "$f"/best/config.json "$f"/best/model.safetensors 2>/dev/null
+    done
+  done
   ls -la "$OUT"
   ;;
 esac

@@ -24,8 +24,8 @@ from mambaseg.cli import SUBCOMMANDS, build_parser, main
 REPO = Path(__file__).resolve().parents[2]
 
 #: every command with an example, in the order the examples run
-ORDER = ("models", "data", "data verify", "data stats", "data split", "train", "evaluate",
-         "crossval", "compare", "predict", "export", "demo", "report")
+ORDER = ("models", "data", "data verify", "data stats", "data split", "data convert", "train",
+         "evaluate", "crossval", "compare", "predict", "export", "demo", "report")
 #: examples that use the default shipped model (run with a tiny stand-in, see the docstring)
 DEFAULT_MODEL = ("predict", "demo")
 

@@ -170,7 +170,8 @@ def test_evaluate_slices_hand_computed(synthetic):
     assert [(r["tp"], r["fp"], r["fn"]) for r in per[10:14]] == [(0, 0, 16)] * 2 + [(0, 9, 0)] * 2
     assert all(r["dice"] == 1.0 for r in per[6:10] + per[14:])
     assert [r["hd95"] for r in per[:6]] == pytest.approx([2.0] * 6)
-    assert all(r["hd95"] is None for r in per[6:])
+    assert [r["hd95_pooled"] for r in per[:6]] == pytest.approx([2.0] * 6)
+    assert all(r["hd95"] is None and r["hd95_pooled"] is None for r in per[6:])
 
     d = 96 / 128                                                # 2*48 / (2*48 + 16 + 16)
     # dice_paper: batch 1 = slices 0..15, batch 2 = 16..19 (all empty -> 1)
@@ -191,6 +192,8 @@ def test_evaluate_slices_hand_computed(synthetic):
     assert s["recall"]["mean"] == pytest.approx(288 / (288 + 128))
     assert s["hd95"]["mean"] == pytest.approx(2.0)
     assert s["hd95"]["n"] == 6 and s["hd95"]["n_empty_prediction"] == 2
+    assert s["hd95"]["definition"] == "max_directed"
+    assert s["hd95_pooled"] == {**s["hd95"], "definition": "pooled"}    # squares: both give 2
     assert s["fpr_empty"]["n_empty_slices"] == 12
     assert s["fpr_empty"]["mean"] == pytest.approx(2 / 12)
     assert s["fpr_empty"]["mean_predicted_pixels"] == pytest.approx(18 / 12)
@@ -201,8 +204,9 @@ def test_summary_numbers_recompute_from_the_tables(synthetic):
     s = E.evaluate_slices(Oracle(), _test_slices(root, split), n_boot=200).summary
     tp, fp, fn = (np.array([r[k] for r in s["per_slice"]]) for k in ("tp", "fp", "fn"))
     again = M.summarize(tp, fp, fn, [r["patient"] for r in s["per_slice"]],
-                        [r["hd95"] for r in s["per_slice"]], n_boot=200)
-    for key in E.METRIC_KEYS:
+                        [r["hd95"] for r in s["per_slice"]], n_boot=200,
+                        hd_pooled=[r["hd95_pooled"] for r in s["per_slice"]])
+    for key in (*E.METRIC_KEYS, "hd95_pooled"):
         assert again[key] == s[key]
     assert sum(p["tp"] for p in s["per_patient"]) == tp.sum()
 
@@ -346,3 +350,32 @@ def test_run_evaluation_with_two_checkpoints_and_a_recommended_postprocess(blobs
     s, _ = E.run_evaluation(root, checkpoint=[a, b], split=str(split), device="cpu", n_boot=20,
                             overwrite=True, postprocess=PostProcess(min_area=2))
     assert s["postprocess"]["min_area"] == 2 and s["postprocess_source"] == "options"
+
+
+# ----------------------------------------------------------------------------- a run's record
+
+@pytest.mark.usefixtures("one_thread")
+def test_run_config_records_the_checkpoint_its_evaluation_uses(tmp_path):
+    """config.json's evaluation_checkpoint is what `evaluate --checkpoint RUN_DIR` evaluates:
+    best/ when the run has one, last/ when best was asked for but no epoch had a validation
+    score (its `checkpoint` setting then still says best)."""
+    from toy_data import make_toy_dataset
+    from mambaseg.data import find_slices
+    from mambaseg.engine.config import TrainConfig
+    from mambaseg.engine.trainer import train
+
+    data = make_toy_dataset(tmp_path / "toy", patients=2, per_patient=4)
+    rels = [s.rel for s in find_slices(data)]
+    for name, val, expected in (("with_val", rels[4:6], "best"), ("no_val", [], "last")):
+        split = tmp_path / f"{name}.json"
+        split.write_text(json.dumps({"train": rels[:4], "val": val, "test": rels[6:]}))
+        result = train(TrainConfig(model="ulvm_unet", data=data, split=str(split),
+                                   out=tmp_path / name, epochs=2, batch_size=4, seed=0,
+                                   device="cpu", progress=False))
+        config = json.loads((result.run_dir / "config.json").read_text())
+        assert config["checkpoint"] == "best"                         # the setting asked for
+        assert config["evaluation_checkpoint"] == expected == result.checkpoint_dir.name
+        assert config["evaluation_epoch"] == (result.best_epoch if val else 2)
+        summary, _ = E.run_evaluation(None, checkpoint=result.run_dir, device="cpu", n_boot=10,
+                                      out=tmp_path / f"{name}-summary.json")
+        assert summary["checkpoint"] == str(result.run_dir / expected)

@@ -1,4 +1,4 @@
-"""`mambaseg data verify|stats|split`: check a dataset, count it, split it."""
+"""`mambaseg data verify|stats|split|convert`: check a dataset, count it, split it, convert it."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,21 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run_split)
 
+    p = add_command(cmds, "convert", "Write each patient of the dataset as NIfTI volumes: "
+                    "OUT/<patient>_0000..0002.nii.gz (pre-contrast, FLAIR, post-contrast; "
+                    "nnU-Net's naming) and <patient>_seg.nii.gz (the masks, 0/1), for "
+                    "'mambaseg predict -i OUT'. The tifs carry no spacing: the volumes get a "
+                    "placeholder (--spacing, default 1 x 1 x 1 mm; see docs/volumes.md).",
+                    "mambaseg data convert examples/lgg-sample --to nifti -o runs/lgg-nifti")
+    p.add_argument("path", type=Path, help="dataset folder")
+    p.add_argument("--to", choices=("nifti",), required=True, help="output format: nifti")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                   help="folder to write the volumes into (created)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="placeholder voxel size in mm: columns, rows, slices (default 1 1 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=run_convert)
+
 
 def run_verify(args: argparse.Namespace) -> int:
     from mambaseg.data.verify import verify_dataset
@@ -96,4 +111,16 @@ def run_split(args: argparse.Namespace) -> int:
         prefix = f"fold {i}: " if "folds" in data else ""
         print(prefix + ", ".join(f"{p} {len(part_map[p])}" for p in PARTS))
     print(f"split written to {args.output}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from mambaseg.data.convert import PLACEHOLDER_SPACING, convert_to_nifti
+
+    spacing = tuple(args.spacing) if args.spacing else PLACEHOLDER_SPACING
+    done = convert_to_nifti(args.path, args.output, spacing=spacing, overwrite=args.overwrite)
+    for entry in done:
+        print(f"{entry['patient']}: {entry['slices']} slices -> {', '.join(entry['files'])}")
+    print(f"{len(done)} patient(s) written to {args.output} (placeholder spacing "
+          f"{' x '.join(f'{s:g}' for s in spacing)} mm)")
     return 0

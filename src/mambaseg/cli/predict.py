@@ -1,4 +1,5 @@
-"""`mambaseg predict`: segment image files or folders into mask PNGs."""
+"""`mambaseg predict`: segment image files or folders into mask PNGs, NIfTI volumes into mask
+volumes."""
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,15 @@ def register(sub) -> None:
                     "(searched recursively) or a dataset root. Writes OUTDIR/<name>_mask.png "
                     "(0/255, the input's size) per image and OUTDIR/summary.json; where "
                     "ground-truth masks (<name>_mask.*) sit beside the images, prints the Dice "
-                    "against them. Exit status 1 if an image could not be read.",
+                    "against them. NIfTI volumes (.nii, .nii.gz; a case's channels on the last "
+                    "axis or in CASE_0000..0002 files; a FLAIR volume alone for a FLAIR-only "
+                    "model) give OUTDIR/<case>_mask.nii.gz on the input's grid and a per-case "
+                    "record in summary.json (tumour mL, components, slices; docs/volumes.md). "
+                    "Exit status 1 if an input could not be read.",
                     "mambaseg predict -i examples/lgg-sample -o runs/predictions --overlay")
     p.add_argument("-i", "--input", type=Path, required=True, metavar="INPUT",
-                   help="image file, folder of images, or dataset root (kaggle_3m)")
+                   help="image file, folder of images, dataset root (kaggle_3m), NIfTI file "
+                        "or folder of NIfTI volumes")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
                    help="folder to write into (created; must not be inside INPUT nor hold an "
                         "input image)")
@@ -39,9 +45,11 @@ def register(sub) -> None:
                      "PyTorch (same pre- and post-processing; pip install 'mambaseg[onnx]')")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     p.add_argument("--probabilities", action="store_true",
-                   help="also write <name>_prob.png (probability x 255)")
+                   help="also write <name>_prob.png (probability x 255); for a volume, "
+                        "<case>_prob.nii.gz (float32)")
     p.add_argument("--overlay", action="store_true",
-                   help="also write <name>_overlay.png (the image with the mask in red)")
+                   help="also write <name>_overlay.png (the image with the mask in red); for a "
+                        "volume, a montage of its slices with tumour, outlined")
     add_device(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -66,6 +74,14 @@ def run(args: argparse.Namespace) -> int:
                   overwrite=args.overwrite, progress=not args.no_progress,
                   rescale=args.rescale, postprocess=postprocess_from_args(args),
                   nan_policy=args.nan_policy, max_pixels=args.max_pixels)
+    from mambaseg.data.nifti import holds_volumes
+
+    volumes = holds_volumes(args.input)
+    if args.onnx is not None and volumes:
+        from mambaseg.errors import MambasegError
+
+        raise MambasegError(f"{args.input}: NIfTI volumes are segmented with PyTorch models "
+                            "(--model or --checkpoint); --onnx takes slice images")
     if args.onnx is not None:  # onnxruntime: this path never imports torch
         from mambaseg.onnx_runtime import run_predict_onnx
 
@@ -78,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     s = res.summary
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if volumes:
+        return _print_volumes(res)
     _print_notes(res.written)
     for item in res.skipped[:SHOW]:
         print(f"skipped {item['input']}: {item['reason']}", file=sys.stderr)
@@ -108,3 +126,25 @@ def _print_notes(records: list[dict]) -> None:
         kinds = sorted({r["notes"] for r in noted})
         print(f"note: ... {len(noted) - SHOW} more converted image(s) ({'; '.join(kinds)})",
               file=sys.stderr)
+
+
+def _print_volumes(res) -> int:
+    """What ``predict`` prints for NIfTI volumes (``engine.volumes``)."""
+    s = res.summary
+    for r in res.written:
+        for n in r["notes"][:SHOW]:
+            print(f"note: {r['case']}: {n}", file=sys.stderr)
+    for item in res.skipped[:SHOW]:
+        print(f"skipped {item['input']}: {item['reason']}", file=sys.stderr)
+    if len(res.skipped) > SHOW:
+        print(f"... and {len(res.skipped) - SHOW} more skipped (see summary.json)", file=sys.stderr)
+    for r in res.written[:SHOW]:
+        dice = f", Dice {r['dice']:.4f} against {r['truth']}" if "dice" in r else ""
+        print(f"{r['case']}: {r['tumour_volume_ml']:.2f} mL of tumour in {r['components']} "
+              f"component(s) on {len(r['slices_with_tumour'])} slice(s) -> {r['mask']}{dice}")
+    c = s["counts"]
+    print(f"{s['model']} ({s['checkpoint']}, {s['device']}): {c['written']} of {c['inputs']} "
+          f"volume(s) segmented into {res.outdir}"
+          + (f", {c['skipped']} skipped" if c["skipped"] else ""))
+    print(f"wrote {res.outdir / 'summary.json'}")
+    return res.exit_status

@@ -59,6 +59,10 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    "(default none)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random flips, rotation, zoom and intensity jitter (default off)")
+    p.add_argument("--channels", choices=("all", "flair"), help="MRI channels to train on: all "
+                   "(default: pre-contrast, FLAIR, post-contrast, the RGB slices) or flair "
+                   "(channel 1 alone: a 1-channel model for FLAIR-only scans); recorded in "
+                   "config.json and the checkpoints, so evaluate and predict feed the same")
     p.add_argument("--image-size", type=int, help="resize images and masks to SIZE x SIZE "
                    "(default: their own size; 224 for segformer with --preset paper)")
     p.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up before the "
@@ -118,6 +122,7 @@ def config_from_args(args: argparse.Namespace):
         seed=args.seed, device=args.device, amp=args.amp, compile=args.compile,
         cuda_graphs=args.cuda_graphs,
         val_batch_size=args.val_batch_size, model_kwargs=_model_kwargs(args.model_arg),
+        channels=getattr(args, "channels", None) or "all",
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
 
 

@@ -15,11 +15,21 @@ import torch
 from torch.utils.data import Dataset
 
 from mambaseg.data.augment import augment_batch
-from mambaseg.data.io import read_image, read_image_noted, read_mask
+from mambaseg.data.channels import select_channels
+from mambaseg.data.io import read_image_noted, read_mask
 from mambaseg.data.layout import Slice
 from mambaseg.errors import DataError
 
 __all__ = ["SliceDataset", "load_arrays", "augment_batch"]
+
+
+def _read(path, channels: int | str, nan_policy: str = "error") -> tuple[np.ndarray, str | None]:
+    """``read_image_noted`` for an int ``channels``; for a channel choice (``"all"``,
+    ``"flair"``: ``data.channels``) the LGG channels it names, read as RGB."""
+    if isinstance(channels, str):
+        image, note = read_image_noted(path, 3, nan_policy=nan_policy)
+        return select_channels(image, channels), note
+    return read_image_noted(path, channels, nan_policy=nan_policy)
 
 
 def _mask_of(s: Slice) -> np.ndarray:
@@ -32,10 +42,11 @@ class SliceDataset(Dataset):
     """Slices as ``(image float32 (C,H,W) in [0,1], mask float32 (1,H,W) in {0,1})`` pairs.
 
     With ``augment=True`` each sample goes through ``augment_batch`` (torch's global RNG, so
-    DataLoader workers draw different augmentations).
+    DataLoader workers draw different augmentations). ``channels``: as ``load_arrays``.
     """
 
-    def __init__(self, slices: Sequence[Slice], augment: bool = False, channels: int = 3):
+    def __init__(self, slices: Sequence[Slice], augment: bool = False,
+                 channels: int | str = 3):
         self.slices = list(slices)
         self.augment = augment
         self.channels = channels
@@ -45,7 +56,7 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.slices[i]
-        image = torch.from_numpy(read_image(s.image, self.channels)).permute(2, 0, 1)
+        image = torch.from_numpy(_read(s.image, self.channels)[0]).permute(2, 0, 1)
         image = image.float().div_(255.0)
         mask = _mask_of(s)
         if mask.shape != image.shape[1:]:
@@ -58,7 +69,7 @@ class SliceDataset(Dataset):
         return image, mask
 
 
-def load_arrays(slices: Sequence[Slice], progress: bool | None = True, channels: int = 3,
+def load_arrays(slices: Sequence[Slice], progress: bool | None = True, channels: int | str = 3,
                 workers: int | None = None, nan_policy: str = "error",
                 notes: dict[str, str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode ``slices`` into ``(images uint8 (N,C,H,W), masks uint8 (N,1,H,W) in {0,1})``.
@@ -67,7 +78,9 @@ def load_arrays(slices: Sequence[Slice], progress: bool | None = True, channels:
     one size (DataError names the first that does not). ``progress``: True shows a tqdm bar on
     stderr when it is a terminal, False never. Non-finite pixels raise a DataError naming the
     file, or with ``nan_policy="zero"`` become 0; ``notes`` (when given) then collects each
-    converted image's note by ``Slice.rel``.
+    converted image's note by ``Slice.rel``. ``channels``: the number of channels (images are
+    converted as ``io.read_image`` does), or a channel choice of ``data.channels`` (``"all"``,
+    ``"flair"``): the LGG channels it names (``"flair"``: channel 1 of the RGB slices alone).
     """
     from tqdm import tqdm
 
@@ -77,14 +90,14 @@ def load_arrays(slices: Sequence[Slice], progress: bool | None = True, channels:
     if not slices:
         raise DataError("load_arrays: no slices to load")
     def decode(s: Slice):
-        image, note = read_image_noted(s.image, channels, nan_policy=nan_policy)
+        image, note = _read(s.image, channels, nan_policy)
         if note and notes is not None and nan_policy == "zero" and "non-finite" in note:
             notes[s.rel] = note
         return image
 
     first = decode(slices[0])
     h, w = first.shape[:2]
-    images = torch.empty((len(slices), channels, h, w), dtype=torch.uint8)
+    images = torch.empty((len(slices), first.shape[2], h, w), dtype=torch.uint8)
     masks = torch.empty((len(slices), 1, h, w), dtype=torch.uint8)
     images_np, masks_np = images.numpy(), masks.numpy()
 

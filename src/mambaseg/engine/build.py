@@ -36,10 +36,11 @@ def check_data_path(data: str | Path | None) -> Path:
 
 def load_split_arrays(data: str | Path, split: str, fold: int | None, image_size: int | None,
                       device: torch.device, channels_last: bool, progress: bool = True,
-                      split_seed: int | None = None
+                      split_seed: int | None = None, channels: int | str = 3
                       ) -> tuple[dict[str, DeviceData | None], dict[str, int]]:
-    """Resolve the split, decode train and validation slices and put them on ``device``
-    (resized to ``image_size`` when given). Returns the parts and their slice counts."""
+    """Resolve the split, decode train and validation slices (``channels``: as
+    ``data.load_arrays``, e.g. ``"flair"``) and put them on ``device`` (resized to
+    ``image_size`` when given). Returns the parts and their slice counts."""
     from mambaseg.data import load_arrays, resolve_split
 
     root = check_data_path(data)
@@ -51,7 +52,7 @@ def load_split_arrays(data: str | Path, split: str, fold: int | None, image_size
         if not parts[part]:
             out[part] = None
             continue
-        images, masks = load_arrays(parts[part], progress=progress)
+        images, masks = load_arrays(parts[part], progress=progress, channels=channels)
         images, masks = images.to(device), masks.to(device)
         if image_size is not None:
             images, masks = resize_arrays(images, masks, int(image_size))

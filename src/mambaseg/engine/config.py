@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mambaseg.data.channels import CHOICES as CHANNEL_CHOICES
 from mambaseg.engine.graphs import MODES as GRAPH_MODES
 from mambaseg.engine.losses import LOSSES
 from mambaseg.engine.presets import resolve_settings
@@ -74,6 +75,9 @@ class TrainConfig:
     overwrite: bool = False
     #: validation batch size; None: the training batch size
     val_batch_size: int | None = None
+    #: the MRI channels to train on: "all" (pre-contrast, FLAIR, post-contrast: the RGB slices)
+    #: or "flair" (channel 1 alone; the model takes 1 channel); see mambaseg.data.channels
+    channels: str = "all"
     #: keyword arguments for create_model
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     #: show a tqdm progress bar (rank 0 only)
@@ -110,6 +114,7 @@ def resolved_settings(cfg: TrainConfig) -> dict[str, Any]:
     if float(s["weight_decay"]) < 0:
         raise MambasegError(f"--weight-decay must be >= 0, got {s['weight_decay']}")
     _check_choice("device", cfg.device, DEVICES)
+    _check_choice("channels", cfg.channels, tuple(CHANNEL_CHOICES))
     if cfg.amp is not None:
         _check_choice("amp", cfg.amp, AMP_MODES)
     _check_choice("cuda-graphs", cfg.cuda_graphs or "auto", GRAPH_MODES)

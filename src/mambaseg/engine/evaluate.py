@@ -19,7 +19,7 @@ import torch
 
 from mambaseg.engine import metrics
 from mambaseg.engine.ensemble import Ensemble
-from mambaseg.engine.inference import (checkpoint_list, count_parameters, in_channels,
+from mambaseg.engine.inference import (checkpoint_list, count_parameters,
                                        load_models, load_shipped_model, model_name,
                                        predict_probs, prepare_dir, resolve_device,
                                        resolve_postprocess)
@@ -27,7 +27,8 @@ from mambaseg.engine.postprocess import PostProcess
 from mambaseg.errors import DataError, MambasegError
 from mambaseg.files import json_ready  # noqa: F401  (re-exported: its home is mambaseg.files)
 
-#: top-level metric keys of summary.json, in the order tables print them
+#: top-level metric keys of summary.json, in the order tables print them (the summary also
+#: holds ``hd95_pooled``, medpy's HD95, beside ``hd95``: docs/metrics.md)
 METRIC_KEYS = ("dice_paper", "dice_slice", "dice_patient", "dice_global", "iou", "precision",
                "recall", "hd95", "fpr_empty")
 
@@ -56,8 +57,9 @@ def evaluate_slices(model, slices, batch_size: int = 16, device: str | torch.dev
     ``summary["without_postprocess"]`` holds the Dice and fpr_empty of the raw predictions.
 
     Returns an :class:`Evaluation` whose ``summary`` holds one key per metric name, the
-    post-processing applied, and ``per_slice`` ({rel, patient, tp, fp, fn, dice, hd95}) and
-    ``per_patient`` ({patient, tp, fp, fn, dice, slices}) tables. An image with NaN/Inf pixels
+    post-processing applied, and ``per_slice`` ({rel, patient, tp, fp, fn, dice, hd95,
+    hd95_pooled}) and ``per_patient`` ({patient, tp, fp, fn, dice, slices}) tables (``hd95``:
+    MONAI's definition, ``hd95_pooled``: medpy's). An image with NaN/Inf pixels
     is a DataError naming it, or with ``nan_policy="zero"`` its pixels become 0 and
     ``summary["nan_replaced"]`` lists it.
     """
@@ -68,6 +70,7 @@ def evaluate_slices(model, slices, batch_size: int = 16, device: str | torch.dev
     pp = postprocess or PostProcess()
     raw, counts = np.zeros((3, len(slices)), np.int64), np.zeros((3, len(slices)), np.int64)
     hds: list[float | None] = [None] * len(slices)
+    hdp: list[float | None] = [None] * len(slices)   # medpy's pooled HD95
     packed: list[np.ndarray | None] = [None] * len(slices)
     bar = _progress(len(slices), progress)
     for rows in patient_units(slices, max(1, int(batch_size)) * 4):
@@ -79,22 +82,22 @@ def evaluate_slices(model, slices, batch_size: int = 16, device: str | torch.dev
             pred = pp(pred, [s.patient for s in part])
         counts[:, rows] = metrics.dice_counts(pred, truth)
         for j, i in enumerate(rows):
-            tp, fp, fn = counts[:, i]
-            hds[i] = metrics.hd95(pred[j], truth[j]) if tp + fp > 0 and tp + fn > 0 else None
+            hds[i], hdp[i] = metrics.hd95_both(pred[j], truth[j])
             if keep_predictions:
                 packed[i] = np.packbits(pred[j].astype(np.uint8), axis=-1)
         bar.update(len(part))
     bar.close()
     tp, fp, fn = counts
     patients = [s.patient for s in slices]
-    summary = metrics.summarize(tp, fp, fn, patients, hds, n_boot=n_boot, seed=seed)
+    summary = metrics.summarize(tp, fp, fn, patients, hds, n_boot=n_boot, seed=seed,
+                                hd_pooled=hdp)
     if notes:
         summary["nan_replaced"] = dict(sorted(notes.items()))
     summary["postprocess"] = pp.to_dict()
     summary["postprocess_description"] = pp.describe()
     if pp.active:
         summary["without_postprocess"] = _raw_metrics(*raw, patients, n_boot, seed)
-    summary["per_slice"] = _per_slice(slices, tp, fp, fn, hds)
+    summary["per_slice"] = _per_slice(slices, tp, fp, fn, hds, hdp)
     summary["per_patient"] = _per_patient(tp, fp, fn, patients)
     ev = Evaluation(summary, [s.rel for s in slices])
     if keep_predictions:
@@ -125,9 +128,10 @@ def _predict_part(model, part, batch_size, device, threshold, amp, nan_policy="e
     """Binary predictions and truths, bool (N, H, W), of the slices ``part``."""
     from mambaseg.data.dataset import load_arrays
     from mambaseg.data.io import NonFiniteError
+    from mambaseg.engine.predict_inputs import input_channels
 
     try:
-        images, masks = load_arrays(part, progress=False, channels=in_channels(model),
+        images, masks = load_arrays(part, progress=False, channels=input_channels(model),
                                     nan_policy=nan_policy, notes=notes)
     except NonFiniteError as exc:
         raise DataError(f"{exc}; fix or remove the file ('mambaseg data verify' lists every "
@@ -144,11 +148,11 @@ def _raw_metrics(tp, fp, fn, patients, n_boot, seed) -> dict:
             "fpr_empty": metrics.fpr_empty(tp, fp, fn)}
 
 
-def _per_slice(slices, tp, fp, fn, hds) -> list[dict]:
+def _per_slice(slices, tp, fp, fn, hds, hds_pooled) -> list[dict]:
     dice = metrics.dice_from_counts(tp, fp, fn)
     return [{"rel": s.rel, "patient": s.patient, "tp": int(a), "fp": int(b), "fn": int(c),
-             "dice": float(d), "hd95": h}
-            for s, a, b, c, d, h in zip(slices, tp, fp, fn, dice, hds)]
+             "dice": float(d), "hd95": h, "hd95_pooled": hp}
+            for s, a, b, c, d, h, hp in zip(slices, tp, fp, fn, dice, hds, hds_pooled)]
 
 
 def _per_patient(tp, fp, fn, patients) -> list[dict]:

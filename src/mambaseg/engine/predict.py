@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from mambaseg.engine.ensemble import Ensemble
-from mambaseg.engine.inference import (checkpoint_list, in_channels, load_checkpoint,
+from mambaseg.engine.inference import (checkpoint_list, load_checkpoint,
                                        load_models, load_shipped_model, model_name,
                                        predict_probs, prepare_dir, resolve_device,
                                        resolve_postprocess)
 from mambaseg.engine.postprocess import PostProcess, postprocess_masks
 from mambaseg.engine.predict_inputs import (MAX_PIXELS, PredictResult, batch_limit,
-                                            check_outdir, collect_inputs, dice_of, load_image,
+                                            check_outdir, collect_inputs, dice_of, image_for,
+                                            input_channels, load_image, model_channels,
                                             output_paths, output_tag, overlay_image, record, units)
 from mambaseg.engine.predict_inputs import check_targets as _check_targets
 from mambaseg.engine.predict_inputs import reason as _reason
@@ -99,7 +100,8 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
                 progress: bool = False, rescale: bool = True,
                 postprocess="auto", nan_policy: str = "error",
                 max_pixels: int = MAX_PIXELS) -> PredictResult:
-    """Segment every image of ``input`` (a file or a folder) into ``outdir``.
+    """Segment every image of ``input`` (a file or a folder) into ``outdir``; NIfTI volumes
+    (a .nii / .nii.gz file, or a folder holding them) go to ``engine.volumes``.
 
     Images are resized to the scale the model was trained at and the masks back to each image's
     size (``rescale=False``: zero padding only; see ``mambaseg.engine.inference``).
@@ -117,6 +119,7 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
     images (not written by predict), the Dice against them is computed too.
     """
     from mambaseg.data.io import NAN_POLICIES
+    from mambaseg.data.nifti import holds_volumes
 
     input, outdir = Path(input), Path(outdir)
     if nan_policy not in NAN_POLICIES:
@@ -124,12 +127,18 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
                             f"got {nan_policy!r}")
     if int(max_pixels) < 1:
         raise MambasegError(f"--max-pixels must be at least 1, got {max_pixels}")
+    if holds_volumes(input):  # NIfTI: engine.volumes
+        from mambaseg.engine.volumes import run_predict_volumes
+
+        return run_predict_volumes(input, outdir, model, checkpoint, threshold, probabilities,
+                                   overlay, device, batch_size, overwrite, amp, progress,
+                                   rescale, postprocess, nan_policy, max_pixels)
     items, warnings = collect_inputs(input)
     check_outdir(outdir, input, items)
     dev = resolve_device(device)
     net = get_model(model, checkpoint, dev)
     pp, pp_source = resolve_postprocess(postprocess, net)
-    load = {"channels": in_channels(net), "net": net, "rescale": rescale,
+    load = {"channels": input_channels(net), "net": net, "rescale": rescale,
             "max_pixels": int(max_pixels), "nan_policy": nan_policy}
     # a single input that cannot be segmented is an error (exit 2), with nothing written
     ready = {items[0].rel: load_image(items[0], **load)} if len(items) == 1 else {}
@@ -215,6 +224,7 @@ def _summary(input, outdir, net, model, checkpoint, threshold, dev, records, res
            if checkpoint is not None else {}),
         **({"ensemble_members": len(net.members)} if isinstance(net, Ensemble) else {}),
         "threshold": threshold,
+        "channels": list(model_channels(net) or []) or None,
         "device": str(dev),
         "model_input_size": getattr(net, "input_size", None), "rescale": bool(rescale),
         "counts": {"inputs": len(records) + len(res.skipped), "written": len(records),
@@ -235,15 +245,15 @@ def _bar(total: int, enabled: bool):
 
 # ----------------------------------------------------------------------------- Python API
 
-def _as_image(x, channels: int) -> tuple[np.ndarray, str | None]:
-    from mambaseg.data.io import image_from_array, read_image_noted
+def _as_image(x, channels: int | str) -> tuple[np.ndarray, str | None]:
+    from mambaseg.data.io import decode
 
     if isinstance(x, (str, os.PathLike)):
-        return read_image_noted(x, channels=channels)
+        return image_for(decode(x), x, channels)
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.dtype.kind == "f" and arr.size and 0.0 <= arr.min() and arr.max() <= 1.0:
         arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)  # float [0, 1] as is
-    return image_from_array(arr, "<array>", channels)
+    return image_for(arr, "<array>", channels)
 
 
 def segment(images_or_paths, model=None, threshold: float = 0.5, device: str = "auto",
@@ -269,7 +279,7 @@ def segment(images_or_paths, model=None, threshold: float = 0.5, device: str = "
         raise MambasegError("post-processing applies to masks: not with return_probs=True")
     dev = resolve_device(device)
     net = get_model(model, None, dev)
-    channels = in_channels(net)
+    channels = input_channels(net)
     outs = []
     for x in inputs:
         img, _ = _as_image(x, channels)

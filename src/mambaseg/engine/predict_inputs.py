@@ -199,18 +199,61 @@ def check_pixels(path, net, h: int, w: int, rescale: bool, max_pixels: int) -> N
                     f"than --max-pixels {max_pixels} allows; {how}")
 
 
-def load_image(item: Item, channels: int, net, rescale: bool = True,
+def model_channels(net) -> tuple[str, ...] | None:
+    """The channel names ``net`` takes: those its (or its first ensemble member's) checkpoint
+    config records (``data.channels.checkpoint_channels``); None for a model of another
+    channel count that records none."""
+    from mambaseg.data.channels import checkpoint_channels
+
+    members = getattr(net, "members", None) or [net]
+    n = int(getattr(net, "in_channels", None) or getattr(members[0], "in_channels", 3))
+    return checkpoint_channels(getattr(members[0], "checkpoint_config", None), n)
+
+
+def input_channels(net) -> int | str:
+    """What the images of ``net`` are read as (``image_for``): the channel choice its channel
+    names make (``"all"``, ``"flair"``: ``data.channels``), else its channel count."""
+    from mambaseg.data.channels import choice_of
+
+    choice = choice_of(model_channels(net))
+    if choice is not None:
+        return choice
+    members = getattr(net, "members", None) or [net]
+    return int(getattr(net, "in_channels", None) or getattr(members[0], "in_channels", 3))
+
+
+def image_for(arr: np.ndarray, path, channels: int | str, nan_policy: str = "error"
+              ) -> tuple[np.ndarray, str | None]:
+    """A decoded image as the model's input (H, W, C) uint8 and its conversion note.
+
+    ``channels``: a count (``io.image_from_array`` converts) or a channel choice: the LGG
+    channels it names, taken from an RGB image; a grayscale image given to a one-channel
+    choice (``"flair"``) is taken as that channel."""
+    from mambaseg.data.channels import CHOICES, select_channels
+    from mambaseg.data.io import image_from_array
+
+    if not isinstance(channels, str):
+        return image_from_array(arr, path, channels, nan_policy=nan_policy)
+    keep = len(CHOICES[channels])
+    if keep == 1 and (arr.ndim == 2 or arr.ndim == 3 and arr.shape[2] in (1, 2)):
+        return image_from_array(arr, path, 1, nan_policy=nan_policy)
+    img, note = image_from_array(arr, path, 3, nan_policy=nan_policy)
+    return select_channels(img, channels), note
+
+
+def load_image(item: Item, channels: int | str, net, rescale: bool = True,
                max_pixels: int = MAX_PIXELS, nan_policy: str = "error"
                ) -> tuple[np.ndarray, str | None]:
     """``(image, note)`` of an input, checked: its size from the header before decoding
-    (``check_pixels``), then one finite 2-D slice. DataError naming the file otherwise."""
-    from mambaseg.data.io import NonFiniteError, image_size, read_image_noted
+    (``check_pixels``), then one finite 2-D slice, as ``image_for(..., channels)`` makes it.
+    DataError naming the file otherwise."""
+    from mambaseg.data.io import NonFiniteError, decode, image_size
 
     hw = image_size(item.path)
     if hw is not None:
         check_pixels(item.path, net, *hw, rescale, max_pixels)
     try:
-        img, note = read_image_noted(item.path, channels=channels, nan_policy=nan_policy)
+        img, note = image_for(decode(item.path), item.path, channels, nan_policy)
     except NonFiniteError as exc:
         raise DataError(f"{exc}; {NAN_HINT}") from None
     if hw is None:

@@ -3,7 +3,10 @@
 A run folder gets ``config.json`` (fully resolved settings), ``metrics.jsonl`` (one line per
 epoch), ``progress.png`` (redrawn each epoch), ``last/`` (every epoch, with ``train_state.pt``)
 and ``best/`` (best validation Dice). ``config.checkpoint`` records which of the two the
-evaluation protocol uses (``last`` for the paper preset).
+evaluation protocol asks for (``last`` for the paper preset); at the end of the run
+``config.json`` also records the one it gets, ``evaluation_checkpoint`` (``last`` when ``best``
+was asked for but no epoch had a validation score) and its ``evaluation_epoch``: what
+``TrainResult.checkpoint_dir``, ``crossval`` and ``evaluate --checkpoint RUN_DIR`` evaluate.
 
 Resuming (``resume=True``) continues from ``last/`` exactly: model, optimizer, scheduler, RNG
 states (torch CPU/CUDA, numpy, python, and the explicit shuffling and augmentation generators)
@@ -31,6 +34,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from mambaseg.data.channels import channel_names
 from mambaseg.data.io import NonFiniteError
 from mambaseg.engine import build as B
 from mambaseg.engine import checkpoint as C
@@ -165,7 +169,7 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
     try:
         data, counts = B.load_split_arrays(cfg.data, cfg.split, cfg.fold, s["image_size"],
                                            device, channels_last, progress=cfg.progress and main,
-                                           split_seed=cfg.split_seed)
+                                           split_seed=cfg.split_seed, channels=cfg.channels)
     except NonFiniteError as exc:
         raise DataError(f"{exc}; training never reads such an image: fix or remove the file "
                         "('mambaseg data verify' lists every one)") from None
@@ -185,7 +189,8 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
     full = _full_settings(cfg, s, device, info, amp, channels_last, train_data, counts, raw)
     full["cuda_graphs_used"] = graphs
     meta = {"run": str(run_dir), "model": cfg.model, "preset": cfg.preset, "loss": s["loss"],
-            "image_size": int(height), "protocol_checkpoint": s["checkpoint"]}
+            "image_size": int(height), "protocol_checkpoint": s["checkpoint"],
+            "channels": channel_names(cfg.channels)}
 
     prog = _Progress(run_dir, main)
     if cfg.resume:
@@ -238,7 +243,21 @@ def _run(cfg: TrainConfig, s: dict[str, Any], device: torch.device, info: D.Dist
         if main and on_epoch_end is not None:
             on_epoch_end(record, epochs)
     D.barrier(info)
-    return prog.result(s["checkpoint"], epochs, full)
+    result = prog.result(s["checkpoint"], epochs, full)
+    if main:
+        _record_evaluation_checkpoint(run_dir, result)
+    return result
+
+
+def _record_evaluation_checkpoint(run_dir: Path, result: TrainResult) -> None:
+    """Add the checkpoint the protocol evaluates (``best`` or ``last``) and its epoch to the
+    run's ``config.json`` (kept as written at the run's start otherwise)."""
+    config = R.read_config(run_dir)
+    best = result.best_dir is not None and result.checkpoint_dir == result.best_dir
+    config["evaluation_checkpoint"] = result.checkpoint_dir.name
+    last = result.history[-1]["epoch"] if result.history else None
+    config["evaluation_epoch"] = result.best_epoch if best else last
+    write_json(run_dir / R.CONFIG, config, indent=2, default=str)
 
 
 def _nonfinite_loss(cfg: TrainConfig, epoch: int, steps: int, t, prog: "_Progress") -> str:
