@@ -9,6 +9,12 @@ process's CPU time: on a shared machine the wall time also counts waiting for ot
     python benchmarks/predict.py --models ulvm_unet_v5 unet --device cpu --reps 20
     python benchmarks/predict.py --threads 1 2            # compare torch CPU thread counts
     python benchmarks/predict.py --profile ulvm_unet_v5   # where the time goes (batch 1)
+    python benchmarks/predict.py --device cpu --threads 2 --batches 1 \
+        --models mambaseg_s mambaseg_s:directions=1 mambaseg_s:mixer=conv --json lat.json
+
+A model is ``NAME`` or ``NAME:KEY=VALUE,...`` (options passed to its factory, as ``train
+--model-arg``); ``--json`` also writes the numbers, keyed by that spec, for ``mambaseg report``
+(``results/cv/ablation/cpu_latency.json``).
 
 The target is at most 30 ms per slice for ulvm_unet_v5 at batch 1 on a 2-core CPU.
 """
@@ -52,6 +58,23 @@ def time_model(model, device: torch.device, batch: int, reps: int,
     return statistics.median(wall), statistics.median(cpu)
 
 
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``NAME[:KEY=VALUE,...]`` -> (name, kwargs); values read as int, float or text."""
+    name, _, opts = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, opts.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"model spec {spec!r}: expected NAME:KEY=VALUE,...")
+        for cast in (int, float, str):
+            try:
+                kwargs[key] = cast(value)
+                break
+            except ValueError:
+                continue
+    return name, kwargs
+
+
 def profile(model, device: torch.device, reps: int = 5, rows: int = 25) -> None:
     """Print the torch profiler's table of the ops taking the most time at batch 1."""
     from torch.profiler import ProfilerActivity, profile as tprofile
@@ -75,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="torch CPU thread counts to try (default: torch's current)")
     ap.add_argument("--profile", metavar="MODEL", help="profile one model at batch 1 instead")
+    ap.add_argument("--json", metavar="FILE", help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -96,20 +120,31 @@ def main(argv: list[str] | None = None) -> int:
         head += [f"b{b} slices/s", f"b{b} ms/slice", f"b{b} CPU ms/slice"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for name in names:
+    results: dict[str, dict] = {}
+    for spec in names:
         try:
-            model = create_model(name).eval()
+            name, kwargs = parse_spec(spec)
+            model = create_model(name, **kwargs).eval()
         except Exception as exc:  # noqa: BLE001 - e.g. optional dependency missing
-            print(f"| {name} | - | - | not built: {exc} |")
+            print(f"| {spec} | - | - | not built: {exc} |")
             continue
         params = sum(p.numel() for p in model.parameters())
         for n in threads:
             torch.set_num_threads(n)
-            row = [name, f"{params:,}", str(n)]
+            row = [spec, f"{params:,}", str(n)]
+            record = {"params": params, "threads": n, "device": str(device), "where": where,
+                      "torch": torch.__version__, "reps": args.reps}
             for b in args.batches:
                 sec, cpu = time_model(model, device, b, args.reps)
                 row += [f"{b / sec:.1f}", f"{1000 * sec / b:.1f}", f"{1000 * cpu / b:.1f}"]
+                record[f"b{b}_ms_per_slice"] = 1000 * sec / b
+                record[f"b{b}_cpu_ms_per_slice"] = 1000 * cpu / b
+            results[spec if len(threads) == 1 else f"{spec}@{n}"] = record
             print("| " + " | ".join(row) + " |", flush=True)
+    if args.json:
+        from mambaseg.files import write_json
+
+        write_json(args.json, results)
     return 0
 
 

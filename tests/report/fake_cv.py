@@ -135,7 +135,7 @@ def write_model(cv: Path, folder: str) -> None:
     _write(d / "split.json", {"folds": [PATIENTS[0:3], PATIENTS[3:6], PATIENTS[6:8]]})
     for i in range(3):
         _write(d / f"fold_{i}" / "config.json", {"model": model, "preset": preset, "fold": i,
-                                                 "epochs": NUMBERS[folder]["epochs"]})
+                                                 "epochs": NUMBERS[folder]["epochs"], "lr": 3e-4})
         _write(d / f"fold_{i}" / "summary.json", {"model": model, "n_patients": 3})
         (d / f"fold_{i}" / "predictions.npz").write_bytes(b"")
     _write(d / "summary.json", summary_doc(folder))
@@ -157,7 +157,7 @@ def write_unfinished(cv: Path) -> None:
 def write_ablation(cv: Path) -> None:
     for name, (change, vals) in ABLATION.items():
         d = cv / "ablation" / name
-        _write(d / "config.json", {**BASE_CONFIG, **change})
+        _write(d / "config.json", {**BASE_CONFIG, "num_parameters": 123456, **change})
         lines = [json.dumps({"epoch": e, "val_dice": v - 0.02, "val_dice_patient": v,
                              "epoch_time_s": 30.0}) for e, v in enumerate(vals, start=1)]
         (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")

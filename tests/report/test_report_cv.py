@@ -65,13 +65,13 @@ def test_main_table_rows_hold_the_summary_numbers(cv):
     assert unet == [
         "`unet`", "recommended", "7,765,985", f"{fake_cv.mean('unet'):.4f} [0.610, 0.810]",
         "0.7321", "0.7812", "0.6543", "12.3", "12/222 slices (5.4 %)", "3-D largest component",
-        "0.7001", "123.5", "40"]
+        "0.7001", "123.5", "40", "0.0003"]
     v2 = row(main, "ulvm_unet_v2")
     assert v2[:4] == ["`ulvm_unet_v2`", "recommended", "42,737",
                       f"{fake_cv.mean('ulvm_unet_v2'):.4f} [0.640, 0.830]"]
-    assert v2[7:] == ["9.9", "7/222 slices (3.2 %)", "none", "0.7301", "45.0", "40"]
+    assert v2[7:] == ["9.9", "7/222 slices (3.2 %)", "none", "0.7301", "45.0", "40", "0.0003"]
     paper = row(main, "unet-paper")
-    assert paper[1] == "paper" and paper[-1] == "100" and paper[8] == "40/222 slices (18.0 %)"
+    assert paper[1] == "paper" and paper[-2] == "100" and paper[8] == "40/222 slices (18.0 %)"
 
 
 def test_legacy_hd95_is_the_pooled_one_and_is_labelled_so(cv):
@@ -169,6 +169,12 @@ def test_different_patients_are_not_compared(cv):
     assert row(comp, "ulvm_unet_v2", "unet")                      # the others still are
 
 
+def ablation_row(abl: str, name: str) -> list[str]:
+    """The ablation table's cells of run folder ``name`` (first cell: folder and model)."""
+    line = next(ln for ln in abl.splitlines() if ln.startswith(f"| `{name}` ("))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def test_ablation_table_shows_best_epoch_and_differences(cv):
     readme = report(cv)
     abl = section(readme, "## Ablation")
@@ -177,16 +183,68 @@ def test_ablation_table_shows_best_epoch_and_differences(cv):
     prev = None
     for name in names:
         best, epoch = fake_cv.best_of(name)
-        cells = row(abl, name)
-        assert cells[4] == f"{best:.4f} ({epoch})"
-        assert cells[5] == f"{fake_cv.ABLATION[name][1][-1]:.4f}"
-        assert cells[6] == ("—" if prev is None else f"{best - prev:+.4f}")
+        cells = ablation_row(abl, name)
+        assert cells[0] == f"`{name}` (`unet`)" and cells[1] == "123,456"
+        assert cells[5] == f"{best:.4f} ({epoch})"
+        assert cells[6] == f"{fake_cv.ABLATION[name][1][-1]:.4f}"
+        assert cells[7] == ("—" if prev is None else f"{best - prev:+.4f}")
+        assert cells[8] == "2.0"                                # 4 epochs of 30 s
         prev = best
-    assert row(abl, "a_baseline")[2] == "(first row)"
-    assert row(abl, "b_augment")[2] == "augment: off → on"
-    assert row(abl, "c_cosine")[2] == "scheduler: none → cosine; warmup_epochs: 0 → 2"
-    assert "tumour slices 0.5 of each epoch" in row(abl, "d_oversample")[1]
-    assert row(abl, "d_oversample")[6] == "+0.0500"
+    assert ablation_row(abl, "a_baseline")[3] == "(first row)"
+    assert ablation_row(abl, "b_augment")[3] == "augment: off → on"
+    assert ablation_row(abl, "c_cosine")[3] == "scheduler: none → cosine; warmup_epochs: 0 → 2"
+    assert "tumour slices 0.5 of each epoch" in ablation_row(abl, "d_oversample")[2]
+    assert ablation_row(abl, "d_oversample")[7] == "+0.0500"
+
+
+def test_ablation_rows_sort_numbers_as_numbers_and_show_model_options(cv):
+    for name, kwargs in (("r10_two", {"directions": 2}), ("r2_one", {"directions": 1})):
+        d = cv / "ablation" / name
+        shutil.copytree(cv / "ablation" / "d_oversample", d)
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, "model_kwargs": kwargs}))
+    abl = section(report(cv), "## Ablation")
+    names = [ln.split("`")[1] for ln in abl.splitlines() if ln.startswith("| `")]
+    assert names[-2:] == ["r2_one", "r10_two"]                  # not "r10" before "r2"
+    assert ablation_row(abl, "r2_one")[3] == "model_kwargs: none → directions=1"
+    assert ablation_row(abl, "r10_two")[3] == "model_kwargs: directions=1 → directions=2"
+
+
+def test_ablation_cpu_latency_comes_from_the_benchmark_file(cv):
+    abl = section(report(cv), "## Ablation")
+    assert ablation_row(abl, "a_baseline")[9] == "—" and "not measured" in abl
+    d = cv / "ablation" / "r2_one"
+    shutil.copytree(cv / "ablation" / "a_baseline", d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "model_kwargs": {"directions": 1}}))
+    where = "x86_64, 2 torch threads"
+    (cv / "ablation" / "cpu_latency.json").write_text(json.dumps({
+        "unet": {"b1_ms_per_slice": 123.4, "threads": 2, "where": where, "torch": "9.9"},
+        "unet:directions=1": {"b1_ms_per_slice": 45.6}}))
+    abl = section(report(cv), "## Ablation")
+    assert ablation_row(abl, "a_baseline")[9] == "123"
+    assert ablation_row(abl, "r2_one")[9] == "46"
+    assert f"2 torch threads, {where}, torch 9.9" in abl
+
+
+def test_machine_json_may_list_several_sessions(cv):
+    sessions = [{"device": "GPU-ONE", "date": "2026-12-01", "runs": "unet",
+                 "command": "bash scripts/crossval_gpu.sh start DATA recipe1"},
+                {"device": "GPU-TWO", "date": "2026-12-02", "command": "CMD-TWO"}]
+    (cv / "machine.json").write_text(json.dumps({"sessions": sessions}))
+    top = report(cv).split("## Main table")[0]
+    assert "Run on **GPU-ONE**, 2026-12-01 (unet)." in top
+    assert "Run on **GPU-TWO**, 2026-12-02." in top
+    assert "crossval_gpu.sh start DATA recipe1" in top and "CMD-TWO" in top
+    (cv / "machine.json").write_text(json.dumps({"sessions": "GPU"}))
+    assert "is not an object: the machine is not shown" in report(cv)
+
+
+def test_every_unet_of_the_same_preset_is_a_baseline(cv):
+    shutil.copytree(cv / "unet", cv / "unet_lr1e-4")
+    comp = section(report(cv), "## Paired comparisons")
+    assert row(comp, "ulvm_unet_v2", "unet")[2] == str(len(fake_cv.PATIENTS))
+    assert row(comp, "ulvm_unet_v2", "unet_lr1e-4")[5] == row(comp, "ulvm_unet_v2", "unet")[5]
 
 
 def test_unfinished_model_is_listed(cv):

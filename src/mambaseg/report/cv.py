@@ -16,6 +16,7 @@ fatal.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ MAIN_HEADER = [
     "Model", "Preset", "Params", "OOF per-patient Dice [95 % CI]", "Median", "Global Dice",
     "Tumour-slice Dice", "False positives on tumour-free slices",
     "Post-processing", "Per-patient Dice without post-processing", "GPU minutes", "Epochs",
+    "Learning rate",
 ]
 HD95_AT = MAIN_HEADER.index("Tumour-slice Dice") + 1
 FOLD_HEADER = ["Fold", "Test patients", "Per-patient Dice", "Global Dice", "Best epoch",
@@ -64,13 +66,17 @@ POST_HEADER = ["Post-processing", "OOF per-patient Dice", "Global Dice", "Tumour
 COMPARE_HEADER = ["A", "B", "Patients", "Mean A", "Mean B", "Mean diff (A − B)",
                   "Paired 95 % CI", "Median diff", "Wilcoxon p", "Wins/ties/losses of A",
                   "Verdict"]
-ABLATION_HEADER = ["Run", "Settings", "Changed from the previous row", "Epochs run/planned",
-                   "Best val per-patient Dice (epoch)", "Last-epoch val per-patient Dice",
-                   "Δ best vs previous row"]
+ABLATION_HEADER = ["Run", "Params", "Settings", "Changed from the previous row",
+                   "Epochs run/planned", "Best val per-patient Dice (epoch)",
+                   "Last-epoch val per-patient Dice", "Δ best vs previous row", "GPU minutes",
+                   "CPU ms/slice"]
+#: CPU latency of the ablation's models (``benchmarks/predict.py --json``), keyed by
+#: ``model`` or ``model:key=value,...``
+LATENCY_FILE = "cpu_latency.json"
 #: config.json keys whose change the ablation table reports, in this order
 ABLATION_KEYS = ("model", "augment", "scheduler", "warmup_epochs", "tumour_fraction", "select",
                  "epochs", "lr", "batch_size", "optimizer", "weight_decay", "loss", "image_size",
-                 "seed")
+                 "seed", "model_kwargs")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -199,11 +205,17 @@ def load_ablation(cv_dir: Path) -> list[Run] | None:
     if not root.is_dir():
         return None
     runs = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for d in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                    key=lambda p: _natural(p.name)):
         run = load_run(d, ABLATION_DIR, d.name)
         if run is not None:
             runs.append(run)
     return runs
+
+
+def _natural(name: str) -> tuple:
+    """Sort key reading digit runs as numbers: r2 < r10."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -238,6 +250,11 @@ def _minutes(x: Any) -> str:
     return MISSING if x is None else f"{x:.1f}"
 
 
+def _lr(cfg: dict) -> str:
+    lr = _number(cfg.get("lr"))
+    return MISSING if lr is None else f"{lr:g}"
+
+
 def _name(m: CVModel) -> str:
     return f"`{m.name}`"
 
@@ -264,8 +281,8 @@ def main_row(m: CVModel, definitions: list[str]) -> list[str]:
     its summary does not hold is ``n/a``."""
     if not m.finished:
         n = len(main_header(definitions))
-        return [_name(m), m.preset, MISSING, not_finished(m)] + [MISSING] * (n - 5) \
-            + [fmt_int(m.epochs)]
+        return [_name(m), m.preset, MISSING, not_finished(m)] + [MISSING] * (n - 6) \
+            + [fmt_int(m.epochs), _lr(m.fold_config)]
     s = m.summary
     dp, hd = m.metric("dice_patient"), m.hd95()
     params = _number(s.get("parameters"))
@@ -285,6 +302,7 @@ def main_row(m: CVModel, definitions: list[str]) -> list[str]:
         _dice(_dict(s.get("without_postprocess")).get("dice_patient")),
         _minutes(s.get("train_minutes")),
         fmt_int(m.epochs),
+        _lr(m.fold_config),
     ]
 
 
@@ -360,8 +378,9 @@ def comparisons_section(models: list[CVModel]) -> str:
            "main table) minus that of the other result, patient by patient over the same patients: "
            "the interval is a paired bootstrap of the mean difference (10,000 resamples of "
            "patients), the test the two-sided Wilcoxon signed-rank test; *wins* are patients where "
-           "A's Dice is higher. Models are compared with the `unet` cross-validated under the same "
-           "preset, and a model's recommended recipe with its paper preset.", ""]
+           "A's Dice is higher. Models are compared with every `unet` cross-validated under the "
+           "same preset (the Learning rate and Epochs columns of the main table say where their "
+           "settings differ), and a model's recommended recipe with its paper preset.", ""]
     finished = [m for m in models if m.finished]
     baselines: dict[str, list[CVModel]] = {}
     for m in finished:
@@ -372,12 +391,11 @@ def comparisons_section(models: list[CVModel]) -> str:
     for m in finished:
         if m.model == BASELINE:
             continue
-        base = _pick(baselines.get(m.preset, []), _preset_folder(BASELINE, m.preset))
-        if base is None:
+        bases = baselines.get(m.preset, [])
+        if not bases:
             skipped.append(f"`{m.name}`: no finished `{BASELINE}` cross-validation under the "
                            f"{m.preset} preset to compare with.")
-        else:
-            pairs.append((m, base))
+        pairs += [(m, base) for base in bases]
     by_model: dict[str, dict[str, list[CVModel]]] = {}
     for m in finished:
         by_model.setdefault(m.model, {}).setdefault(m.preset, []).append(m)
@@ -431,6 +449,8 @@ def describe_settings(cfg: dict) -> str:
 
 
 def _value(v: Any) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_value(x)}" for k, x in sorted(v.items())) or "none"
     if isinstance(v, bool):
         return "on" if v else "off"
     return "none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
@@ -456,7 +476,37 @@ def best_val(run: Run) -> tuple[float | None, Any, float | None]:
     return best, epoch, last
 
 
-def ablation_section(runs: list[Run] | None) -> str:
+def model_spec(cfg: dict) -> str:
+    """``model`` or ``model:key=value,...`` (sorted keys), as ``benchmarks/predict.py`` names
+    a model with options."""
+    kwargs = _dict(cfg.get("model_kwargs"))
+    opts = ",".join(f"{k}={_value(v)}" for k, v in sorted(kwargs.items()))
+    return f"{cfg.get('model')}:{opts}" if opts else str(cfg.get("model"))
+
+
+def load_latency(cv_dir: Path) -> dict:
+    """``ablation/cpu_latency.json`` ({} when absent or not an object)."""
+    path = cv_dir / ABLATION_DIR / LATENCY_FILE
+    return _dict(read_json(path)) if path.is_file() else {}
+
+
+def latency_cell(latency: dict, cfg: dict) -> str:
+    ms = _number(_dict(latency.get(model_spec(cfg))).get("b1_ms_per_slice"))
+    return MISSING if ms is None else f"{ms:.0f}"
+
+
+def latency_note(latency: dict) -> str:
+    first = next((v for v in latency.values() if isinstance(v, dict)), {})
+    if not first:
+        return (f"CPU ms/slice: not measured (no `{ABLATION_DIR}/{LATENCY_FILE}`; "
+                "`benchmarks/predict.py --json` writes it).")
+    return (f"CPU ms/slice: median wall milliseconds of one 256×256 slice at batch 1 "
+            f"(`benchmarks/predict.py --batches 1 --json`, {first.get('threads', '?')} torch "
+            f"threads, {first.get('where', '?')}, torch {first.get('torch', '?')}; "
+            f"`{ABLATION_DIR}/{LATENCY_FILE}`).")
+
+
+def ablation_section(runs: list[Run] | None, latency: dict | None = None) -> str:
     out = ["## Ablation of the recipe", ""]
     if runs is None:
         out.append(f"No ablation here (no `{ABLATION_DIR}/` folder).")
@@ -472,10 +522,14 @@ def ablation_section(runs: list[Run] | None) -> str:
         cfg = run.config or {}
         best, epoch, last = best_val(run)
         rows.append([
-            f"`{run.model}`", describe_settings(cfg) if cfg else MISSING,
+            f"`{run.path.name}` (`{cfg.get('model') or run.model}`)",
+            fmt_int(cfg.get("num_parameters")),
+            describe_settings(cfg) if cfg else MISSING,
             changed(prev_cfg, cfg) if cfg else MISSING, fmt_epochs(run),
             MISSING if best is None else f"{best:.4f} ({epoch})", fmt_dice(last),
             fmt_delta(None if best is None or prev_best is None else best - prev_best),
+            _minutes(None if run.train_time_s is None else run.train_time_s / 60.0),
+            latency_cell(latency or {}, cfg),
         ])
         prev_cfg, prev_best = cfg, best
     out += [
@@ -483,7 +537,10 @@ def ablation_section(runs: list[Run] | None) -> str:
         "column says which settings differ from the row above. The scores are the "
         f"validation per-patient Dice on fold {fold}'s *validation* patients (carved out of the "
         "training patients), not on the test fold: they chose the recipe, so they are not a test "
-        "result. **Δ** = this row's best minus the previous row's.", "",
+        "result. **Δ** = this row's best minus the previous row's. A run stopped before its "
+        "planned epochs is marked *incomplete*: compare it only at equal epochs. GPU minutes are "
+        "wall minutes of its epochs on a GPU shared with the other runs of its session. "
+        + latency_note(latency or {}), "",
         markdown_table(ABLATION_HEADER, rows),
     ]
     return "\n".join(out)
@@ -519,17 +576,24 @@ def targets_section(models: list[CVModel]) -> str:
 
 
 def machine_line(cv_dir: Path) -> list[str]:
+    """The machine and command of each GPU session: ``machine.json`` is one
+    ``{"device", "date", "command", "runs"?}`` object or ``{"sessions": [such objects]}``."""
     path = cv_dir / MACHINE_FILE
     if not path.is_file():
         return [f"(No `{MACHINE_FILE}`: the machine and command were not recorded.)", ""]
     doc = read_json(path)
-    if not isinstance(doc, dict):
+    sessions = doc.get("sessions") if isinstance(doc, dict) and "sessions" in doc else [doc]
+    if not isinstance(sessions, list) or not all(isinstance(d, dict) for d in sessions):
         return [f"(`{MACHINE_FILE}` is not an object: the machine is not shown.)", ""]
-    out = [f"Run on **{doc.get('device') or MISSING}**"
-           + (f", {doc['date']}" if doc.get("date") else "") + "."]
-    if doc.get("command"):
-        out += ["", "```sh", str(doc["command"]).rstrip(), "```"]
-    return out + [""]
+    out = []
+    for d in sessions:
+        runs = f" ({d['runs']})" if d.get("runs") else ""
+        out.append(f"Run on **{d.get('device') or MISSING}**"
+                   + (f", {d['date']}" if d.get("date") else "") + runs + ".")
+        if d.get("command"):
+            out += ["", "```sh", str(d["command"]).rstrip(), "```"]
+        out.append("")
+    return out
 
 
 def hd95_note(models: list[CVModel], definitions: list[str]) -> str:
@@ -604,8 +668,8 @@ def render(cv_dir: Path, models: list[CVModel], ablation: list[Run] | None) -> s
                   "chosen).", ""]
         for m in finished:
             parts += [f"### `{m.name}`", "", post_table(m), ""]
-    parts += [comparisons_section(models), "", ablation_section(ablation), "",
-              targets_section(models), ""]
+    parts += [comparisons_section(models), "",
+              ablation_section(ablation, load_latency(cv_dir)), "", targets_section(models), ""]
     notes = cv_dir / NOTES_FILE
     if notes.is_file():
         parts += [f"## Notes (`{NOTES_FILE}`, written by hand)", "",
