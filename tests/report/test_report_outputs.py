@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import re
 
 import numpy as np
@@ -232,6 +233,24 @@ def test_parameter_mismatch_is_marked(results):
     path.write_text(json.dumps(summary))
     make_report(results)
     assert table_row((results / "README.md").read_text(), "unet")[1] == "7,000,000 ≠"
+
+
+def test_runs_of_the_old_segformer_say_what_they_ran(results):
+    paper = results / "paper"
+    shutil.copytree(paper / "unet", paper / "segformer")
+    path = paper / "segformer" / "summary.json"
+    summary = json.loads(path.read_text())
+    for params, label in ((17_597_057, "`segformer` (ran as `segformer_mit_b0`)"),
+                          (17_782_913, "`segformer`")):
+        (paper / "segformer" / "summary.json").write_text(
+            json.dumps({**summary, "model": "segformer", "parameters": params}))
+        config = json.loads((paper / "segformer" / "config.json").read_text())
+        (paper / "segformer" / "config.json").write_text(
+            json.dumps({**config, "model": "segformer", "parameters": params}))
+        make_report(results)
+        line = next(ln for ln in (results / "README.md").read_text().splitlines()
+                    if ln.startswith("| `segformer`"))
+        assert line.split("|")[1].strip() == label
 
 
 def test_helpers():

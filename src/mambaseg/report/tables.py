@@ -66,6 +66,11 @@ def fmt_epochs(run: Run | None, paper_epochs: int | None = None) -> str:
     return text
 
 
+#: (registry name, parameter count of a saved run) -> the model that run really was: runs of the
+#: transformers-based network saved before ``segformer`` became the seed's own SegFormer
+RENAMED = {("segformer", 17_597_057): "segformer_mit_b0"}
+
+
 @dataclass
 class Row:
     """One model: its paper-protocol and patient-protocol runs and the published numbers."""
@@ -89,6 +94,13 @@ class Row:
         from mambaseg.models import count_parameters, list_models
 
         return count_parameters(self.model) if self.model in list_models() else None
+
+    @property
+    def label(self) -> str:
+        """The model's name, plus the network its runs actually trained where the name has since
+        changed meaning (:data:`RENAMED`)."""
+        ran = RENAMED.get((self.model, self.parameters))
+        return f"`{self.model}`" if ran is None else f"`{self.model}` (ran as `{ran}`)"
 
     @property
     def dice_paper(self) -> float | None:
@@ -122,7 +134,7 @@ class Row:
         pmark = INVALID_MARK if pr and pr.invalid else ""
         qmark = INVALID_MARK if qr and qr.invalid else ""
         return [
-            f"`{self.model}`",
+            self.label,
             params,
             fmt_int(pub_params) if self.paper else "n/a",
             (fmt_dice(self.dice_paper) + pmark if pr else NOT_RUN),
