@@ -24,6 +24,8 @@ The transformers-based SegFormer of earlier versions is ``segformer_mit_b0`` (se
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -122,6 +124,18 @@ class Stage(nn.Module):
         return self.norm(self.blocks(self.embed_norm(self.embed(x))))
 
 
+def stage_lists(model: SegModel, *per_stage: Sequence[int]) -> list[list[int]]:
+    """The per-stage settings (widths, depths, heads, patch sizes, strides, reduction and MLP
+    ratios) as int lists of one length; sets the model's accepted size multiple to the product
+    of the strides."""
+    lists = [list(map(int, v)) for v in per_stage]
+    if len({len(v) for v in lists}) != 1:
+        raise MambasegError("segformer: widths, depths, heads, patch_sizes, strides, reduction_ratios "
+                            "and mlp_ratios must all have one entry per stage")
+    model.size_multiple = model.min_size = math.prod(lists[4])
+    return lists
+
+
 class SegFormer(SegModel):
     family = "segformer"
     size_multiple = 32
@@ -135,16 +149,8 @@ class SegFormer(SegModel):
                  mlp_ratios: Sequence[int] = (4, 4, 4, 4), decoder_channels: int = 256,
                  drop_path: float = 0.0):
         super().__init__(in_channels, num_classes)
-        lists = [list(map(int, v)) for v in (widths, depths, heads, patch_sizes, strides, reduction_ratios, mlp_ratios)]
-        if len({len(v) for v in lists}) != 1:
-            raise MambasegError("segformer: widths, depths, heads, patch_sizes, strides, reduction_ratios "
-                                "and mlp_ratios must all have one entry per stage")
-        widths, depths, heads, patch_sizes, strides, reduction_ratios, mlp_ratios = lists
-        total_stride = 1
-        for s in strides:
-            total_stride *= s
-        self.size_multiple = total_stride
-        self.min_size = total_stride
+        widths, depths, heads, patch_sizes, strides, reduction_ratios, mlp_ratios = stage_lists(
+            self, widths, depths, heads, patch_sizes, strides, reduction_ratios, mlp_ratios)
         rates = torch.linspace(0, float(drop_path), sum(depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         prev, start = in_channels, 0

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from mambaseg.errors import MambasegError
 from mambaseg.models.base import SegModel
 from mambaseg.models.registry import register_model
+from mambaseg.models.segformer import stage_lists
 
 # transformers 4.x parameter names -> 5.x (from transformers' own conversion_mapping.py)
 _LEGACY_TO_V5 = [
@@ -100,16 +101,8 @@ class SegFormerMiT(SegModel):
                  drop_path: float = 0.0):
         super().__init__(in_channels, num_classes)
         SegformerConfig, SegformerForSemanticSegmentation = _import_transformers()
-        lists = [list(map(int, v)) for v in (widths, depths, heads, patch_sizes, strides, reduction_ratios, mlp_ratios)]
-        if len({len(v) for v in lists}) != 1:
-            raise MambasegError("segformer: widths, depths, heads, patch_sizes, strides, reduction_ratios "
-                                "and mlp_ratios must all have one entry per stage")
-        widths, depths, heads, patch_sizes, strides, reduction_ratios, mlp_ratios = lists
-        total_stride = 1
-        for s in strides:
-            total_stride *= s
-        self.size_multiple = total_stride
-        self.min_size = total_stride
+        widths, depths, heads, patch_sizes, strides, reduction_ratios, mlp_ratios = stage_lists(
+            self, widths, depths, heads, patch_sizes, strides, reduction_ratios, mlp_ratios)
         config = SegformerConfig(
             num_channels=in_channels, num_encoder_blocks=len(widths), depths=depths,
             sr_ratios=reduction_ratios, hidden_sizes=widths, patch_sizes=patch_sizes, strides=strides,
