@@ -136,7 +136,7 @@ if pytest is not None:
         from mambaseg.ops.selective_scan import resolve_backend
 
         # triton first: faster than mamba_ssm's kernels at the benchmark shapes (on the GPU
-        # alone at all five; benchmarks/results/scan_vs_mamba_ssm_h200.txt)
+        # alone at all five; benchmarks/results/scan_h100_h200.txt)
         expected = "triton" if "triton" in _backends() else \
             "mamba_ssm" if "mamba_ssm" in _backends() else "torch"
         assert resolve_backend(None, torch.device("cuda")) == expected

@@ -1,4 +1,4 @@
-"""Reading images and masks, and writing files atomically.
+"""Reading images and masks, and writing PNG files.
 
 Readers
 -------
@@ -24,9 +24,9 @@ Every problem raises :class:`mambaseg.errors.DataError` naming the file.
 
 Writers
 -------
-``atomic_path(path)`` yields a temporary path in the same folder and moves it onto ``path`` only
-when the block succeeds; ``write_png(path, array)`` uses it. Every file the package writes goes
-through ``atomic_path``, so no half-written file is ever left behind.
+``write_png(path, array)`` writes a PNG (uint8 or bool; optional text chunks) through
+:func:`mambaseg.files.atomic_path`, the package's one home for atomic writes (re-exported here);
+``png_text(path)`` reads the text chunks back.
 """
 from __future__ import annotations
 
