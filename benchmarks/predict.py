@@ -1,6 +1,6 @@
 """Throughput of predict's model step for every registered model (not a test).
 
-Times ``mambaseg.engine.inference.predict_probs`` on random 256x256 uint8 slices at batch 1
+Times ``mambaseg.inference.runner.predict_probs`` on random 256x256 uint8 slices at batch 1
 and batch 16 on the current device, untrained weights (speed does not depend on them), and
 prints slices per second, wall milliseconds per slice and CPU milliseconds per slice (this
 process's CPU time: on a shared machine the wall time also counts waiting for others)::
@@ -28,7 +28,8 @@ import time
 
 import torch
 
-from mambaseg.engine.inference import predict_probs, resolve_device
+from mambaseg.device import resolve_device
+from mambaseg.inference.runner import predict_probs
 from mambaseg.models import create_model, list_models
 
 SIZE = 256

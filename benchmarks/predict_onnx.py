@@ -1,9 +1,9 @@
 """Latency of a shipped model under onnxruntime and under PyTorch, side by side (not a test).
 
 Exports the shipped weights (default: the default shipped model, the 5-fold ensemble of
-ulvm_unet_v6) with ``mambaseg.engine.export`` (or takes an exported ``--onnx`` file), then times
+ulvm_unet_v6) with ``mambaseg.inference.export`` (or takes an exported ``--onnx`` file), then times
 the model step of predict on random 256x256 uint8 slices, the same inputs for both:
-``engine.inference.predict_probs`` (PyTorch, ``torch`` scan backend on the CPU) and
+``inference.runner.predict_probs`` (PyTorch, ``torch`` scan backend on the CPU) and
 ``onnx_runtime.OnnxModel.predict_probs`` (onnxruntime's CPU provider), both limited to the same
 number of threads. Prints milliseconds per slice (wall and this process's CPU time) and the
 largest probability difference between the two::
@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime
 
-    from mambaseg.engine.export import export_model
-    from mambaseg.engine.inference import load_shipped_model, predict_probs
+    from mambaseg.inference.export import export_model
+    from mambaseg.inference.loading import load_shipped_model
+    from mambaseg.inference.onnx_runtime import OnnxModel
+    from mambaseg.inference.runner import predict_probs
     from mambaseg.models.pretrained import default_shipped
-    from mambaseg.onnx_runtime import OnnxModel
 
     torch.set_num_threads(args.threads)
     name = args.model or default_shipped()

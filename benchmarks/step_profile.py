@@ -12,8 +12,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, "src")
-from mambaseg.engine.loop import eager_step  # noqa: E402
-from mambaseg.engine.losses import bce_dice_loss  # noqa: E402
+from mambaseg.training.loop import eager_step  # noqa: E402
+from mambaseg.training.losses import bce_dice_loss  # noqa: E402
 from mambaseg.models import create_model  # noqa: E402
 
 DEV = torch.device("cuda")

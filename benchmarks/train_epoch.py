@@ -1,6 +1,6 @@
 """Training epoch time of models at a preset (paper by default), through the trainer's own loop (not a test).
 
-Runs :func:`mambaseg.engine.loop.train_epoch` and :func:`~mambaseg.engine.loop.validate` exactly
+Runs :func:`mambaseg.training.loop.train_epoch` and :func:`~mambaseg.training.loop.validate` exactly
 as ``mambaseg train`` does (split resident on the device as uint8, batches gathered, converted
 and normalised there, bf16 autocast on CUDA, channels_last for conv models, fused optimizer,
 one host sync per epoch), after a warm-up, and prints one row per model::
@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 
-from mambaseg.engine import build as B
-from mambaseg.engine import checkpoint as C
-from mambaseg.engine import graphs as G
-from mambaseg.engine.device import device_name
-from mambaseg.engine.config import TrainConfig, resolved_settings
-from mambaseg.engine.loop import DeviceData, epoch_batches, resize_arrays, train_epoch, validate
-from mambaseg.engine.losses import get_loss
+from mambaseg.device import device_name, resolve_device
+from mambaseg.training import build as B
+from mambaseg.training import graphs as G
+from mambaseg.training import train_state as C
+from mambaseg.training.config import TrainConfig, resolved_settings
+from mambaseg.training.loop import DeviceData, epoch_batches, resize_arrays, train_epoch, validate
+from mambaseg.training.losses import get_loss
 
 #: the order of ``--models all`` (the headline models first), then any other registered one
 ALL_MODELS = ["unet", "resnet18", "resnet50", "umamba_bot", "umamba_bot_pp", "segformer",
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     models = ALL_MODELS + [m for m in list_models() if m not in ALL_MODELS] \
         if args.models == ["all"] else args.models
-    device = B.resolve_device(args.device)
+    device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     t0 = time.perf_counter()

@@ -25,7 +25,8 @@ import tifffile
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from mambaseg.data.io import atomic_path, decode  # noqa: E402
+from mambaseg.data.io import decode  # noqa: E402
+from mambaseg.files import atomic_path  # noqa: E402
 
 PATIENTS = ("TCGA_CS_6290_20000917", "TCGA_HT_7602_19951103", "TCGA_HT_8106_19970727")
 

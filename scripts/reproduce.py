@@ -12,9 +12,10 @@ Steps (each one skipped when its output already exists, so the script can be rer
 2. ``mambaseg report results --data D`` saves ``results/data_stats.json`` and
    ``results/fig3_inputs.npz`` (Fig. 1 counts and Fig. 3's images) if either is missing.
 3. For each protocol and model: ``mambaseg train ... --preset paper --out RUNS/<protocol>/<model>``
-   (``--resume`` when a checkpoint exists), then ``mambaseg evaluate`` on ``last/`` (paper protocol)
-   or ``best/`` (patient protocol) with ``--save-predictions``, then copy config.json,
-   metrics.jsonl, summary.json (and predictions.npz for the paper protocol) into
+   (``--resume`` when a checkpoint exists; the patient protocol adds ``--eval-checkpoint best``, so
+   that config.json records the checkpoint it evaluates), then ``mambaseg evaluate`` on ``last/``
+   (paper protocol) or ``best/`` (patient protocol) with ``--save-predictions``, then copy
+   config.json, metrics.jsonl, summary.json and predictions.npz into
    ``results/<protocol>/<model>/`` with a ``commands.json`` of the commands that made them.
 4. ``mambaseg report results --data D`` regenerates results/README.md and the figures.
 
@@ -278,8 +279,10 @@ class Reproduce:
         if target and done >= int(target):
             return None
         cmd = mambaseg("train", "--model", job.model, "--data", self.args.data,
-                       "--split", str(self.split_file(job.protocol)), "--preset", "paper",
-                       "--out", str(job.run_dir), "--no-progress")
+                       "--split", str(self.split_file(job.protocol)), "--preset", "paper")
+        if CHECKPOINT[job.protocol] != "last":  # the paper preset's own choice is last/
+            cmd += ["--eval-checkpoint", CHECKPOINT[job.protocol]]
+        cmd += ["--out", str(job.run_dir), "--no-progress"]
         if self.args.epochs is not None:
             cmd += ["--epochs", str(self.args.epochs)]
         if (job.run_dir / "last" / "train_state.pt").is_file():
@@ -390,8 +393,7 @@ class Reproduce:
         """Copy the run's small files into results/<protocol>/<model>/ and record the commands."""
         sources = [(job.run_dir / n, job.out_dir / n) for n in RUN_FILES]
         eval_dir = job.run_dir / "eval"
-        sources += [(eval_dir / n, job.out_dir / n) for n in EVAL_FILES
-                    if n != "predictions.npz" or job.protocol == "paper"]
+        sources += [(eval_dir / n, job.out_dir / n) for n in EVAL_FILES]
         for src, dst in sources:
             self.log(f"copy {src} -> {dst}")
             if not self.args.dry_run:

@@ -5,7 +5,7 @@
         --dest src/mambaseg/weights/ulvm_unet_v6_cv5 --default
 
 writes the ensemble folder (``ensemble.json`` + ``fold_<i>/`` fp16 checkpoints) with
-``mambaseg.engine.ship.ship_crossval``: the K checkpoints the cross-validation evaluated, the
+``mambaseg.training.ship.ship_crossval``: the K checkpoints the cross-validation evaluated, the
 post-processing it chose on its out-of-fold (OOF) predictions, and metadata holding the OOF
 scores (``metrics.cv.dice_patient``: the number ``mambaseg models`` shows and the default
 model is chosen by), the path of the summary they come from and the training settings, so that
@@ -23,8 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from mambaseg.engine.ship import default_name, ship_crossval  # noqa: E402
 from mambaseg.errors import MambasegError  # noqa: E402
+from mambaseg.training.ship import default_name, ship_crossval  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except MambasegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from mambaseg.engine.ensemble import read_manifest
+    from mambaseg.inference.ensemble import read_manifest
 
     meta = read_manifest(out)["metadata"]
     cv = meta["metrics"]["cv"]

@@ -48,7 +48,7 @@ class Bright(torch.nn.Module):
 def nan_loss_at(epoch: int, step: int):
     """A get_loss replacement whose training loss is NaN at ``step`` of ``epoch`` (validation
     calls, under inference mode, mark the epochs)."""
-    from mambaseg.engine.losses import get_loss
+    from mambaseg.training.losses import get_loss
 
     state = {"epoch": 1, "step": 0, "validating": False}
 

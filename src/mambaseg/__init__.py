@@ -8,24 +8,29 @@ Public API::
     model = mambaseg.from_pretrained("path/to/checkpoint_dir")
     masks = mambaseg.segment(["slice.tif"])  # with the default shipped model
     mask_img, summary = mambaseg.segment_volume("case.nii.gz")  # NIfTI (pip install 'mambaseg[nifti]')
+
+The names are imported on first use (``__getattr__``): ``import mambaseg`` imports no torch, so
+the CLI's ``--help`` stays fast and ``predict --onnx`` runs without PyTorch. The packages:
+``data``, ``models`` (with ``nn`` and ``ops``), ``training``, ``inference``, ``metrics``,
+``report`` and ``cli`` (docs/architecture.md).
 """
-__version__ = "0.1.0"
+from mambaseg._version import __version__
 
 __all__ = ["__version__", "create_model", "list_models", "from_pretrained", "segment",
            "segment_volume"]
 
 
-def __getattr__(name):  # lazy: `import mambaseg` stays cheap for the CLI
+def __getattr__(name):
     if name in ("create_model", "list_models", "from_pretrained"):
         from mambaseg import models
 
         return getattr(models, name)
     if name == "segment":
-        from mambaseg.engine.predict import segment
+        from mambaseg.inference.predict import segment
 
         return segment
     if name == "segment_volume":
-        from mambaseg.engine.volumes import segment_volume
+        from mambaseg.inference.volumes import segment_volume
 
         return segment_volume
     raise AttributeError(f"module 'mambaseg' has no attribute {name!r}")

@@ -11,7 +11,8 @@ import tifffile
 import torch
 
 from mambaseg.cli import main
-from mambaseg.engine.evaluate import METRIC_KEYS, load_predictions
+from mambaseg.inference.evaluate import METRIC_KEYS
+from mambaseg.inference.predictions import load_predictions
 
 S = 32
 
@@ -155,7 +156,7 @@ def test_amp_option(dataset, ckpt, capsys, amp):
 
 
 def test_resolve_run_dir(dataset, tmp_path):
-    from mambaseg.engine.inference import checkpoint_list, resolve_run_dir
+    from mambaseg.inference.loading import checkpoint_list, resolve_run_dir
 
     data, split = dataset
     run_dir = _run_dir(tmp_path, data, split, checkpoint="last")    # the run evaluates last/
@@ -228,7 +229,8 @@ def test_cuda_asked_for_without_cuda(dataset, ckpt, capsys):
 def test_two_checkpoints_average_their_probabilities(dataset, ckpt, capsys, tmp_path):
     from mambaseg.data.dataset import load_arrays
     from mambaseg.data.splits import resolve_split
-    from mambaseg.engine.inference import load_checkpoint, predict_probs
+    from mambaseg.inference.loading import load_checkpoint
+    from mambaseg.inference.runner import predict_probs
     from mambaseg.models import create_model
 
     data, split = dataset
@@ -300,7 +302,7 @@ def blobs(tmp_path, monkeypatch) -> tuple[Path, Path]:
         rels.append(f"TCGA_AA_0001/TCGA_AA_0001_{i}.tif")
     split = tmp_path / "blobs" / "split.json"
     split.write_text(json.dumps({"train": [], "val": [], "test": rels}))
-    monkeypatch.setattr("mambaseg.engine.evaluate.load_models", lambda paths, dev: Oracle())
+    monkeypatch.setattr("mambaseg.inference.loading.load_models", lambda paths, dev: Oracle())
     return tmp_path / "blobs", split
 
 

@@ -85,7 +85,7 @@ def tiny_default_weights(tmp_path) -> Path:
     """A weights folder whose only entry is a tiny ensemble marked default."""
     import torch
 
-    from mambaseg.engine.ensemble import save_ensemble
+    from mambaseg.inference.loading import save_ensemble
     from mambaseg.models import create_model
 
     weights = tmp_path / "weights"

@@ -165,7 +165,7 @@ def test_export_cli_output(tmp_path, capsys, small_ckpt):
 
 def test_import_mambaseg_and_the_parser_without_torch():
     code = ("import sys\n"
-            "import mambaseg, mambaseg.onnx_runtime, mambaseg.engine.postprocess\n"
+            "import mambaseg, mambaseg.inference.onnx_runtime, mambaseg.inference.postprocess\n"
             "from mambaseg.cli import build_parser\n"
             "build_parser().parse_args(['predict', '-i', 'x', '-o', 'y', '--onnx', 'm.onnx'])\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
@@ -175,10 +175,10 @@ def test_import_mambaseg_and_the_parser_without_torch():
 
 
 def test_compare_defaults_equal_the_metrics_constants():
-    """cli/compare.py spells engine.metrics' bootstrap defaults out (importing metrics would
-    import torch when the parser is built)."""
+    """cli/compare.py spells mambaseg.metrics' bootstrap defaults out (building the parser
+    imports no numpy)."""
     from mambaseg.cli import build_parser
-    from mambaseg.engine.metrics import BOOT_SEED, N_BOOT
+    from mambaseg.metrics import BOOT_SEED, N_BOOT
 
     args = build_parser().parse_args(["compare", "a", "b"])
     assert (args.n_boot, args.seed) == (N_BOOT, BOOT_SEED)

@@ -265,7 +265,8 @@ def test_shipped_model_by_name_and_best_by_default(tmp_path, capsys, monkeypatch
 # ----------------------------------------------------------------------------- ensembles
 
 def test_two_checkpoints_average_their_probabilities(tmp_path, capsys, ckpt):
-    from mambaseg.engine.inference import load_checkpoint, predict_probs
+    from mambaseg.inference.loading import load_checkpoint
+    from mambaseg.inference.runner import predict_probs
     from mambaseg.models import create_model
 
     torch.manual_seed(1)
@@ -313,7 +314,7 @@ def _slice(path: Path, box) -> Path:
 
 
 def test_lcc_and_min_area_write_postprocessed_masks(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("mambaseg.engine.predict.load_models", lambda paths, dev: Bright())
+    monkeypatch.setattr("mambaseg.inference.loading.load_models", lambda paths, dev: Bright())
     for i in (1, 2, 3):                                   # a 6x6 blob through slices 1-3
         _slice(tmp_path / "in" / "P1" / f"P1_{i}.png", (4, 10, 4, 10))
     _slice(tmp_path / "in" / "P1" / "P1_4.png", (24, 26, 24, 27))   # 6 px alone on slice 4

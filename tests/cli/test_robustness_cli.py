@@ -184,9 +184,9 @@ def test_evaluate_dataset_with_a_nan_image_names_it(tmp_path, capsys, ckpt):
 
 @pytest.mark.usefixtures("one_thread")
 def test_train_stops_at_a_nan_loss_keeping_the_last_good_epoch(tmp_path, capsys, monkeypatch):
-    from mambaseg.engine.checkpoint import load_train_state
+    from mambaseg.training.train_state import load_train_state
 
-    monkeypatch.setattr("mambaseg.engine.trainer.get_loss", nan_loss_at(2, 2))
+    monkeypatch.setattr("mambaseg.training.trainer.get_loss", nan_loss_at(2, 2))
     toy = make_toy_dataset(tmp_path / "toy", per_patient=4)
     run = tmp_path / "run"
     code, out, err = cli(capsys, "train", "--model", "ulvm_unet", "--data", toy, "-o", run,

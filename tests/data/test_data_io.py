@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from mambaseg.data.io import (atomic_path, decode, image_note, read_image, read_image_noted,
+from mambaseg.data.io import (decode, image_note, read_image, read_image_noted,
                               read_mask, write_png)
 from mambaseg.errors import DataError
 
@@ -104,22 +104,6 @@ def test_not_an_image_and_missing_file(tmp_path):
         decode(tmp_path / "text.png")
     with pytest.raises(DataError, match=r"nope\.tif.*not found"):
         read_mask(tmp_path / "nope.tif")
-
-
-def test_atomic_path_replaces_on_success_only(tmp_path):
-    target = tmp_path / "out.txt"
-    target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            assert tmp.parent == tmp_path and tmp.suffix == ".txt"
-            tmp.write_text("half")
-            raise RuntimeError("boom")
-    assert target.read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
-    with atomic_path(target) as tmp:
-        tmp.write_text("new")
-    assert target.read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
 def test_write_png_round_trip(tmp_path):

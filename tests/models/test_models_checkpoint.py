@@ -139,10 +139,6 @@ def test_bad_config_fails_clearly(ul_checkpoint):
         from_pretrained(path)
 
 
-def test_errors_are_mambaseg_errors():
-    assert issubclass(CheckpointError, MambasegError)
-
-
 def test_metadata_must_be_json(tmp_path):
     model = create_model("ulvm_unet_v2")
     with pytest.raises(MambasegError, match="JSON-serialisable"):

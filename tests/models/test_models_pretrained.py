@@ -7,12 +7,19 @@ import json
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+from mambaseg.data.io import read_mask
 from mambaseg.errors import MambasegError
-from mambaseg.models import best_shipped, create_model, list_models, load_shipped, pretrained, shipped_models
-from mambaseg.models.pretrained import default_shipped
+from mambaseg.inference.ensemble import Ensemble
+from mambaseg.inference.loading import load_shipped
+from mambaseg.inference.postprocess import PostProcess
+from mambaseg.inference.predict import segment
+from mambaseg import metrics
+from mambaseg.models import (best_shipped, count_parameters, create_model, default_shipped,
+                             list_models, pretrained, shipped_models)
 
 
 @pytest.fixture
@@ -23,15 +30,27 @@ def weights_dir(tmp_path, monkeypatch):
     return root
 
 
-def test_package_ships_no_weights_yet_or_valid_ones():
-    for name, info in shipped_models().items():
+def test_the_default_shipped_ensemble_loads_and_segments(sample_root):
+    """The package's weights: each shipped folder is a valid checkpoint or ensemble, exactly one
+    is the default, and that default (the 5-fold ulvm_unet_v6 ensemble) loads and segments a
+    sample slice (Dice 0.931 against its mask on the CPU; the fold models saw this patient)."""
+    shipped = shipped_models()
+    for name, info in shipped.items():
         if info["kind"] == "ensemble":
             assert name.startswith(info["model_name"] + "_") and info["members"] > 1
             assert info["cv_dice"] is not None
         else:
             assert info["model_name"] == name and info["members"] == 1
-    flagged = [n for n, info in shipped_models().items() if info["default"]]
-    assert len(flagged) <= 1, f"several shipped weights say default: {flagged}"
+    assert [n for n, info in shipped.items() if info["default"]] == ["ulvm_unet_v6_cv5"]
+    assert default_shipped() == "ulvm_unet_v6_cv5"
+    net = load_shipped("ulvm_unet_v6_cv5")
+    assert isinstance(net, Ensemble) and len(net.members) == 5 and not net.training
+    assert {count_parameters(m) for m in net.members} == {769_677}
+    assert net.postprocess == PostProcess(lcc=True)
+    image = sample_root / "kaggle_3m" / "TCGA_HT_8106_19970727" / "TCGA_HT_8106_19970727_11.tif"
+    mask = segment(str(image), model=net, device="cpu")
+    assert mask.shape == (256, 256) and mask.dtype == np.uint8
+    assert metrics.dice(mask, read_mask(image.with_name(image.stem + "_mask.tif"))) > 0.9
 
 
 def test_shipped_models_empty(weights_dir):
@@ -68,7 +87,7 @@ def _tiny_unet(seed):
 
 
 def _ensemble(root, name, cv_dice, default=None, seeds=(1, 2), postprocess=None):
-    from mambaseg.engine.ensemble import save_ensemble
+    from mambaseg.inference.loading import save_ensemble
 
     meta = {"metrics": {"cv": {"dice_patient": cv_dice, "n_patients": 110,
                                "n_folds": len(seeds)}},
@@ -80,9 +99,7 @@ def _ensemble(root, name, cv_dice, default=None, seeds=(1, 2), postprocess=None)
 
 
 def test_shipped_ensembles_and_the_default(weights_dir):
-    from mambaseg.engine.ensemble import Ensemble
-    from mambaseg.engine.inference import load_shipped_model
-    from mambaseg.engine.postprocess import PostProcess
+    from mambaseg.inference.loading import load_shipped_model
 
     create_model("ulvm_unet").save_pretrained(weights_dir / "ulvm_unet",
                                               metadata={"metrics": {"test": {"dice": 0.95}}})

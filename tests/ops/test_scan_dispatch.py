@@ -36,7 +36,7 @@ def spy(monkeypatch):
         calls.append("torch")
         return real_torch(*a, **k)
 
-    monkeypatch.setattr(scan_torch, "selective_scan_torch", fake_torch)
+    monkeypatch.setattr(dispatch, "selective_scan_torch", fake_torch)
     real_ref = dispatch.selective_scan_reference
 
     def fake_ref(*a, **k):

@@ -9,7 +9,7 @@ import pytest
 
 import fake_cv
 import fake_results
-from mambaseg.engine.compare import format_p, paired_comparison
+from mambaseg.compare import format_p, paired_comparison
 from mambaseg.report import make_cv_report, make_report
 
 
@@ -102,7 +102,7 @@ def test_both_hd95_definitions_get_a_column_each(cv):
 
 
 def test_hd95_metrics_reads_every_kind_of_summary():
-    from mambaseg.engine.metrics import HD95_DEFINITIONS
+    from mambaseg.metrics import HD95_DEFINITIONS
     from mambaseg.report.collect import HD95_LABELS, HD95_MAX, HD95_POOLED, hd95_metrics
 
     assert set(HD95_LABELS) == set(HD95_DEFINITIONS.values())

@@ -2,6 +2,14 @@
 
 Each subcommand module defines ``register(subparsers)``, which adds its parser and sets
 ``func`` to a callable taking the parsed arguments and returning an exit status.
+
+Imports: the subcommand modules import the package's working modules (``training``,
+``inference``, ``data``, ...) inside their ``run`` functions, not at the top. Building the
+parser then costs no torch, numpy or model import, so ``mambaseg --help`` answers at once and
+``predict --onnx`` runs where torch is not installed (tests/cli/test_onnx_cli.py checks it).
+Outside ``cli/``, imports sit at the top of modules; tests/test_imports.py lists the few
+exceptions (the package root's public names, optional extras such as triton) and checks that
+the package has no import cycle.
 """
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ import argparse
 import importlib
 import sys
 
+from mambaseg._version import __version__
 from mambaseg.errors import MambasegError
 
 #: subcommands in the order `mambaseg --help` lists them
@@ -17,8 +26,6 @@ SUBCOMMANDS = ("demo", "data", "models", "train", "crossval", "evaluate", "compa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mambaseg import __version__
-
     parser = argparse.ArgumentParser(
         prog="mambaseg",
         description="Brain-tumour segmentation in MRI with Mamba models and their baselines.",

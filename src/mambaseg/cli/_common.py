@@ -100,7 +100,7 @@ def device_type(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value!r} is not a device: use auto, cpu, cuda or "
                                          "cuda:N")
     try:
-        from mambaseg.engine.device import resolve_device
+        from mambaseg.device import resolve_device
     except ImportError:             # no torch: whatever runs the model checks the device
         return name
     from mambaseg.errors import MambasegError
@@ -130,10 +130,10 @@ def check_threshold_and_batch(args: argparse.Namespace) -> None:
 
 def resolve_checkpoints(paths):
     """``--checkpoint`` folders with training-run folders replaced by their ``best/`` (see
-    ``engine.inference.resolve_run_dir``), noting each replacement on stderr; None stays None."""
+    ``inference.loading.resolve_run_dir``), noting each replacement on stderr; None stays None."""
     if paths is None:
         return None
-    from mambaseg.engine.inference import resolve_run_dir
+    from mambaseg.inference.loading import resolve_run_dir
 
     out = []
     for p in paths:

@@ -10,8 +10,8 @@ from mambaseg.cli._common import add_command
 
 def register(sub) -> None:
     """Add the `compare` subcommand."""
-    # engine.metrics.N_BOOT and BOOT_SEED, not imported: it imports torch, and building the
-    # parser must not (predict --onnx runs without torch; tests/cli/test_onnx_cli.py checks)
+    # mambaseg.metrics.N_BOOT and BOOT_SEED, spelled out: building the parser imports no numpy
+    # (a fast --help; tests/cli/test_onnx_cli.py checks that the values agree)
     N_BOOT, BOOT_SEED = 10_000, 0
 
     p = add_command(sub, "compare", "Compare two results over the same patients: per-patient "
@@ -34,8 +34,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambaseg.engine.compare import compare_paths
-    from mambaseg.engine.evaluate import json_ready
+    from mambaseg.compare import compare_paths
+    from mambaseg.files import json_ready
     from mambaseg.errors import MambasegError
 
     if args.n_boot < 1:
@@ -69,7 +69,7 @@ def _f(v, sign: bool = False) -> str:
 
 def format_comparison(r: dict) -> str:
     """A result of ``compare_paths`` (or ``paired_comparison``) as a short plain-text table."""
-    from mambaseg.engine.compare import format_p
+    from mambaseg.compare import format_p
 
     lines = []
     if "label_a" in r:

@@ -1,5 +1,5 @@
 """`mambaseg crossval`: patient-level K-fold cross-validation; parsing and printing only (the
-work is in engine.crossval)."""
+work is in training.crossval)."""
 from __future__ import annotations
 
 import argparse
@@ -40,7 +40,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambaseg.engine.crossval import run_crossval
+    from mambaseg.training.crossval import run_crossval
 
     cfg = config_from_args(args)
     summary = run_crossval(cfg, args.output, folds=args.folds, only=args.only,

@@ -51,7 +51,7 @@ def _out_dir(path: str) -> tuple[Path, bool]:
 
 def run(args) -> int:
     from mambaseg.data.verify import verify_dataset
-    from mambaseg.engine.predict import run_predict
+    from mambaseg.inference.predict import run_predict
     from mambaseg.models.pretrained import default_shipped
 
     data = Path(args.data) if args.data else bundled_sample()
@@ -114,8 +114,8 @@ def _describe_shipped(name: str) -> dict:
 
 
 def _train(data: Path, out: Path, args) -> Path:
-    from mambaseg.engine.config import TrainConfig
-    from mambaseg.engine.trainer import train
+    from mambaseg.training.config import TrainConfig
+    from mambaseg.training.trainer import train
 
     run_dir = out / "run"
     cfg = TrainConfig(model=args.model, data=data, out=run_dir, split="patient",

@@ -55,7 +55,7 @@ def register(sub) -> None:
 
 
 def add_postprocess_options(p: argparse.ArgumentParser) -> None:
-    """The post-processing options of evaluate and predict (see ``engine.postprocess``)."""
+    """The post-processing options of evaluate and predict (see ``inference.postprocess``)."""
     g = p.add_argument_group("post-processing (default: the checkpoint's recommended "
                              "post-processing if it records one, else none)")
     g.add_argument("--lcc", action="store_true", help="keep only the largest 3-D connected "
@@ -71,7 +71,7 @@ def add_postprocess_options(p: argparse.ArgumentParser) -> None:
 def postprocess_from_args(args: argparse.Namespace):
     """``"auto"`` (no option given), or the PostProcess the options ask for; MambasegError for
     negative sizes, --min-volume without --lcc, and --no-postprocess with another option."""
-    from mambaseg.engine.postprocess import PostProcess
+    from mambaseg.inference.postprocess import PostProcess
     from mambaseg.errors import MambasegError
 
     for flag, value in (("--min-volume", args.min_volume), ("--min-area", args.min_area)):
@@ -93,7 +93,7 @@ def postprocess_from_args(args: argparse.Namespace):
 
 def describe_postprocess(summary: dict) -> str:
     """One line saying which post-processing was applied and where it came from."""
-    from mambaseg.engine.postprocess import PostProcess
+    from mambaseg.inference.postprocess import PostProcess
 
     pp = PostProcess.from_dict(summary.get("postprocess"))
     source = {"checkpoint": " (recommended by the checkpoint; --no-postprocess turns it off)",
@@ -102,7 +102,7 @@ def describe_postprocess(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambaseg.engine.evaluate import run_evaluation
+    from mambaseg.inference.evaluate import run_evaluation
 
     check_threshold_and_batch(args)
     summary, out = run_evaluation(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mambaseg.cli._common import add_command, add_output, resolve_checkpoints
 
-#: ``engine.export.DEFAULT_OPSET`` (kept here so that --help needs no torch import)
+#: ``inference.export.DEFAULT_OPSET`` (kept here so that --help needs no torch import)
 DEFAULT_OPSET = 17
 
 
@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambaseg.engine.export import run_export
+    from mambaseg.inference.export import run_export
 
     res = run_export(args.output, model=args.model,
                      checkpoint=resolve_checkpoints(args.checkpoint),

@@ -80,7 +80,7 @@ def format_table(rows: list[dict]) -> str:
                + (f", {len(extra) - ensembles} other shipped checkpoint"
                   f"{'s' if len(extra) - ensembles != 1 else ''}" if len(extra) > ensembles
                   else "")
-               + " (load them with mambaseg.models.load_shipped(name)).")
+               + " (load them with mambaseg.inference.loading.load_shipped(name)).")
     if any(r["weights_shipped"] for r in rows):
         out.append("TEST DICE: the shipped weights' recorded test Dice (for the bundled weights: "
                    "per-patient Dice on the leak-free split's test part; see results/README.md).")

@@ -83,11 +83,11 @@ def run(args: argparse.Namespace) -> int:
         raise MambasegError(f"{args.input}: NIfTI volumes are segmented with PyTorch models "
                             "(--model or --checkpoint); --onnx takes slice images")
     if args.onnx is not None:  # onnxruntime: this path never imports torch
-        from mambaseg.onnx_runtime import run_predict_onnx
+        from mambaseg.inference.onnx_runtime import run_predict_onnx
 
         res = run_predict_onnx(args.input, args.output, args.onnx, **common)
     else:
-        from mambaseg.engine.predict import run_predict
+        from mambaseg.inference.predict import run_predict
 
         res = run_predict(args.input, args.output, model=args.model,
                           checkpoint=resolve_checkpoints(args.checkpoint), **common)
@@ -129,7 +129,7 @@ def _print_notes(records: list[dict]) -> None:
 
 
 def _print_volumes(res) -> int:
-    """What ``predict`` prints for NIfTI volumes (``engine.volumes``)."""
+    """What ``predict`` prints for NIfTI volumes (``inference.volumes``)."""
     s = res.summary
     for r in res.written:
         for n in r["notes"][:SHOW]:

@@ -1,4 +1,4 @@
-"""`mambaseg train`: train a model; parsing and printing only (the work is in engine.trainer)."""
+"""`mambaseg train`: train a model; parsing and printing only (the work is in training.trainer)."""
 from __future__ import annotations
 
 import argparse
@@ -106,7 +106,7 @@ def _model_kwargs(items: list[str]) -> dict:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the parsed arguments describe."""
-    from mambaseg.engine.config import TrainConfig
+    from mambaseg.training.config import TrainConfig
 
     if not args.resume and (args.model is None or args.data is None):
         raise MambasegError("--model and --data are required (except with --resume)")
@@ -127,8 +127,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambaseg.engine.progress import format_record
-    from mambaseg.engine.trainer import train
+    from mambaseg.training.history import format_record
+    from mambaseg.training.trainer import train
 
     cfg = config_from_args(args)
 

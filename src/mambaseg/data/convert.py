@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mambaseg.data.io import read_image, read_mask
+from mambaseg.data.layout import find_slices
+from mambaseg.data.nifti import nibabel, write_volume
 from mambaseg.errors import DataError, MambasegError
 
 #: placeholder voxel size (mm) of converted volumes: the Kaggle tifs carry none
@@ -28,8 +31,6 @@ DESCRIPTION = "mambaseg data convert: placeholder spacing"
 def patient_volumes(slices) -> tuple[np.ndarray, np.ndarray | None]:
     """One patient's slices (in order) as ``(image (X, Y, Z, 3) uint8, mask (X, Y, Z) uint8 or
     None)`` in the slice layout (X: image columns, Y: rows, Z: slices)."""
-    from mambaseg.data.io import read_image, read_mask
-
     images = [read_image(s.image, 3) for s in slices]
     shape = images[0].shape
     for s, img in zip(slices, images):
@@ -48,8 +49,6 @@ def patient_volumes(slices) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _image(data: np.ndarray, spacing):
-    from mambaseg.data.nifti import nibabel
-
     nib = nibabel()
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     img = nib.Nifti1Image(data, affine)
@@ -66,9 +65,6 @@ def convert_to_nifti(root: str | Path, out: str | Path, spacing=PLACEHOLDER_SPAC
     module docstring); returns one ``{"patient", "slices", "files"}`` entry per patient.
     Every output path is checked before anything is written (MambasegError when one exists,
     unless ``overwrite``); each file is written atomically."""
-    from mambaseg.data.layout import find_slices
-    from mambaseg.data.nifti import write_volume
-
     root, out = Path(root), Path(out)
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):

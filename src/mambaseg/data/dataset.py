@@ -13,11 +13,13 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from mambaseg.data.augment import augment_batch
 from mambaseg.data.channels import select_channels
 from mambaseg.data.io import read_image_noted, read_mask
 from mambaseg.data.layout import Slice
+from mambaseg.data.verify import default_workers
 from mambaseg.errors import DataError
 
 __all__ = ["SliceDataset", "load_arrays", "augment_batch"]
@@ -82,10 +84,6 @@ def load_arrays(slices: Sequence[Slice], progress: bool | None = True, channels:
     converted as ``io.read_image`` does), or a channel choice of ``data.channels`` (``"all"``,
     ``"flair"``): the LGG channels it names (``"flair"``: channel 1 of the RGB slices alone).
     """
-    from tqdm import tqdm
-
-    from mambaseg.data.verify import default_workers
-
     slices = list(slices)
     if not slices:
         raise DataError("load_arrays: no slices to load")

@@ -24,8 +24,8 @@ Every problem raises :class:`mambaseg.errors.DataError` naming the file.
 
 Writers
 -------
-``write_png(path, array)`` writes a PNG (uint8 or bool; optional text chunks) through
-:func:`mambaseg.files.atomic_path`, the package's one home for atomic writes (re-exported here);
+``write_png(path, array)`` writes a PNG (uint8 or bool; optional text chunks) atomically,
+through :func:`mambaseg.files.atomic_path` (the package's one home for atomic writes);
 ``png_text(path)`` reads the text chunks back.
 """
 from __future__ import annotations
@@ -36,9 +36,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import tifffile
+from PIL import Image, PngImagePlugin
 
 from mambaseg.errors import DataError
-from mambaseg.files import atomic_path  # noqa: F401  (re-exported: the data package's writers use it)
+from mambaseg.files import atomic_path
 
 #: suffixes (lower case) read as images
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".webp", ".jpg", ".jpeg")
@@ -120,8 +122,6 @@ def decode(path: str | os.PathLike) -> np.ndarray:
 
 
 def _decode_tiff(path: Path) -> np.ndarray:
-    import tifffile
-
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         if len(tif.pages) > 1:  # reduced-resolution pages (thumbnails) are not slices
@@ -144,8 +144,6 @@ def _pillow_header(path: Path):
     """``Image.open(path)`` (lazy: only the header is read). Pillow's DecompressionBombWarning
     is silenced (``DECODE_LIMIT`` is checked instead) and its DecompressionBombError becomes a
     DataError naming the file."""
-    from PIL import Image
-
     with _PILLOW_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         try:
@@ -176,8 +174,6 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     path = Path(path)
     if path.suffix.lower() in _TIFF:
         try:
-            import tifffile
-
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 return int(page.imagelength), int(page.imagewidth)
@@ -321,8 +317,6 @@ def write_png(path: str | os.PathLike, array, text: dict[str, str] | None = None
     Accepts numpy arrays or CPU tensors; the write is atomic. ``text``: PNG text chunks (before
     the pixels, so ``png_text`` reads them without decoding). Returns the path.
     """
-    from PIL import Image, PngImagePlugin
-
     arr = np.asarray(array)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mambaseg.data.io import IMAGE_SUFFIXES
 from mambaseg.errors import DataError, MambasegError
+from mambaseg.files import atomic_path
 
 INSTALL_HINT = "pip install 'mambaseg[nifti]'"
 SUFFIXES = (".nii.gz", ".nii")
@@ -127,8 +129,6 @@ def find_cases(path: str | Path) -> tuple[list[Case], list[str]]:
         cases.append(Case(rel[2:] if rel.startswith("./") else rel, tuple(members),
                           _truth_of(folder, name)))
     if path.is_dir():
-        from mambaseg.data.io import IMAGE_SUFFIXES
-
         images = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
         if images and cases:
             warnings.append(f"{path}: {len(images)} slice image(s) left out: a folder of volumes "
@@ -344,8 +344,6 @@ def like(reference, data: np.ndarray, description: str = "mambaseg"):
 
 def write_volume(path: str | Path, img) -> Path:
     """Write a NIfTI image to ``path`` (gzip-compressed for .gz) atomically."""
-    from mambaseg.files import atomic_path
-
     raw = img.to_bytes()
     if str(path).lower().endswith(".gz"):
         raw = gzip.compress(raw, compresslevel=6, mtime=0)

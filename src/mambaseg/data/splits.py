@@ -2,7 +2,9 @@
 
 A split is ``{"train": [rel, ...], "val": [...], "test": [...]}``, each entry an image path
 relative to the dataset root (``Slice.rel``). K-fold splits are ``{"folds": [split, ...]}``.
-Files may carry metadata keys (``split``, ``seed``, ``counts``).
+Files may carry metadata keys (``split``, ``seed``, ``counts``). This module is the one reader
+of split files: ``load_split`` (the checked JSON), ``split_rels`` (a part's paths, without the
+dataset) and ``resolve_split`` (the ``Slice`` records of each part).
 """
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mambaseg.files import write_json
 from mambaseg.data.layout import Slice, find_slices, slice_key
 from mambaseg.errors import DataError, MambasegError
+from mambaseg.files import write_json
 
 PARTS = ("train", "val", "test")
 SPLITS = ("paper", "patient")
@@ -176,11 +178,9 @@ def load_split(path: str | os.PathLike) -> dict:
     return data
 
 
-def _from_file(root: Path, path: Path, fold: int | None) -> dict[str, list[Slice]]:
-    data = load_split(path)
-    known = {s.rel: s for s in find_slices(root)}
+def _fold(data: dict, path: str | os.PathLike, fold: int | None) -> dict[str, list[str]]:
+    """The parts of a loaded split file: fold ``fold`` of a K-fold file, else the split."""
     if "folds" in data:
-        check_folds(data, lambda r: known[r].patient if r in known else r.rsplit("/", 1)[0], path)
         n = len(data["folds"])
         if fold is None:
             raise MambasegError(f"{path} holds {n} folds: choose one with --fold 0..{n - 1}")
@@ -189,6 +189,22 @@ def _from_file(root: Path, path: Path, fold: int | None) -> dict[str, list[Slice
         data = data["folds"][fold]
     elif fold is not None:
         raise MambasegError(f"--fold given but {path} holds a single split, not folds")
+    return {part: list(data[part]) for part in PARTS}
+
+
+def split_rels(path: str | os.PathLike, fold: int | None = None) -> dict[str, list[str]]:
+    """The image paths (``Slice.rel``) of each part of the split file ``path`` (fold ``fold``
+    of a K-fold file), checked as ``load_split`` checks them. Reads the file only: works
+    without the dataset (the report uses it)."""
+    return _fold(load_split(path), path, fold)
+
+
+def _from_file(root: Path, path: Path, fold: int | None) -> dict[str, list[Slice]]:
+    data = load_split(path)
+    known = {s.rel: s for s in find_slices(root)}
+    if "folds" in data:
+        check_folds(data, lambda r: known[r].patient if r in known else r.rsplit("/", 1)[0], path)
+    data = _fold(data, path, fold)
     missing = sorted({r for p in PARTS for r in data[p] if r not in known})
     if missing:
         shown = "\n  ".join(missing[:10]) + (f"\n  ... and {len(missing) - 10} more"

@@ -10,9 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mambaseg.data.io import read_mask
-from mambaseg.files import save_figure
 from mambaseg.data.layout import Slice, find_slices
+from mambaseg.data.splits import resolve_split
+from mambaseg.data.verify import default_workers
 from mambaseg.errors import DataError
+from mambaseg.files import save_figure
 
 _COLUMNS = ("patients", "slices", "tumour", "no_tumour")
 
@@ -29,8 +31,6 @@ def split_stats(parts: dict[str, list[Slice]], workers: int | None = None) -> di
     Returns ``{"parts": {name: {"patients", "slices", "tumour", "no_tumour"}}, "total": {...}}``
     with parts in the order given (e.g. train, val, test, or just ``all``).
     """
-    from mambaseg.data.verify import default_workers
-
     every = [s for part in parts.values() for s in part]
     with ThreadPoolExecutor(workers or default_workers()) as pool:
         tumour = dict(zip((s.image for s in every), pool.map(_has_tumour, every)))
@@ -51,8 +51,6 @@ def dataset_stats(root: str | os.PathLike, split: str | None = None, seed: int |
     if split is None:
         stats = split_stats({"all": find_slices(root)})
     else:
-        from mambaseg.data.splits import resolve_split
-
         stats = split_stats(resolve_split(root, split, seed=seed, fold=fold))
     stats["split"] = split
     return stats

@@ -4,10 +4,15 @@
     model = create_model("ulvm_unet", in_channels=3, num_classes=1)   # logits (B, 1, H, W)
     model.save_pretrained("ckpt/", metadata={"metrics": {"test": {"dice": 0.9}}})
     model = from_pretrained("ckpt/")
+
+Shipped weights are listed here (``shipped_models``, ``default_shipped``); they are loaded by
+``mambaseg.inference.loading.load_shipped`` (a shipped ensemble is an inference ``Ensemble``).
 """
+import torch
+
 from mambaseg.models.base import SegModel
 from mambaseg.models.checkpoint import from_pretrained, read_config
-from mambaseg.models.pretrained import best_shipped, load_shipped, shipped_models
+from mambaseg.models.pretrained import best_shipped, default_shipped, shipped_models
 from mambaseg.models.registry import (
     count_parameters,
     create_model,
@@ -31,7 +36,7 @@ __all__ = [
     "from_pretrained",
     "read_config",
     "shipped_models",
-    "load_shipped",
+    "default_shipped",
     "best_shipped",
     "describe_models",
 ]
@@ -45,10 +50,6 @@ def describe_models() -> list[dict]:
     e.g. ``ulvm_unet_v6_cv5``) get their own row (``kind`` ``"ensemble"``, ``members`` fold
     models of ``num_parameters`` each) after their model's row. ``default`` marks the shipped
     weights that ``predict``, ``segment()`` and ``demo`` use when no model is named."""
-    import torch
-
-    from mambaseg.models.pretrained import default_shipped
-
     shipped = shipped_models()
     default = default_shipped() if shipped else None
 
@@ -71,7 +72,7 @@ def describe_models() -> list[dict]:
         try:
             with torch.device("meta"):
                 model = create_model(name)
-            params = sum(p.numel() for p in model.parameters())
+            params = count_parameters(model)
             multiple, smallest, size = model.size_multiple, model.smallest_size, model.input_size
         except Exception as exc:  # e.g. transformers missing for segformer
             params = multiple = smallest = size = None

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 
 from mambaseg.errors import MambasegError
+from mambaseg.models.checkpoint import save_pretrained
+from mambaseg.models.registry import count_parameters
 
 #: channel order of the LGG (kaggle_3m) slices the models are trained on
 CHANNELS = ("pre-contrast", "FLAIR", "post-contrast")
@@ -105,7 +107,7 @@ class SegModel(nn.Module):
         }
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return count_parameters(self)
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -118,6 +120,4 @@ class SegModel(nn.Module):
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created if needed),
         atomically. ``metadata`` (JSON-serialisable, e.g. ``{"metrics": {"test": {"dice": ...}}}``)
         is stored in the config; ``dtype`` (e.g. ``torch.float16``) casts floating-point weights."""
-        from mambaseg.models.checkpoint import save_pretrained
-
         return save_pretrained(self, directory, metadata=metadata, dtype=dtype)

@@ -1,21 +1,24 @@
 """Checkpoint directories: ``config.json`` + ``model.safetensors``.
 
-``save_pretrained(model, dir)`` writes both files atomically (temporary files in ``dir``, then
-``os.replace``). ``from_pretrained(dir)`` rebuilds the model named in the config and loads the
-weights after checking that they belong to it (key set and shapes); every problem raises a
-``CheckpointError`` naming the directory or file.
+``save_pretrained(model, dir)`` writes both files atomically (``mambaseg.files.atomic_path``:
+a temporary file in ``dir``, then ``os.replace``). ``from_pretrained(dir)`` rebuilds the model
+named in the config and loads the weights after checking that they belong to it (key set and
+shapes); every problem raises a ``CheckpointError`` naming the directory or file.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from mambaseg._version import __version__
 from mambaseg.errors import CheckpointError, MambasegError
+from mambaseg.files import atomic_path, to_json, write_text
+from mambaseg.models.registry import count_parameters, create_model, get_entry
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -41,9 +44,6 @@ def _jsonable(value):
 
 
 def build_config(model, metadata: dict | None = None, weights_dtype: torch.dtype | None = None) -> dict:
-    from mambaseg import __version__
-    from mambaseg.models.registry import get_entry
-
     family = getattr(model, "family", "other")
     try:
         family = get_entry(model.model_name).family
@@ -59,7 +59,7 @@ def build_config(model, metadata: dict | None = None, weights_dtype: torch.dtype
         "in_channels": model.in_channels,
         "num_classes": model.num_classes,
         "family": family,
-        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_parameters": count_parameters(model),
         "weights_dtype": str(stored).replace("torch.", ""),
         "preprocessing": model.preprocessing,
         "mambaseg_version": __version__,
@@ -68,17 +68,9 @@ def build_config(model, metadata: dict | None = None, weights_dtype: torch.dtype
     }
 
 
-def _temp_path(directory: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
 def save_pretrained(model, directory: str | Path, metadata: dict | None = None,
                     dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` to ``directory`` (see ``SegModel.save_pretrained``); returns the directory."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"cannot save a checkpoint to {directory}: it is a file, not a directory")
@@ -91,7 +83,7 @@ def save_pretrained(model, directory: str | Path, metadata: dict | None = None,
 
     config = build_config(model, metadata, dtype)
     try:
-        config_text = json.dumps(config, indent=2, default=_jsonable) + "\n"
+        config_text = to_json(config, indent=2, default=_jsonable) + "\n"
     except (TypeError, ValueError) as exc:
         raise MambasegError(f"save_pretrained: metadata must be JSON-serialisable ({exc})") from exc
 
@@ -102,25 +94,12 @@ def save_pretrained(model, directory: str | Path, metadata: dict | None = None,
             value = value.to(dtype)
         tensors[key] = value.to("cpu", copy=True).contiguous()  # copies: no shared storage
 
-    tmp_weights = tmp_config = None
     try:
-        tmp_weights = _temp_path(directory, WEIGHTS_NAME)
-        save_file(tensors, str(tmp_weights), metadata={"format": "pt", "model_name": model.model_name})
-        tmp_config = _temp_path(directory, CONFIG_NAME)
-        with open(tmp_config, "w", encoding="utf-8") as fh:
-            fh.write(config_text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_weights, directory / WEIGHTS_NAME)
-        tmp_weights = None
-        os.replace(tmp_config, directory / CONFIG_NAME)
-        tmp_config = None
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt", "model_name": model.model_name})
+        write_text(directory / CONFIG_NAME, config_text, fsync=True)
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint to {directory}: {exc}") from exc
-    finally:
-        for tmp in (tmp_weights, tmp_config):
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
     return directory
 
 
@@ -151,8 +130,6 @@ def read_config(directory: str | Path) -> dict[str, Any]:
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header metadata of a safetensors file (CheckpointError if unreadable)."""
-    from safetensors import safe_open
-
     if not path.is_file():
         raise CheckpointError(f"checkpoint weights {path} are missing")
     try:
@@ -206,8 +183,6 @@ def from_pretrained(directory: str | Path, *, dtype: torch.dtype | None = None,
     into the fp32 model), then it is cast to ``dtype`` / moved to ``device`` if given, and returned
     in eval mode. ``model.checkpoint_config`` holds the config (metrics in its ``metadata``).
     """
-    from mambaseg.models.registry import create_model, get_entry
-
     directory = Path(directory)
     config = read_config(directory)
     name = config["model_name"]

@@ -3,13 +3,16 @@
 Each folder is either a checkpoint directory (``config.json`` + ``model.safetensors``, usually
 fp16) whose config ``metadata`` holds the test metrics, conventionally
 ``{"metrics": {"test": {"dice": 0.91, "iou": 0.84, ...}}, ...}``, or an ensemble folder
-(``ensemble.json`` + one checkpoint folder per member; see ``engine.ensemble`` and
-``engine.ship``) whose manifest ``metadata`` holds the out-of-fold cross-validation metrics,
+(``ensemble.json`` + one checkpoint folder per member; see ``inference.ensemble`` and
+``training.ship``) whose manifest ``metadata`` holds the out-of-fold cross-validation metrics,
 ``{"metrics": {"cv": {"dice_patient": 0.83, "n_patients": 110, "n_folds": 5, ...}}, ...}``.
 
 The default shipped model (the one ``predict``, ``segment()`` and ``demo`` use when none is
 named; ``default_shipped``) is the entry whose metadata says ``"default": true``; else the one
 with the highest cross-validation Dice; else the one with the highest test Dice.
+
+This module only finds and describes them (reading their JSON); ``inference.loading.load_shipped``
+loads one.
 """
 from __future__ import annotations
 
@@ -18,12 +21,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mambaseg.errors import MambasegError
-from mambaseg.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, from_pretrained
+from mambaseg.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
 #: where shipped weights live (a module attribute so tests can point it elsewhere)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-#: the manifest of an ensemble folder (``engine.ensemble.MANIFEST``)
+#: the manifest of an ensemble folder (``inference.ensemble.MANIFEST``)
 ENSEMBLE_MANIFEST = "ensemble.json"
 
 
@@ -137,40 +139,6 @@ def shipped_models(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
         if entry is not None:
             found[folder.name] = entry
     return found
-
-
-def load_shipped(name: str, root: str | Path | None = None, **kwargs):
-    """The shipped model ``name`` with its trained weights (fp32, eval mode): a model, or an
-    ``engine.ensemble.Ensemble`` for a shipped ensemble (carrying its recommended
-    ``postprocess``). ``kwargs`` go to ``from_pretrained`` (``dtype``, ``device``,
-    ``scan_backend``...; for an ensemble, to each member's)."""
-    shipped = shipped_models(root)
-    if name not in shipped:
-        available = ", ".join(shipped) or "none"
-        raise MambasegError(f"no trained weights are shipped for model {name!r} (shipped: {available}); "
-                            f"train one with 'mambaseg train' or load a checkpoint directory")
-    path = shipped[name]["path"]
-    if shipped[name]["kind"] != "ensemble":
-        return from_pretrained(path, **kwargs)
-    from mambaseg.engine import ensemble  # lazily: engine imports models
-
-    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    if not kwargs:
-        model = ensemble.load_ensemble(path, device or "cpu")
-    else:  # model overrides (e.g. scan_backend) for every member
-        from mambaseg.engine.postprocess import PostProcess
-
-        manifest = ensemble.read_manifest(path)
-        members = [from_pretrained(path / m, **kwargs) for m in manifest["members"]]
-        pp = manifest.get("postprocess")
-        model = ensemble.Ensemble(members, [str(path / m) for m in manifest["members"]],
-                                  PostProcess.from_dict(pp) if pp else None,
-                                  manifest.get("metadata") or {})
-        if device is not None:
-            model = model.to(device)
-    if dtype is not None:
-        model = model.to(dtype=dtype)
-    return model.eval()
 
 
 def default_shipped(root: str | Path | None = None) -> str | None:

@@ -89,13 +89,20 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 1, **kwargs
     return model
 
 
+def count_parameters(model: str | torch.nn.Module) -> int:
+    """Number of parameters of ``model``: a module (an ensemble counts all its members), or a
+    registered model's name (3 input channels, 1 class), counted on an instance on the meta
+    device: no memory is allocated, so this is cheap even for the large models (and cached)."""
+    if isinstance(model, str):
+        return _count_registered(model)
+    return int(sum(p.numel() for p in model.parameters()))
+
+
 @functools.lru_cache(maxsize=None)
-def count_parameters(name: str) -> int:
-    """Parameter count of ``name`` (3 input channels, 1 class), from an instance on the meta
-    device: no memory is allocated, so this is cheap even for the large models."""
+def _count_registered(name: str) -> int:
     with torch.device("meta"):
         model = create_model(name)
-    return sum(p.numel() for p in model.parameters())
+    return count_parameters(model)
 
 
 def model_family(name: str) -> str:

@@ -234,7 +234,7 @@ def _softplus(x):
 # then the folds undone. Only products of decays in (0, 1] are formed, as above. Exact for
 # L <= EXPORT_MAX_LEN = 2^(EXPORT_FOLDS + EXPORT_LEVELS) (1M tokens: the 1/8-resolution Mamba
 # layers of an UltraLight VM-UNet see 1/64 of the pixels, so images up to 8192 x 8192); longer
-# sequences raise in eager use, and ``engine.export`` records the largest image a graph takes.
+# sequences raise in eager use, and ``inference.export`` records the largest image a graph takes.
 
 #: pair-folding levels of the export scan (chunks of 2^EXPORT_FOLDS steps)
 EXPORT_FOLDS = 5

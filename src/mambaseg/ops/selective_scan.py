@@ -19,8 +19,11 @@ import functools
 import importlib.util
 import os
 
+import torch
+
 from mambaseg.ops._common import check_args, no_autocast
 from mambaseg.ops.reference import selective_scan_reference
+from mambaseg.ops.scan_torch import selective_scan_torch
 
 BACKENDS = ("reference", "torch", "triton", "mamba_ssm")
 ENV_VAR = "MAMBASEG_SCAN_BACKEND"
@@ -38,7 +41,7 @@ def _importable(module):
 def _triton_ok():
     if not _importable("triton"):
         return False
-    try:
+    try:  # triton is an optional extra: imported when first used
         from mambaseg.ops.triton import launch  # noqa: F401
     except Exception:  # a broken triton install: treat as unavailable
         return False
@@ -62,8 +65,6 @@ def _interpreter_on():
 
 @functools.lru_cache(maxsize=None)
 def _cuda_ok():
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -109,8 +110,6 @@ def resolve_backend(backend=None, device="cpu"):
 
 def _mamba_ssm(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """mamba_ssm's kernel, fed the dtypes it accepts; state and accumulation are fp32 inside it."""
-    import torch
-
     fn = _mamba_ssm_fn()
     out_dtype = u.dtype
     with no_autocast(u.device.type):
@@ -128,8 +127,8 @@ def _mamba_ssm(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
 
 def _run(name, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     if name == "torch":
-        from mambaseg.ops.scan_torch import selective_scan_torch as fn
-    elif name == "triton":
+        fn = selective_scan_torch
+    elif name == "triton":  # triton is an optional extra: imported when first used
         from mambaseg.ops.triton.launch import selective_scan_triton as fn
     elif name == "mamba_ssm":
         fn = _mamba_ssm

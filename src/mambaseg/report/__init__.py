@@ -8,9 +8,10 @@ when ``cv/`` (the ``mambaseg crossval`` folders) exists, also ``cv/README.md``
 (:func:`make_cv_report`).
 
 Modules: ``collect`` (read runs), ``paper`` (published numbers), ``tables`` (rows and
-formatting), ``notes`` (notes.md), ``datastats`` (Fig. 1 counts), ``samples`` (Fig. 3 inputs and
-predictions), ``figures`` (drawing), ``readme`` (Markdown), ``atomic`` (safe writes),
-``cv`` (the cross-validation README), ``build`` (putting it together).
+formatting), ``notes`` (notes.md), ``datastats`` (Fig. 1 counts), ``samples`` (Fig. 3 inputs),
+``figures`` (drawing), ``readme`` (Markdown), ``cv`` (the cross-validation README), ``build``
+(putting it together). Saved predictions are read with ``mambaseg.inference.predictions``, and
+every file is written atomically through ``mambaseg.files``.
 """
 from mambaseg.report.build import ReportResult, make_report
 from mambaseg.report.cv import make_cv_report

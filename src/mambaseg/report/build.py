@@ -4,19 +4,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mambaseg.errors import DataError, MambasegError
 from mambaseg import files as atomic
+from mambaseg.data.splits import split_rels
+from mambaseg.errors import DataError, MambasegError
+from mambaseg.inference.predictions import Predictions
 from mambaseg.report.collect import load_runs, read_json
 from mambaseg.report.cv import CV_DIR, make_cv_report
 from mambaseg.report.datastats import (
-    DATA_STATS, compute_data_stats, load_data_stats, load_split, natural_order, split_path, tumour_flags,
+    DATA_STATS, compute_data_stats, load_data_stats, natural_order, split_path, tumour_flags,
 )
 from mambaseg.report.figures import FIG1, FIG2, FIG3, fig1_data, fig2_dice_params, fig3_samples
 from mambaseg.report.notes import load_notes
 from mambaseg.report.paper import load_paper_table
 from mambaseg.report.readme import render
 from mambaseg.report.samples import (
-    FIG3_INPUTS, PREDICTIONS, Fig3Inputs, Predictions, build_fig3_inputs, choose_evenly, fig3_arrays,
+    FIG3_INPUTS, PREDICTIONS, Fig3Inputs, build_fig3_inputs, choose_evenly, fig3_arrays,
     load_fig3_inputs, parse_slices,
 )
 from mambaseg.report.tables import HEADER, build_rows, text_table
@@ -121,7 +123,7 @@ def _fig3_inputs(results: Path, out_dir: Path, data, chosen, predictions: dict[s
     paper_split = split_path(results, "paper")
     if data is not None:
         if paper_split.is_file():
-            test = load_split(paper_split).get("test", [])
+            test = split_rels(paper_split)["test"]
             flags = tumour_flags(data, test) if isinstance(chosen, int) else {}
             inputs = build_fig3_inputs(data, test, flags, chosen)
             written.append(atomic.save_npz(out_dir / FIG3_INPUTS, **fig3_arrays(inputs)))
@@ -147,7 +149,7 @@ def _fig3_inputs(results: Path, out_dir: Path, data, chosen, predictions: dict[s
     common = set.intersection(*(set(p.rels) for p in predictions.values()))
     pool = natural_order(list(common))
     if paper_split.is_file():
-        test = load_split(paper_split).get("test", [])
+        test = split_rels(paper_split)["test"]
         pool = natural_order([r for r in test if r in common]) or pool
     rels = chosen if isinstance(chosen, list) else choose_evenly(pool, chosen)
     warnings.append(f"Fig. 3 drawn without images or ground truth: no {FIG3_INPUTS} "

@@ -58,7 +58,7 @@ def metric(summary: dict | None, name: str) -> dict | None:
 
 
 #: the two HD95 definitions a summary.json may hold (the values of
-#: ``mambaseg.engine.metrics.HD95_DEFINITIONS``; docs/metrics.md, "HD95"), in table order
+#: ``mambaseg.metrics.HD95_DEFINITIONS``; docs/metrics.md, "HD95"), in table order
 HD95_MAX, HD95_POOLED = "max_directed", "pooled"
 #: how tables name each definition
 HD95_LABELS = {HD95_MAX: "HD95 max of directed, MONAI", HD95_POOLED: "HD95 pooled, medpy"}

@@ -10,37 +10,21 @@ import datetime as _dt
 import re
 from pathlib import Path, PurePosixPath
 
+from mambaseg.data.io import read_mask
+from mambaseg.data.layout import find_slices
+from mambaseg.data.splits import load_split, resolve_split
+from mambaseg.data.stats import split_stats
 from mambaseg.errors import DataError
 from mambaseg.report.collect import PROTOCOLS, read_json
 
 #: file names inside a results folder
 DATA_STATS = "data_stats.json"
 SPLITS_DIR = "splits"
-PARTS = ("train", "val", "test")
 
 
 def split_path(results_dir: str | Path, protocol: str) -> Path:
     """``RESULTS_DIR/splits/<protocol>.json``."""
     return Path(results_dir) / SPLITS_DIR / f"{protocol}.json"
-
-
-def load_split(path: str | Path, fold: int = 0) -> dict[str, list[str]]:
-    """The slice paths of each part of a saved split (fold ``fold`` of a K-fold file).
-
-    Reads the file only: it works without the dataset.
-    """
-    path = Path(path)
-    doc = read_json(path)
-    if isinstance(doc, dict) and isinstance(doc.get("folds"), list):
-        if not doc["folds"]:
-            raise DataError(f"{path}: 'folds' is empty")
-        doc = doc["folds"][fold]
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: a split must be a JSON object with train/val/test lists")
-    parts = {k: [str(r) for r in doc[k]] for k in PARTS if isinstance(doc.get(k), list)}
-    if not parts:
-        raise DataError(f"{path}: no train/val/test lists found")
-    return parts
 
 
 def patient_of(rel: str) -> str:
@@ -64,8 +48,6 @@ def natural_order(rels: list[str]) -> list[str]:
 
 def slice_paths(data: str | Path, rels: list[str]) -> dict[str, tuple[Path, Path]]:
     """(image, mask) of each slice path under the dataset folder ``data``."""
-    from mambaseg.data.layout import find_slices
-
     known = {s.rel: s for s in find_slices(data)}
     missing = [r for r in rels if r not in known or known[r].mask is None]
     if missing:
@@ -76,8 +58,6 @@ def slice_paths(data: str | Path, rels: list[str]) -> dict[str, tuple[Path, Path
 
 def tumour_flags(data: str | Path, rels: list[str]) -> dict[str, bool]:
     """Whether each slice's mask has any tumour pixel."""
-    from mambaseg.data.io import read_mask
-
     paths = slice_paths(data, rels)
     return {rel: bool(read_mask(paths[rel][1]).any()) for rel in rels}
 
@@ -85,11 +65,7 @@ def tumour_flags(data: str | Path, rels: list[str]) -> dict[str, bool]:
 def count_split(data: str | Path, path: Path) -> dict[str, dict[str, int]]:
     """Counts of each part of the split file ``path`` (``split_stats`` of the data package),
     plus how many of a part's patients also appear in another part (0 for a leak-free split)."""
-    from mambaseg.data.splits import resolve_split
-    from mambaseg.data.stats import split_stats
-
-    doc = read_json(path)
-    fold = 0 if isinstance(doc, dict) and "folds" in doc else None
+    fold = 0 if "folds" in load_split(path) else None
     parts = resolve_split(data, str(path), fold=fold)
     counts = split_stats(parts)["parts"]
     patients = {part: {s.patient for s in slices} for part, slices in parts.items()}

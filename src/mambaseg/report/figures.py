@@ -8,7 +8,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from mambaseg.report.samples import Fig3Inputs, Predictions, dice
+from mambaseg.inference.predictions import Predictions
+from mambaseg.metrics import dice
+from mambaseg.report.samples import Fig3Inputs
 from mambaseg.report.tables import Row
 
 FIG1 = "fig1_data.png"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mambaseg._version import __version__
 from mambaseg.report.collect import Run
 from mambaseg.report.paper import PaperTable
 from mambaseg.report.tables import (
@@ -108,8 +109,6 @@ def render(results_dir: Path, out_dir: Path, rows: list[Row], runs: dict[tuple[s
            paper: PaperTable, notes: dict[str, str], figures: dict[str, Path | None],
            log: dict | None, data_given: bool, warnings: list[str]) -> str:
     """The whole README as Markdown."""
-    from mambaseg import __version__
-
     ran = sum(1 for r in rows if r.any_run)
     any_invalid = any(run.invalid for run in runs.values())
     paper_epochs = f"{paper.epochs} epochs" if paper.epochs else "the paper's schedule"

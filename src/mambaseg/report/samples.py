@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mambaseg.data.io import read_image, read_mask
 from mambaseg.errors import DataError, MambasegError
 from mambaseg.report.datastats import natural_order, slice_paths
 
@@ -69,8 +70,6 @@ def build_fig3_inputs(data: str | Path, test_rels: list[str], flags: dict[str, b
         rels = choose_evenly(tumour, slices)
     else:
         rels = list(slices)
-    from mambaseg.data.io import read_image, read_mask
-
     paths = slice_paths(data, rels)
     images = np.stack([read_image(paths[r][0]) for r in rels])
     masks = np.stack([read_mask(paths[r][1]) for r in rels])
@@ -98,37 +97,3 @@ def fig3_arrays(inputs: Fig3Inputs, split: str = "paper", part: str = "test") ->
         "split": np.array(split),
         "part": np.array(part),
     }
-
-
-class Predictions:
-    """A model's saved test predictions (``predictions.npz``: rel, packed masks, shape)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        try:
-            with np.load(self.path, allow_pickle=False) as z:
-                self.rels = [str(r) for r in z["rel"]]
-                self.packed = z["masks"]
-                self.shape = tuple(int(s) for s in z["shape"])
-        except (KeyError, ValueError, OSError) as exc:
-            raise DataError(f"{self.path}: not a valid predictions file ({exc})") from exc
-        if len(self.shape) != 3 or self.packed.shape[0] != self.shape[0] or len(self.rels) != self.shape[0]:
-            raise DataError(f"{self.path}: 'rel', 'masks' and 'shape' {self.shape} disagree")
-        self.index = {r: i for i, r in enumerate(self.rels)}
-
-    def __contains__(self, rel: str) -> bool:
-        return rel in self.index
-
-    def get(self, rel: str) -> np.ndarray | None:
-        """The (H, W) uint8 {0,1} prediction of slice ``rel``, or None if it was not predicted."""
-        i = self.index.get(rel)
-        if i is None:
-            return None
-        return np.unpackbits(self.packed[i], axis=-1, count=self.shape[2]).astype(np.uint8)
-
-
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two binary masks; 1.0 when both are empty."""
-    inter = float(np.logical_and(pred > 0, gt > 0).sum())
-    total = float((pred > 0).sum() + (gt > 0).sum())
-    return 1.0 if total == 0 else 2.0 * inter / total

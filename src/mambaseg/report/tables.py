@@ -1,8 +1,11 @@
 """Table I of the reproduction: one row per model, built from saved runs and the paper's numbers."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
+from mambaseg.models import count_parameters, list_models
 from mambaseg.report.collect import Run
 from mambaseg.report.paper import PAPER_MODELS, PaperEntry, PaperTable
 
@@ -14,6 +17,22 @@ NOT_AVAILABLE = "n/a"
 INVALID_MARK = " ✗"
 #: a row is listed under "Differences from the paper" when |ours - paper| exceeds this
 TOLERANCE = 0.01
+
+
+def as_number(x: Any) -> float | None:
+    """``x`` as a finite float, else None (missing, NaN, not a number)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def as_dict(x: Any) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def fmt_minutes(x: Any) -> str:
+    x = as_number(x)
+    return MISSING if x is None else f"{x:.1f}"
 
 
 def fmt_int(n: int | None) -> str:
@@ -91,8 +110,6 @@ class Row:
         for run in (self.paper_run, self.patient_run):
             if run is not None and run.parameters is not None:
                 return run.parameters
-        from mambaseg.models import count_parameters, list_models
-
         return count_parameters(self.model) if self.model in list_models() else None
 
     @property
