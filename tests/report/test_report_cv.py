@@ -224,7 +224,7 @@ def test_ablation_cpu_latency_comes_from_the_benchmark_file(cv):
     abl = section(report(cv), "## Ablation")
     assert ablation_row(abl, "a_baseline")[9] == "123"
     assert ablation_row(abl, "r2_one")[9] == "46"
-    assert f"2 torch threads, {where}, torch 9.9" in abl
+    assert f"`benchmarks/predict.py --batches 1 --json`, {where}, torch 9.9" in abl
 
 
 def test_machine_json_may_list_several_sessions(cv):

@@ -121,8 +121,8 @@ def latency_note(latency: dict) -> str:
         return (f"CPU ms/slice: not measured (no `{ABLATION_DIR}/{LATENCY_FILE}`; "
                 "`benchmarks/predict.py --json` writes it).")
     return (f"CPU ms/slice: median wall milliseconds of one 256×256 slice at batch 1 "
-            f"(`benchmarks/predict.py --batches 1 --json`, {first.get('threads', '?')} torch "
-            f"threads, {first.get('where', '?')}, torch {first.get('torch', '?')}; "
+            f"(`benchmarks/predict.py --batches 1 --json`, {first.get('where', '?')}, torch "
+            f"{first.get('torch', '?')}; "
             f"`{ABLATION_DIR}/{LATENCY_FILE}`).")
 
 
