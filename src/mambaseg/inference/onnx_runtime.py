@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mambaseg._version import __version__
 from mambaseg.data import io
 from mambaseg.data.io import image_from_array, read_image_noted, write_png
 from mambaseg.errors import DataError, MambasegError
@@ -40,7 +39,7 @@ from mambaseg.files import prepare_dir, write_json
 from mambaseg.inference import model_info
 from mambaseg.inference.postprocess import PostProcess, postprocess_masks, resolve_postprocess
 from mambaseg.inference.predict_inputs import (MAX_PIXELS, Item, PredictResult, check_outdir,
-                                               check_targets, collect_inputs, dice_of,
+                                               check_targets, collect_inputs, result_fields,
                                                output_paths, output_tag, overlay_image, reason,
                                                record, units)
 from mambaseg.progress import progress_bar
@@ -469,7 +468,6 @@ def _probs(model: OnnxModel, images: list[np.ndarray], batch_size: int, rescale:
 
 def _summary(input, outdir, model: OnnxModel, threshold, res: PredictResult, seconds,
              rescale) -> dict:
-    records = res.written
     return {
         "input": str(input), "output": str(outdir), "model": model.model_name,
         "checkpoint": f"onnx:{model.path}", "onnx": str(model.path),
@@ -478,11 +476,5 @@ def _summary(input, outdir, model: OnnxModel, threshold, res: PredictResult, sec
         "threshold": threshold,
         "device": model.device,
         "model_input_size": model.input_size, "rescale": bool(rescale),
-        "counts": {"inputs": len(records) + len(res.skipped), "written": len(records),
-                   "skipped": len(res.skipped),
-                   "converted": sum(1 for r in records if r["notes"]),
-                   "with_truth": sum(1 for r in records if "dice" in r)},
-        "dice": dice_of(records),
-        "images": records, "skipped": res.skipped, "warnings": res.warnings,
-        "seconds": round(seconds, 3), "mambaseg_version": __version__,
+        **result_fields(res, seconds),
     }

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mambaseg._version import __version__
 from mambaseg.data.io import NAN_POLICIES, decode, write_png
 from mambaseg.data.nifti import holds_volumes
 from mambaseg.device import resolve_device
@@ -32,7 +31,7 @@ from mambaseg.inference.loading import checkpoint_list, load_model, source_label
 from mambaseg.inference.model_info import model_name
 from mambaseg.inference.postprocess import PostProcess, postprocess_masks, resolve_postprocess
 from mambaseg.inference.predict_inputs import (MAX_PIXELS, PredictResult, check_outdir,
-                                               check_targets, collect_inputs, dice_of, image_for,
+                                               check_targets, collect_inputs, result_fields, image_for,
                                                input_channels, load_image, model_channels,
                                                output_paths, output_tag, overlay_image, reason,
                                                record, units)
@@ -126,7 +125,7 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
             bar.update(1)
     bar.close()
 
-    res.summary = _summary(input, outdir, net, model, checkpoint, threshold, dev, res.written,
+    res.summary = _summary(input, outdir, net, model, checkpoint, threshold, dev,
                            res, time.perf_counter() - t0, rescale)
     res.summary.update(_pp_summary(pp, pp_source, res.written))
     res.summary.update(nan_policy=nan_policy, max_pixels=int(max_pixels))
@@ -155,7 +154,7 @@ def _pp_summary(pp: PostProcess, source: str, records: list[dict]) -> dict:
             "postprocess_removed_pixels": sum(r.get("removed_pixels", 0) for r in records)}
 
 
-def _summary(input, outdir, net, model, checkpoint, threshold, dev, records, res,
+def _summary(input, outdir, net, model, checkpoint, threshold, dev, res,
              seconds, rescale) -> dict:
     return {
         "input": str(input), "output": str(outdir), "model": model_name(net),
@@ -167,13 +166,7 @@ def _summary(input, outdir, net, model, checkpoint, threshold, dev, records, res
         "channels": list(model_channels(net) or []) or None,
         "device": str(dev),
         "model_input_size": getattr(net, "input_size", None), "rescale": bool(rescale),
-        "counts": {"inputs": len(records) + len(res.skipped), "written": len(records),
-                   "skipped": len(res.skipped),
-                   "converted": sum(1 for r in records if r["notes"]),
-                   "with_truth": sum(1 for r in records if "dice" in r)},
-        "dice": dice_of(records),
-        "images": records, "skipped": res.skipped, "warnings": res.warnings,
-        "seconds": round(seconds, 3), "mambaseg_version": __version__,
+        **result_fields(res, seconds),
     }
 
 

@@ -355,6 +355,21 @@ def dice_of(records: Sequence[dict]) -> dict | None:
             "tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum())}
 
 
+def result_fields(res: "PredictResult", seconds: float) -> dict:
+    """The keys every predict ``summary.json`` ends with: counts, Dice, the per-image records,
+    skipped inputs, warnings, time and version."""
+    records = res.written
+    return {
+        "counts": {"inputs": len(records) + len(res.skipped), "written": len(records),
+                   "skipped": len(res.skipped),
+                   "converted": sum(1 for r in records if r["notes"]),
+                   "with_truth": sum(1 for r in records if "dice" in r)},
+        "dice": dice_of(records),
+        "images": records, "skipped": res.skipped, "warnings": res.warnings,
+        "seconds": round(seconds, 3), "mambaseg_version": __version__,
+    }
+
+
 def overlay_image(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """RGB uint8 (H, W, 3): ``image`` with ``mask`` tinted red and its contour (mask pixels with
     a 4-neighbour outside it, as ``metrics.boundary``) in pure red."""
