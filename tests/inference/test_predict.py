@@ -12,6 +12,7 @@ from PIL import Image
 
 from mambaseg.inference import predict as P
 from mambaseg.errors import DataError, MambasegError
+from mambaseg.inference.predict_inputs import overlay_image
 from toy_data import Bright
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lgg-sample"
@@ -57,7 +58,7 @@ def test_overlay_tints_the_mask_and_draws_a_red_contour():
     img = np.full((10, 10), 100, np.uint8)
     mask = np.zeros((10, 10), bool)
     mask[2:8, 2:8] = True
-    out = P.overlay_image(img, mask)
+    out = overlay_image(img, mask)
     assert out.shape == (10, 10, 3) and out.dtype == np.uint8
     assert tuple(out[2, 2]) == (255, 0, 0)                     # contour
     assert out[4, 4, 0] > 100 and out[4, 4, 1] < 100           # tinted inside

@@ -33,14 +33,14 @@ from pathlib import Path
 import numpy as np
 
 from mambaseg.data import io
-from mambaseg.data.io import image_from_array, read_image_noted, write_png
+from mambaseg.data.io import image_from_array, read_image_noted
 from mambaseg.errors import DataError, MambasegError
 from mambaseg.files import prepare_dir, write_json
 from mambaseg.inference import model_info
 from mambaseg.inference.postprocess import PostProcess, postprocess_masks, resolve_postprocess
 from mambaseg.inference.predict_inputs import (MAX_PIXELS, Item, PredictResult, check_outdir,
                                                check_targets, collect_inputs, result_fields,
-                                               output_paths, output_tag, overlay_image, reason,
+                                               output_paths, reason, write_outputs,
                                                record, units)
 from mambaseg.progress import progress_bar
 
@@ -406,7 +406,6 @@ def run_predict_onnx(input: str | Path, outdir: str | Path, onnx: str | Path,
     check_targets(outdir, targets, overwrite)
     prepare_dir(outdir)
 
-    tag = output_tag()
     t0 = time.perf_counter()
     res = PredictResult({}, outdir, warnings=warnings)
     bar = _bar(len(items), progress and len(items) > PROGRESS_MIN)
@@ -427,12 +426,7 @@ def run_predict_onnx(input: str | Path, outdir: str | Path, onnx: str | Path,
         masks = postprocess_masks(raw, [it.group for it, _, _ in loaded], pp)
         for (item, img, note), prob, mask, before in zip(loaded, probs, masks, raw):
             paths = targets[item.rel]
-            write_png(paths["mask"], mask.astype(np.uint8) * 255, text=tag)
-            if "prob" in paths:
-                write_png(paths["prob"], np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8),
-                          text=tag)
-            if "overlay" in paths:
-                write_png(paths["overlay"], overlay_image(img, mask), text=tag)
+            write_outputs(paths, img, prob, mask)
             rec = record(item, outdir, paths, mask, note)
             if pp.active:
                 rec["removed_pixels"] = int(before.sum()) - int(mask.sum())

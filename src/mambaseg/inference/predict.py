@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mambaseg.data.io import NAN_POLICIES, decode, write_png
+from mambaseg.data.io import NAN_POLICIES, decode
 from mambaseg.data.nifti import holds_volumes
 from mambaseg.device import resolve_device
 from mambaseg.errors import DataError, MambasegError
@@ -31,9 +31,10 @@ from mambaseg.inference.loading import checkpoint_list, load_model, source_label
 from mambaseg.inference.model_info import model_name
 from mambaseg.inference.postprocess import PostProcess, postprocess_masks, resolve_postprocess
 from mambaseg.inference.predict_inputs import (MAX_PIXELS, PredictResult, check_outdir,
-                                               check_targets, collect_inputs, result_fields, image_for,
+                                               check_targets, collect_inputs, image_for,
                                                input_channels, load_image, model_channels,
-                                               output_paths, output_tag, overlay_image, reason,
+                                               result_fields,
+                                               output_paths, reason, write_outputs,
                                                record, units)
 from mambaseg.inference.runner import image_probs, predict_probs
 from mambaseg.inference.volumes import run_predict_volumes
@@ -45,15 +46,6 @@ PROGRESS_MIN = 5
 
 # ----------------------------------------------------------------------------- images
 
-def _write_outputs(paths: dict[str, Path], image: np.ndarray, prob: np.ndarray,
-                   mask: np.ndarray) -> None:
-    tag = output_tag()  # marks them as predictions: never taken for ground truth or inputs
-    write_png(paths["mask"], mask.astype(np.uint8) * 255, text=tag)
-    if "prob" in paths:
-        write_png(paths["prob"], np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8),
-                  text=tag)
-    if "overlay" in paths:
-        write_png(paths["overlay"], overlay_image(image, mask), text=tag)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -117,7 +109,7 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
         raw = [prob > threshold for prob in probs]
         masks = postprocess_masks(raw, [it.group for it, _, _ in loaded], pp)
         for (item, img, note), prob, mask, before in zip(loaded, probs, masks, raw):
-            _write_outputs(targets[item.rel], img, prob, mask)
+            write_outputs(targets[item.rel], img, prob, mask)
             rec = record(item, outdir, targets[item.rel], mask, note)
             if pp.active:
                 rec["removed_pixels"] = int(before.sum()) - int(mask.sum())

@@ -30,7 +30,7 @@ import numpy as np
 from mambaseg._version import __version__
 from mambaseg.data.channels import CHOICES, checkpoint_channels, choice_of, select_channels
 from mambaseg.data.io import (IMAGE_SUFFIXES, MASK_SUFFIXES, NonFiniteError, decode,
-                              image_from_array, image_size, png_text, read_mask)
+                              image_from_array, image_size, png_text, read_mask, write_png)
 from mambaseg.data.layout import scan
 from mambaseg.errors import DataError, MambasegError
 from mambaseg.inference.model_info import forward_size
@@ -353,6 +353,19 @@ def dice_of(records: Sequence[dict]) -> dict | None:
             "slice_mean": float(dice_from_counts(tp, fp, fn).mean()),
             "n": len(scored), "n_tumour": int(((tp + fn) > 0).sum()),
             "tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum())}
+
+
+def write_outputs(paths: dict[str, Path], image: np.ndarray, prob: np.ndarray,
+                  mask: np.ndarray) -> None:
+    """Write one image's mask, and its probability map and overlay where ``paths`` asks for
+    them, each tagged as a prediction (never taken for ground truth or an input)."""
+    tag = output_tag()
+    write_png(paths["mask"], mask.astype(np.uint8) * 255, text=tag)
+    if "prob" in paths:
+        write_png(paths["prob"], np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8),
+                  text=tag)
+    if "overlay" in paths:
+        write_png(paths["overlay"], overlay_image(image, mask), text=tag)
 
 
 def result_fields(res: "PredictResult", seconds: float) -> dict:
