@@ -11,6 +11,10 @@ one host sync per epoch), after a warm-up, and prints one row per model::
     python benchmarks/train_epoch.py --models unet --compile
     python benchmarks/train_epoch.py --models ulvm_unet --cuda-graphs off   # eager steps
     python benchmarks/train_epoch.py --device cpu --models ulvm_unet --n-train 64 --n-val 16
+    python benchmarks/train_epoch.py --models mambaseg_s:directions=1 --channels-last on --profile 20
+
+A model is ``NAME`` or ``NAME:KEY=VALUE,...`` (options of its factory, as ``benchmarks/predict.py``).
+``--profile N`` also prints the CUDA kernels that took the most time over N eager training steps.
 
 Timing: a warm-up (the first ``--warmup-steps`` batches plus the epoch's last, smaller batch,
 and a validation pass), a short probe that estimates the step time, then ``--epochs`` timed
@@ -39,6 +43,9 @@ from mambaseg.training import train_state as C
 from mambaseg.training.config import TrainConfig, resolved_settings
 from mambaseg.training.loop import DeviceData, epoch_batches, resize_arrays, train_epoch, validate
 from mambaseg.training.losses import get_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict import parse_spec  # noqa: E402
 
 #: the order of ``--models all`` (the headline models first), then any other registered one
 ALL_MODELS = ["unet", "resnet18", "resnet50", "umamba_bot", "umamba_bot_pp", "segformer",
@@ -72,11 +79,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_model(name: str, arrays, device: torch.device, args) -> dict:
-    """Time one model; returns a table row."""
+def bench_model(spec: str, arrays, device: torch.device, args) -> dict:
+    """Time one model (``NAME[:KEY=VALUE,...]``); returns a table row."""
+    name, kwargs = parse_spec(spec)
     s = resolved_settings(TrainConfig(model=name, preset=args.preset, batch_size=args.batch_size))
     bs = int(s["batch_size"])
-    channels_last = B.use_channels_last(name, device, None)
+    channels_last = B.use_channels_last(name, device, {"on": True, "off": False}.get(args.channels_last))
     parts = {}
     for part, (images, masks) in arrays.items():
         if s["image_size"] is not None:
@@ -85,7 +93,7 @@ def bench_model(name: str, arrays, device: torch.device, args) -> dict:
     train_data, val_data = parts["train"], parts["val"]
 
     torch.manual_seed(0)
-    model = B.build_model(name, 3, {}).to(device)
+    model = B.build_model(name, 3, kwargs).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
@@ -154,7 +162,9 @@ def bench_model(name: str, arrays, device: torch.device, args) -> dict:
             C.save_checkpoint(Path(tmp) / "last", model, {}, train_state=state)
             ckpt_s = time.perf_counter() - c0
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    row = {"model": name, "params_m": params / 1e6, "batch": bs,
+    if args.profile:
+        profile_steps(model, train_data, optimizer, loss_fn, amp, bs, gen, device, args.profile)
+    row = {"model": spec + (" CL" if channels_last else ""), "params_m": params / 1e6, "batch": bs,
            "size": int(train_data.images.shape[-1]), "steps": f"{min(steps, total)}/{total}",
            "train_s": train_s, "val_s": val_s, "epoch_s": train_s + val_s,
            "img_s": len(train_data) / train_s, "warmup_s": warmup_s, "ckpt_s": ckpt_s,
@@ -165,6 +175,21 @@ def bench_model(name: str, arrays, device: torch.device, args) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def profile_steps(model, data, optimizer, loss_fn, amp, bs, gen, device, steps: int,
+                  rows: int = 20) -> None:
+    """Print the CUDA kernels taking the most time over ``steps`` eager training steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batches = epoch_batches(len(data), bs, gen, device)[:steps]
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        train_epoch(model, data, batches, optimizer, loss_fn, amp_dtype=amp)
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70),
+          flush=True)
 
 
 HEADER = (f"{'model':<14} {'params':>7} {'batch':>5} {'size':>4} {'steps':>9} {'train s':>8} "
@@ -209,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-checkpoint-time", dest="checkpoint_time", action="store_false")
     p.add_argument("--time-limit", type=float, help="skip the remaining models once this many "
                    "seconds have passed (data loading included)")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="memory format, as `mambaseg train --channels-last` (default auto)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also print the top CUDA kernels of N eager training steps")
     p.add_argument("--output", type=Path, help="also write the table to this file")
     args = p.parse_args(argv)
 

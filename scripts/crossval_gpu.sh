@@ -4,6 +4,10 @@
 #   bash scripts/crossval_gpu.sh start DATA PLAN  # in the background: the 5-fold split, then
 #                                                 #   the runs of PLAN side by side (below)
 #   bash scripts/crossval_gpu.sh wait S           # wait up to S s; pack what is done into $OUT
+#   bash scripts/crossval_gpu.sh bench            # in the background: training throughput of
+#                                                 #   mambaseg_s in both memory formats (no data)
+#   bash scripts/crossval_gpu.sh state NAME       # pack NAME's unfinished folds (last/) into $OUT
+#                                                 #   to resume them in a later session
 #
 # Plans (every run uses --preset recommended plus the options shown):
 #   recipe1  unet and ulvm_unet_v6, 5 folds each (30 epochs), and the recipe ablation
@@ -14,6 +18,9 @@
 #            deepest level only, or no Mamba. On 2026-12-06 the GPU time ran out before the
 #            mambaseg_s rows reached epoch 40 (see results/cv/notes.md); lr 1e-3 is given
 #            explicitly because the recommended lr of their family was 1e-3 then (3e-4 now).
+#   round3   5 folds each of ulvm_unet_v6 at lr 3e-4 (three channels, and FLAIR alone), and
+#            mambaseg_s with one scan order at lr 3e-4 (two folds at a time; channels_last when
+#            MAMBASEG_CL=on, after `bench` showed it faster)
 #
 # Runs land in $CV (default /root/cv); `wait` copies the small files (and the weights of the
 # models of at most 1 M parameters) into $OUT as tar files.
@@ -33,7 +40,7 @@ EPOCHS=${EPOCHS:-}             # set only to shorten every run (a smoke test)
 cv() {  # NAME MODEL ARGS...: 5-fold cross-validation, folds side by side, in the background
   local name=$1 model=$2; shift 2
   setsid nohup $ms crossval --model "$model" --data "$DATA" --split "$CV/split5.json" \
-    --preset recommended -o "$CV/$name" --parallel 5 --no-progress "$@" ${EPOCHS:+--epochs $EPOCHS} \
+    --preset recommended -o "$CV/$name" --parallel "${PARALLEL:-5}" --no-progress "$@" ${EPOCHS:+--epochs $EPOCHS} \
     $([ -d "$CV/$name" ] && echo --resume) > "$CV/logs/$name.log" 2>&1 < /dev/null &
 }
 fold0() {  # NAME MODEL ARGS...: fold 0 only, in the background, scored on its validation part
@@ -77,9 +84,32 @@ start)
     fold0 r10_mambaseg_s_deep_only mambaseg_s --epochs 40 --lr 1e-3 --model-arg mamba_levels=1
     fold0 r11_mambaseg_s_two_orders mambaseg_s --epochs 40 --lr 1e-3 --model-arg directions=2
     ;;
+  round3)
+    cv ulvm_unet_v6_lr3e-4 ulvm_unet_v6 --lr 3e-4
+    cv ulvm_unet_v6_flair ulvm_unet_v6 --lr 3e-4 --channels flair
+    PARALLEL=2 cv mambaseg_s_o1 mambaseg_s --model-arg directions=1 \
+      --channels-last "${MAMBASEG_CL:-auto}"
+    ;;
   *) echo "unknown plan $3" >&2; exit 2 ;;
   esac
   echo started; date
+  ;;
+bench)  # from its own copy of the package, so that a `start` meanwhile does not disturb it
+  rm -rf "$CV/bench" && mkdir -p "$CV/bench" && cp -r "$SRC" "$SRC/../benchmarks" "$CV/bench/"
+  b="env PYTHONPATH=$CV/bench/src python3 $CV/bench/benchmarks/train_epoch.py --preset recommended"
+  b="$b --epochs 1 --budget 15 --no-checkpoint-time"
+  setsid nohup bash -c "$b --models mambaseg_s:directions=1 unet --channels-last off; \
+    $b --models mambaseg_s:directions=1 mambaseg_s --channels-last on; \
+    $b --models mambaseg_s:directions=1 --channels-last on --profile 20 --budget 5" \
+    > "$CV/logs/bench_round3.log" 2>&1 < /dev/null &
+  echo started bench
+  ;;
+state)
+  name=${2:?cross-validation name}
+  cd "$CV/$name" && for f in fold_*; do
+    [ -f "$f/summary.json" ] || tar cf "$OUT/state-$name-$f.tar" "$f" --exclude=best
+  done
+  ls -la "$OUT"
   ;;
 wait)
   end=$((SECONDS + ${2:?seconds}))
@@ -88,14 +118,13 @@ wait)
   tail -n 2 "$CV"/logs/*.log
   cd "$CV" && tar cf "$OUT/cv-results.tar" --exclude='last' --exclude='best' --exclude='src' \
     --exclude='benchmarks' --exclude='*.png' --exclude='*.tar' . 2>/dev/null
-  # weights of the models of at most 1 M parameters (one tar per fold: 16 MiB per file)
+  # weights of the models of at most 1 M parameters (a tar per model, in 15 MiB pieces)
   for d in */fold_0/best; do
     m=${d%%/*}
     python3 -c "import json,sys; sys.exit(json.load(open('$d/config.json')).get('num_parameters', 0) > 1e6)" \
       2>/dev/null || continue
-    for f in "$m"/fold_*; do
-      tar cf "$OUT/weights-$m-${f##*/}.tar" "$f"/best/config.json "$f"/best/model.safetensors 2>/dev/null
-    done
+    tar cf - "$m"/fold_*/best/config.json "$m"/fold_*/best/model.safetensors 2>/dev/null \
+      | split -b 15M -d - "$OUT/weights-$m.tar."
   done
   ls -la "$OUT"
   ;;

@@ -52,8 +52,8 @@ SPLIT = "split.json"
 SUMMARY = "summary.json"
 PREDICTIONS = "predictions.npz"
 #: what resuming may change; every other setting must match the saved cross-validation
-RESUME_MAY_CHANGE = ("epochs", "device", "amp", "cuda_graphs", "progress", "val_batch_size",
-                     "data")
+RESUME_MAY_CHANGE = ("epochs", "device", "amp", "cuda_graphs", "channels_last", "progress",
+                     "val_batch_size", "data")
 
 Printer = Callable[[str], None]
 
