@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.__version__}; device {device} ({where})")
 
     if args.profile:
-        model = create_model(args.profile).eval()
+        name, kwargs = parse_spec(args.profile)
+        model = create_model(name, **kwargs).eval()
         torch.set_num_threads(threads[0])
         profile(model, device, reps=args.reps)
         return 0

@@ -28,17 +28,26 @@ import torch
 SIZE = 256
 
 
-def timed(fn, reps: int, warmup: int = 1) -> tuple[float, float]:
-    """Median (wall, process CPU) seconds of ``fn()``."""
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
+def timed(fns, reps: int, warmup: int = 1) -> list[tuple[list[float], list[float]]]:
+    """Per function of ``fns``: (wall, process CPU) seconds of ``reps`` calls, the functions
+    interleaved (one call of each per round), so that a change in the machine's load hits all."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    out = [([], []) for _ in fns]
     for _ in range(reps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(wall), statistics.median(cpu)
+        for fn, (wall, cpu) in zip(fns, out):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    return out
+
+
+def spread(times: list[float], per: int) -> str:
+    """``median (min-max)`` in ms per slice."""
+    ms = [1000 * t / per for t in times]
+    return f"{statistics.median(ms):.1f} ({min(ms):.0f}-{max(ms):.0f})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: export it to a temporary file first)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both (default 2)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
-    ap.add_argument("--reps", type=int, default=5, help="timed repetitions (median reported)")
+    ap.add_argument("--reps", type=int, default=5, help="timed repetitions, PyTorch and onnxruntime interleaved (median and range "
+                    "reported)")
     args = ap.parse_args(argv)
 
     import onnxruntime
@@ -76,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             export_s = time.perf_counter() - t0
         onnx_model = OnnxModel(path, device="cpu", threads=args.threads)
         cpu = platform.processor() or platform.machine()
-        print(f"# {name}: predict's model step on {SIZE}x{SIZE} uint8 slices, median of "
-              f"{args.reps}; {args.threads} threads each; {cpu}; torch {torch.__version__}, "
+        print(f"# {name}: predict's model step on {SIZE}x{SIZE} uint8 slices, median (min-max) "
+              f"of {args.reps} interleaved runs; {args.threads} threads each; {cpu}; torch {torch.__version__}, "
               f"onnxruntime {onnxruntime.__version__}"
               + (f"; export took {export_s:.0f} s" if export_s else ""))
         print("| batch | PyTorch ms/slice | PyTorch CPU ms/slice | onnxruntime ms/slice | "
@@ -90,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             pt = predict_probs(net, xt, batch_size=b, device="cpu").numpy()
             po = onnx_model.predict_probs(x, batch_size=b)
             diff = float(np.abs(pt - po).max())
-            t_wall, t_cpu = timed(lambda: predict_probs(net, xt, batch_size=b, device="cpu"),
-                                  args.reps)
-            o_wall, o_cpu = timed(lambda: onnx_model.predict_probs(x, batch_size=b), args.reps)
-            print(f"| {b} | {1000 * t_wall / b:.1f} | {1000 * t_cpu / b:.1f} | "
-                  f"{1000 * o_wall / b:.1f} | {1000 * o_cpu / b:.1f} | {t_wall / o_wall:.2f}x | "
-                  f"{diff:.1e} |", flush=True)
+            (t_wall, t_cpu), (o_wall, o_cpu) = timed(
+                [lambda: predict_probs(net, xt, batch_size=b, device="cpu"),
+                 lambda: onnx_model.predict_probs(x, batch_size=b)], args.reps)
+            ratio = statistics.median(t_wall) / statistics.median(o_wall)
+            print(f"| {b} | {spread(t_wall, b)} | {spread(t_cpu, b)} | {spread(o_wall, b)} | "
+                  f"{spread(o_cpu, b)} | {ratio:.2f}x | {diff:.1e} |", flush=True)
     return 0
 
 

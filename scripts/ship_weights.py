@@ -38,13 +38,16 @@ def main(argv: list[str] | None = None) -> int:
                     "model (predict, segment() and demo use it when no model is named)")
     ap.add_argument("--fp32", action="store_true", help="store fp32 weights (default: fp16)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --dest")
+    ap.add_argument("--evaluated", help="the summary path to record (default: CV_DIR/summary.json "
+                    "relative to here), e.g. its copy under results/cv/ when CV_DIR is the GPU "
+                    "machine's folder with the weights")
     a = ap.parse_args(argv)
     import torch
 
     try:
         dest = a.dest or REPO / "src" / "mambaseg" / "weights" / default_name(a.cv_dir)
         out = ship_crossval(a.cv_dir, dest, dtype=None if a.fp32 else torch.float16,
-                            default=a.default, overwrite=a.overwrite)
+                            default=a.default, overwrite=a.overwrite, evaluated=a.evaluated)
     except MambasegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

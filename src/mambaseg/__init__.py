@@ -10,7 +10,9 @@ Public API::
     mask_img, summary = mambaseg.segment_volume("case.nii.gz")  # NIfTI (pip install 'mambaseg[nifti]')
 
 The names are imported on first use (``__getattr__``): ``import mambaseg`` imports no torch, so
-the CLI's ``--help`` stays fast and ``predict --onnx`` runs without PyTorch. The packages:
+the CLI's ``--help`` stays fast and ``predict --onnx`` runs without PyTorch (``pip install
+'mambaseg[onnx]'``); without PyTorch the names that need it raise ModuleNotFoundError saying
+``pip install 'mambaseg[torch]'``. The packages:
 ``data``, ``models`` (with ``nn`` and ``ops``), ``training``, ``inference``, ``metrics``,
 ``report`` and ``cli`` (docs/architecture.md).
 """
@@ -21,6 +23,16 @@ __all__ = ["__version__", "create_model", "list_models", "from_pretrained", "seg
 
 
 def __getattr__(name):
+    try:
+        return _public(name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("torch", "torchvision", "safetensors"):
+            raise
+        raise ModuleNotFoundError(f"mambaseg.{name} needs PyTorch, which is not installed: "
+                                  "pip install 'mambaseg[torch]'", name=exc.name) from None
+
+
+def _public(name):
     if name in ("create_model", "list_models", "from_pretrained"):
         from mambaseg import models
 

@@ -13,20 +13,20 @@ def _outputs(out):
 
 
 def test_demo_segments_the_sample_with_the_shipped_model(tmp_path, capsys):
-    """The README's first command with the default shipped model (the 5-fold ulvm_unet_v6
-    ensemble). On the CPU its pooled Dice on the sample is 0.8328, per-slice mean 0.8934
+    """The README's first command with the default shipped model (the 5-fold mambaseg_s
+    ensemble). On the CPU its pooled Dice on the sample is 0.8553, per-slice mean 0.9195
     (optimistic: four of its five fold models trained on these patients); a floor below them
     catches a model that no longer segments (a broken pre- or post-processing, wrong weights)."""
-    assert default_shipped() == "ulvm_unet_v6_cv5"
+    assert default_shipped() == "mambaseg_s_cv5"
     out = tmp_path / "demo"
     assert cli.main(["demo", "-o", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "using the shipped ulvm_unet_v6_cv5 weights: an ensemble of 5" in printed
+    assert "using the shipped mambaseg_s_cv5 weights: an ensemble of 5" in printed
     assert "Dice against the sample's masks: pooled" in printed
     masks, overlays = _outputs(out)
     assert len(masks) == 62 and len(overlays) == 62
     summary = json.loads((out / "predictions" / "summary.json").read_text())
-    assert summary["checkpoint"] == "shipped:ulvm_unet_v6_cv5"
+    assert summary["checkpoint"] == "shipped:mambaseg_s_cv5"
     assert summary["dice"]["n"] == 62 and summary["dice"]["n_tumour"] == 25
     assert summary["dice"]["pooled"] > 0.80 and summary["dice"]["slice_mean"] > 0.85
     # a second run replaces what the first demo wrote

@@ -106,7 +106,7 @@ def _predict_both(tmp_path, capsys, onnx_file, *args):
     assert so["counts"] == st["counts"] and so["postprocess"] == st["postprocess"]
     assert so["checkpoint"] == f"onnx:{onnx_file}"
     assert so["device"] == "onnxruntime:CPUExecutionProvider"
-    assert so["model"] == st["model"] == "ulvm_unet_v6"
+    assert so["model"] == st["model"] and st["model"] in ("ulvm_unet_v6", "mambaseg_s")
     return st, so
 
 
@@ -125,16 +125,17 @@ def test_sample_masks_match_pytorch_predict_one_member(tmp_path, capsys, fold_on
 
 @pytest.mark.slow
 def test_sample_masks_identical_for_the_default_shipped_model(tmp_path, capsys):
-    """The default shipped model (the 5-fold ensemble of ulvm_unet_v6, one graph) exported with
+    """The default shipped model (the 5-fold ensemble of mambaseg_s, one graph) exported with
     `mambaseg export --model` and run by predict --onnx: the same 62 masks as predict (its
     recommended 3-D largest-component post-processing included). About 90 s on 2 cores."""
     from mambaseg.models.pretrained import default_shipped
 
     name = default_shipped()
-    assert name == "ulvm_unet_v6_cv5"
+    assert name == "mambaseg_s_cv5"
     out = tmp_path / f"{name}.onnx"
     assert main(["export", "--model", name, "-o", str(out), "--no-check"]) == 0
     st, so = _predict_both(tmp_path, capsys, out)
+    assert so["model"] == "mambaseg_s"
     assert so["ensemble_members"] == st["ensemble_members"] == 5
     assert so["postprocess_source"] == st["postprocess_source"] == "checkpoint"
     assert _compare_predictions(tmp_path / "torch", tmp_path / "onnx") == []
@@ -172,6 +173,33 @@ def test_import_mambaseg_and_the_parser_without_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_help_and_torch_commands_without_torch(tmp_path):
+    """Without torch: --help works; a command that needs PyTorch fails with one line naming
+    the extra to install, exit status 2, no traceback, nothing written; so does the Python
+    API's torch-based names."""
+    done = torch_free("--help")
+    assert done.returncode == 0, done.stderr
+    assert "predict" in done.stdout and "train" in done.stdout
+    for args, extra in [(["train", "--model", "ulvm_unet", "-o", tmp_path / "run"], "torch"),
+                        (["predict", "-i", SAMPLE, "-o", tmp_path / "pred"], "torch"),
+                        (["export", "--model", "ulvm_unet_v6", "-o", tmp_path / "m.onnx"],
+                         "export")]:
+        done = torch_free(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert f"mambaseg {args[0]}: error: this command needs PyTorch" in done.stderr
+        assert f"pip install 'mambaseg[{extra}]'" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import mambaseg\n"
+            "try:\n    mambaseg.create_model\n"
+            "except ModuleNotFoundError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert done.stdout.strip() == ("mambaseg.create_model needs PyTorch, which is not installed: "
+                                   "pip install 'mambaseg[torch]'"), done.stderr
 
 
 def test_compare_defaults_equal_the_metrics_constants():

@@ -105,6 +105,25 @@ def test_flair_checkpoint_takes_a_flair_volume_or_the_flair_of_three(tmp_path, c
     assert "FLAIR (channel 1 of 3) taken" in err
 
 
+def test_an_oblique_volume_is_warned_about_naming_the_file_and_the_angle(tmp_path, capsys,
+                                                                         ckpt):
+    t = np.radians(23.4)                       # 23.4 degrees about the left-right axis
+    affine = np.eye(4)
+    affine[1:3, 1:3] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    tilted = _volume(tmp_path / "in" / "tilted.nii.gz", shape=(32, 32, 4, 3), affine=affine)
+    _volume(tmp_path / "in" / "plain.nii.gz", shape=(32, 32, 4, 3))
+    code, _, err = run(capsys, "predict", "-i", tmp_path / "in", "-o", tmp_path / "out",
+                       "--checkpoint", ckpt, "--device", "cpu")
+    assert code == 0, err
+    assert f"warning: {tilted}: oblique volume: its slice axis is 23.4 degrees" in err
+    assert err.count("warning:") == 1
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {c["case"]: c["obliquity_degrees"] for c in s["cases"]} == {"plain": 0.0,
+                                                                       "tilted": 23.4}
+    mask = nib.load(str(tmp_path / "out" / "tilted_mask.nii.gz"))
+    assert mask.shape == (32, 32, 4) and np.allclose(mask.affine, affine)
+
+
 def test_a_folder_skips_the_case_it_cannot_segment(tmp_path, capsys, ckpt):
     _case(tmp_path / "in", "good")
     _volume(tmp_path / "in" / "flat.nii.gz", fill=np.zeros((8, 8), np.float32))

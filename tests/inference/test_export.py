@@ -27,10 +27,12 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript"),
               pytest.mark.filterwarnings("ignore:The feature will be removed")]
 
-#: logits of onnxruntime and PyTorch agree within TOL * max(1, max |logit|): 1e-4 absolute for
-#: logits up to 1, relative beyond (random-init UltraLight nets reach |logits| of 20-40, where
-#: float32 rounding alone is a few 1e-5)
+#: largest |onnxruntime - PyTorch| logit (float32), at 256x256 and at 128x128, every model
 TOL = 1e-4
+#: onnxruntime's logits are at most this many times as far from a float64 evaluation of the same
+#: network as PyTorch's float32 logits are (checked at 192x224, where the two float32 results
+#: of a random-init UltraLight net, |logits| up to 40, differ by up to 2.2e-4)
+ACCURACY_RATIO = 2.0
 
 
 def _session(path) -> "ort.InferenceSession":
@@ -47,17 +49,28 @@ def _logits(model, x):
 
 def _assert_close(out, ref, what):
     err = float(np.abs(out - ref).max())
-    scale = max(1.0, float(np.abs(ref).max()))
-    assert err <= TOL * scale, \
-        f"{what}: max |onnxruntime - torch| = {err:.3g} (|logits| <= {scale:.3g})"
+    assert err <= TOL, f"{what}: max |onnxruntime - torch| = {err:.3g} (|logits| <= " \
+                       f"{float(np.abs(ref).max()):.3g})"
+
+
+def _logits64(model, x):
+    """The model's logits computed in float64 (export forms, as the graph), model unchanged."""
+    try:
+        with export_mode(model, pooling=False):
+            return _logits(model.double(), x.double())
+    finally:
+        model.float()
 
 
 # ----------------------------------------------------------------------------- every model
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_exports_and_matches_pytorch(name, tmp_path):
-    """Random init, eval mode, torch scan backend: logits of the exported graph at the training
-    size (batch 1) and at another valid size (batch 2: batch, height and width are dynamic)."""
+    """Random init, eval mode, torch scan backend: the exported graph's logits are PyTorch's
+    within 1e-4 at the training size (batch 1) and at 128x128 (batch 2: batch, height and width
+    are dynamic). At 192x224 (and 224, 320) the float32 rounding of random-init UltraLight nets
+    (|logits| 10-40) alone differs by more: PyTorch's float32 logits are themselves up to 2.2e-4
+    from a float64 evaluation there; onnxruntime is checked to be as accurate as PyTorch."""
     torch.manual_seed(0)
     kwargs = {"scan_backend": "torch"} if name.startswith(("ulvm", "umamba")) else {}
     model = create_model(name, **kwargs).eval()
@@ -75,12 +88,19 @@ def test_every_model_exports_and_matches_pytorch(name, tmp_path):
     assert isinstance(inp.shape[0], str) and isinstance(inp.shape[2], str)  # dynamic axes
     g = torch.Generator().manual_seed(1)
     sizes = [(1, *valid_size(model, model.input_size, model.input_size)),
-             (2, *valid_size(model, 192, 224))]
+             (2, *valid_size(model, 128, 128))]
     for batch, h, w in sizes:
         x = torch.rand(batch, 3, h, w, generator=g)
         got = sess.run(["logits"], {"image": x.numpy()})[0]
         assert got.shape == (batch, 1, h, w)
         _assert_close(got, _logits(model, x), f"{name} {batch}x{h}x{w}")
+    x = torch.rand(2, 3, *valid_size(model, 192, 224), generator=g)
+    got = sess.run(["logits"], {"image": x.numpy()})[0]
+    exact = _logits64(model, x)
+    err_ort = float(np.abs(got - exact).max())
+    err_torch = float(np.abs(_logits(model, x) - exact).max())
+    assert err_ort <= ACCURACY_RATIO * err_torch + 1e-6, \
+        f"{name} 2x192x224: onnxruntime is {err_ort:.3g} from float64, PyTorch {err_torch:.3g}"
 
 
 # ----------------------------------------------------------------------------- export forms

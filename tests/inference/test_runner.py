@@ -111,3 +111,25 @@ def test_predict_cli_no_resize(tmp_path):
         summary = json.loads((out / "summary.json").read_text())
         assert rc == 0 and summary["rescale"] is rescale and summary["model_input_size"] == 128
         assert np.array(Image.open(out / "a_mask.png")).shape == (256, 256)
+
+
+def test_channels_last_families_run_in_channels_last_with_the_same_probabilities():
+    """predict_probs runs unet, resnet and mambaseg models (and ensembles of them) in the
+    channels_last memory format, which is faster on CPU; the probabilities are those of the
+    default format."""
+    from mambaseg.inference.ensemble import Ensemble
+    from mambaseg.models import create_model
+    from mambaseg.models.base import prefers_channels_last
+
+    torch.manual_seed(0)
+    net = create_model("mambaseg_t", directions=1).eval()
+    x = torch.randint(0, 256, (3, 3, 48, 40), dtype=torch.uint8)
+    with torch.inference_mode():
+        want = torch.sigmoid(net(x.float() / 255.0))   # 48 x 40: a valid size, no padding
+    got = predict_probs(net, x, batch_size=2, rescale=False)
+    assert net.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert prefers_channels_last(net) and prefers_channels_last(create_model("unet"))
+    assert not prefers_channels_last(create_model("ulvm_unet_v6"))
+    assert prefers_channels_last(Ensemble([net, create_model("mambaseg_t")]))
+    assert not prefers_channels_last(Ensemble([net, create_model("ulvm_unet")]))

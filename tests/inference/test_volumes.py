@@ -203,3 +203,50 @@ def test_a_channel_count_no_model_takes_is_refused_before_any_model_loads(tmp_pa
     two.to_filename(str(tmp_path / "two.nii.gz"))
     with pytest.raises(DataError, match=r"two.nii.gz: 2 channels .*no model takes 2"):
         mambaseg.segment_volume(tmp_path / "two.nii.gz", device="cpu")
+
+
+# ----------------------------------------------------------------------------- oblique affines
+
+def _rotated(degrees: float, spacing=(0.5, 0.8, 3.0)) -> np.ndarray:
+    """``diag(spacing)`` rotated by ``degrees`` about the left-right (x) axis."""
+    t = np.radians(degrees)
+    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag(spacing)
+    return affine
+
+
+def test_an_oblique_volume_is_segmented_on_its_grid_with_a_warning(tmp_path):
+    img = _phantom()
+    img.set_sform(_rotated(30.0), code=1)
+    img.set_qform(_rotated(30.0), code=1)
+    (tmp_path / "in").mkdir()
+    nib.save(img, str(tmp_path / "in" / "tilted.nii.gz"))
+    res = run_predict(tmp_path / "in", tmp_path / "out", model=Bright(), device="cpu")
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    rec = s["cases"][0]
+    assert rec["obliquity_degrees"] == 30.0 and rec["axial_axis"] == 2
+    warned = [w for w in s["warnings"] if "oblique" in w]
+    assert warned == res.warnings and len(warned) == 1
+    assert warned[0].startswith(f"{tmp_path / 'in' / 'tilted.nii.gz'}: oblique volume: its "
+                                "slice axis is 30.0 degrees from the superior-inferior")
+    out = nib.load(str(tmp_path / "out" / "tilted_mask.nii.gz"))
+    assert out.shape == img.shape[:3] and np.allclose(out.affine, img.affine)
+    # the same voxels as the plain volume: slices are taken as stored, not resampled
+    plain, rec0 = mambaseg.segment_volume(_phantom(), model=Bright(), device="cpu")
+    assert rec0["obliquity_degrees"] == 0.0
+    assert np.array_equal(np.asanyarray(out.dataobj), np.asanyarray(plain.dataobj))
+    with pytest.warns(UserWarning, match=r"oblique volume: .* 30\.0 degrees"):
+        mambaseg.segment_volume(img, model=Bright(), device="cpu")
+
+
+def test_obliquity_below_the_threshold_is_recorded_without_a_warning(recwarn):
+    assert N.obliquity(np.diag([-1.0, -1.0, 1.0, 1.0])) == 0.0
+    assert N.obliquity(_rotated(5.0)) == pytest.approx(5.0)
+    assert N.obliquity(_rotated(30.0)[:, [2, 0, 1, 3]]) == pytest.approx(30.0)   # axes permuted
+    assert N.oblique_warning("v", 10.0) is None and "v: oblique" in N.oblique_warning("v", 10.1)
+    img = _phantom()
+    img.set_sform(_rotated(5.0), code=1)
+    _, rec = mambaseg.segment_volume(img, model=Bright(), device="cpu")
+    assert rec["obliquity_degrees"] == 5.0
+    assert not [w for w in recwarn if "oblique" in str(w.message)]

@@ -32,8 +32,8 @@ def weights_dir(tmp_path, monkeypatch):
 
 def test_the_default_shipped_ensemble_loads_and_segments(sample_root):
     """The package's weights: each shipped folder is a valid checkpoint or ensemble, exactly one
-    is the default, and that default (the 5-fold ulvm_unet_v6 ensemble) loads and segments a
-    sample slice (Dice 0.931 against its mask on the CPU; the fold models saw this patient)."""
+    is the default, and that default (the 5-fold mambaseg_s ensemble) loads and segments a
+    sample slice (Dice 0.947 against its mask on the CPU; the fold models saw this patient)."""
     shipped = shipped_models()
     for name, info in shipped.items():
         if info["kind"] == "ensemble":
@@ -41,12 +41,16 @@ def test_the_default_shipped_ensemble_loads_and_segments(sample_root):
             assert info["cv_dice"] is not None
         else:
             assert info["model_name"] == name and info["members"] == 1
-    assert [n for n, info in shipped.items() if info["default"]] == ["ulvm_unet_v6_cv5"]
-    assert default_shipped() == "ulvm_unet_v6_cv5"
-    net = load_shipped("ulvm_unet_v6_cv5")
+    assert [n for n, info in shipped.items() if info["default"]] == ["mambaseg_s_cv5"]
+    assert default_shipped() == "mambaseg_s_cv5"
+    net = load_shipped("mambaseg_s_cv5")
     assert isinstance(net, Ensemble) and len(net.members) == 5 and not net.training
-    assert {count_parameters(m) for m in net.members} == {769_677}
+    assert {count_parameters(m) for m in net.members} == {838_081}
+    assert all(len(m.encoders[-1][0].mixer.orders) == 1 for m in net.members)  # directions=1
     assert net.postprocess == PostProcess(lcc=True)
+    assert shipped["ulvm_unet_v6_cv5"]["cv_dice"] < shipped["mambaseg_s_cv5"]["cv_dice"]
+    flair = load_shipped("ulvm_unet_v6_flair_cv5")
+    assert {m.in_channels for m in flair.members} == {1}
     image = sample_root / "kaggle_3m" / "TCGA_HT_8106_19970727" / "TCGA_HT_8106_19970727_11.tif"
     mask = segment(str(image), model=net, device="cpu")
     assert mask.shape == (256, 256) and mask.dtype == np.uint8

@@ -84,7 +84,7 @@ def test_manifest_records_the_cv_result(cv_dir, shipped):
     assert meta["evaluated"].endswith("ulvm_unet_v2/summary.json")
     assert not Path(meta["evaluated"]).is_absolute()
     assert meta["training"]["model"] == "ulvm_unet_v2" and meta["training"]["epochs"] == 1
-    assert meta["training"]["lr"] == 0.002 and meta["training"]["folds"] == 3
+    assert meta["training"]["lr"] == 3e-4 and meta["training"]["folds"] == 3
     assert meta["data"].startswith("LGG (Buda et al. 2019)")
     assert default_name(cv_dir) == "ulvm_unet_v2_cv3"
 
@@ -144,8 +144,10 @@ def test_overwrite_and_the_script(cv_dir, tmp_path, capsys):
     assert read_manifest(dest)["metadata"]["default"] is False
     assert script.main([str(cv_dir), "--dest", str(dest)]) == 2
     assert "exists" in capsys.readouterr().err
-    assert script.main([str(cv_dir), "--dest", str(dest), "--overwrite", "--default"]) == 0
-    assert read_manifest(dest)["metadata"]["default"] is True
+    assert script.main([str(cv_dir), "--dest", str(dest), "--overwrite", "--default",
+                        "--evaluated", "results/cv/ulvm_unet_v2/summary.json"]) == 0
+    meta = read_manifest(dest)["metadata"]
+    assert meta["default"] is True and meta["evaluated"] == "results/cv/ulvm_unet_v2/summary.json"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ulvm_unet_v2_cv3"]   # no leftovers
 
 

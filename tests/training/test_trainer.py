@@ -174,6 +174,42 @@ def test_cli_arguments_resolve_through_the_preset():
     assert s["batch_size"] == 16 and s["augment"] is False
 
 
+def test_channels_last_option_and_its_default():
+    from mambaseg.cli import build_parser
+    from mambaseg.cli.train import config_from_args
+    from mambaseg.training.build import use_channels_last
+
+    base = ["train", "--model", "mambaseg_s", "--data", "d", "--out", "o"]
+    for flag, value in ((None, None), ("on", True), ("off", False)):
+        extra = ["--channels-last", flag] if flag else []
+        assert config_from_args(build_parser().parse_args(base + extra)).channels_last is value
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert use_channels_last("unet", cuda, None) and use_channels_last("mambaseg_s", cuda, None)
+    assert not use_channels_last("ulvm_unet_v6", cuda, None)
+    assert not use_channels_last("mambaseg_s", cpu, None) and use_channels_last("ulvm_unet", cpu, True)
+    assert not use_channels_last("unet", cuda, False)
+
+
+def test_channels_last_gives_the_same_logits_and_gradients():
+    """The memory format changes speed only (checked for our own model, the one it now defaults
+    to on CUDA)."""
+    from mambaseg.models import create_model
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    out = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(1)
+        net = create_model("mambaseg_t", directions=1).to(memory_format=fmt)
+        logits = net(x.contiguous(memory_format=fmt))
+        logits.square().mean().backward()
+        out[fmt] = (logits.detach(), {k: p.grad.clone() for k, p in net.named_parameters()})
+    (la, ga), (lb, gb) = out.values()
+    assert torch.allclose(la, lb, atol=1e-5)
+    for key in ga:
+        assert torch.allclose(ga[key], gb[key], atol=1e-5, rtol=1e-4), key
+
+
 # ----------------------------------------------------------------------------- pieces
 
 
@@ -229,3 +265,10 @@ def test_epoch_benchmark_runs_on_tiny_random_data(tmp_path, capsys):
     table = out.read_text()
     assert "ulvm_unet" in table and "0.05M" in table and "nonexistent" in table and "ERROR" in table
     assert "CPU" in capsys.readouterr().out
+    # a model spec with factory options, the memory format flag and the kernel profile
+    assert bench.main(["--device", "cpu", "--models", "mambaseg_t:directions=1", "--n-train", "4",
+                       "--n-val", "2", "--size", "32", "--batch-size", "4", "--warmup-steps", "1",
+                       "--probe-steps", "1", "--epochs", "1", "--channels-last", "on",
+                       "--profile", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "mambaseg_t:directions=1 CL" in printed and "Self CPU time total" in printed

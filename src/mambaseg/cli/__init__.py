@@ -7,6 +7,9 @@ Imports: the subcommand modules import the package's working modules (``training
 ``inference``, ``data``, ...) inside their ``run`` functions, not at the top. Building the
 parser then costs no torch, numpy or model import, so ``mambaseg --help`` answers at once and
 ``predict --onnx`` runs where torch is not installed (tests/cli/test_onnx_cli.py checks it).
+A command that needs a module of an optional extra that is missing (PyTorch: every command but
+``predict --onnx``) fails with one line naming the ``pip install 'mambaseg[EXTRA]'`` to run,
+exit status 2 (``_common.missing_extra``).
 Outside ``cli/``, imports sit at the top of modules; tests/test_imports.py lists the few
 exceptions (the package root's public names, optional extras such as triton) and checks that
 the package has no import cycle.
@@ -18,6 +21,7 @@ import importlib
 import sys
 
 from mambaseg._version import __version__
+from mambaseg.cli._common import missing_extra
 from mambaseg.errors import MambasegError
 
 #: subcommands in the order `mambaseg --help` lists them
@@ -48,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MambasegError as exc:
         print(f"mambaseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # an optional extra (PyTorch for all but predict --onnx)
+        message = missing_extra(exc, args.command)
+        if message is None:
+            raise
+        print(f"mambaseg {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mambaseg {args.command}: interrupted", file=sys.stderr)

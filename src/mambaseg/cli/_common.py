@@ -9,6 +9,30 @@ import sys
 from collections.abc import Sequence
 
 
+#: modules of the optional extras: top-level module -> (what it is, the extra that installs it)
+EXTRAS = {"torch": ("PyTorch", "torch"), "torchvision": ("torchvision", "torch"),
+          "safetensors": ("safetensors", "torch"), "matplotlib": ("matplotlib", "torch"),
+          "onnx": ("the onnx package", "export"), "onnxruntime": ("onnxruntime", "onnx"),
+          "nibabel": ("nibabel", "nifti"), "transformers": ("transformers", "segformer")}
+
+
+def missing_extra(exc: ImportError, command: str | None = None) -> str | None:
+    """The one-line error for a command failing on ``exc``, the import of a module of an
+    optional extra, naming the ``pip install 'mambaseg[EXTRA]'`` to run; None for any other
+    import error."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if name not in EXTRAS:
+        return None
+    what, extra = EXTRAS[name]
+    if command == "export":         # export's extra brings PyTorch and onnx together
+        extra = "export"
+    hint = ""
+    if name == "torch" and command == "predict":
+        hint = " (or predict --onnx FILE with a model written by 'mambaseg export')"
+    return (f"this command needs {what}, which is not installed: pip install "
+            f"'mambaseg[{extra}]'{hint}")
+
+
 def add_command(sub, name: str, help: str, example: str | Sequence[str]) -> argparse.ArgumentParser:
     """Add a subcommand parser whose --help ends with worked examples.
 

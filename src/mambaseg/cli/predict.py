@@ -25,6 +25,11 @@ def register(sub) -> None:
                     "axis or in CASE_0000..0002 files; a FLAIR volume alone for a FLAIR-only "
                     "model) give OUTDIR/<case>_mask.nii.gz on the input's grid and a per-case "
                     "record in summary.json (tumour mL, components, slices; docs/volumes.md). "
+                    "With no --model or --checkpoint, the shipped model matching the input's "
+                    "channels runs: RGB slices and 3-channel volumes the default one, grayscale "
+                    "(FLAIR) slices and one-channel volumes a shipped FLAIR-only one, else an "
+                    "error (exit status 2); a folder mixing grayscale and RGB slices is refused: "
+                    "segment them separately or name one model. "
                     "Exit status 1 if an input could not be read.",
                     "mambaseg predict -i examples/lgg-sample -o runs/predictions --overlay")
     p.add_argument("-i", "--input", type=Path, required=True, metavar="INPUT",
@@ -35,7 +40,8 @@ def register(sub) -> None:
                         "input image)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="NAME", help="use the shipped weights of this model "
-                     "(default: the default shipped model, see 'mambaseg models')")
+                     "(default: the shipped model for the input's channels: the default one "
+                     "for RGB, a FLAIR-only one for grayscale; see 'mambaseg models')")
     src.add_argument("--checkpoint", type=Path, metavar="DIR", nargs="+",
                      help="checkpoint directory written by 'mambaseg train' (a training run "
                      "folder stands for the checkpoint it evaluates, best/ by default), or "

@@ -10,6 +10,8 @@ truth; ``*_mask`` and ``*_prob`` volumes (what predict writes) are never inputs.
 file's image as the reference for the outputs; ``axial_slices`` / ``from_axial`` reorient a
 volume to the slice layout of the LGG images and back: axes found from the affine
 (``nibabel.orientations.io_orientation``), whatever the order or flips of the stored axes.
+An oblique volume is sliced along its voxel axis closest to superior-inferior, not resampled
+(``obliquity`` gives the angle; ``oblique_warning`` beyond ``OBLIQUE_DEGREES``).
 ``normalise`` maps a channel's volume to uint8 0-255 as the LGG slices are. Every problem
 raises DataError naming the file; ``write_volume`` writes atomically.
 """
@@ -38,6 +40,10 @@ _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 SLICE_AXES = ("L", "P", "S")
 #: robust range of ``normalise``: percentiles of all voxels (low) and of the voxels above it
 ROBUST_PERCENTILES = (0.5, 99.5)
+#: a slice axis further than this (degrees) from the superior-inferior direction is warned
+#: about (``oblique_warning``): head tilts within it are common in routine axial scans, and
+#: so in the LGG training slices; beyond it the slices look unlike axial ones
+OBLIQUE_DEGREES = 10.0
 #: affines of a case's channel files may differ by this much (mm, per element)
 AFFINE_TOLERANCE = 1e-3
 _UNITS_MM = {"mm": 1.0, "meter": 1000.0, "micron": 0.001}
@@ -278,6 +284,24 @@ def axial_axis(affine, label="volume") -> int:
     """The voxel axis closest to the superior-inferior direction of the affine."""
     ornt, _ = _orientations(affine, label)
     return int(np.flatnonzero(ornt[:, 0] == 2)[0])
+
+
+def obliquity(affine, label="volume") -> float:
+    """The angle (degrees, 0 to 90) between the voxel axis taken as axial (``axial_axis``) and
+    the patient's superior-inferior direction: 0.0 unless the volume is oblique."""
+    col = np.asarray(affine, float)[:3, axial_axis(affine, label)]
+    return float(np.degrees(np.arctan2(np.hypot(col[0], col[1]), abs(col[2]))))
+
+
+def oblique_warning(label, degrees: float) -> str | None:
+    """The warning for a volume whose slice axis is ``degrees`` from superior-inferior; None
+    within ``OBLIQUE_DEGREES``."""
+    if degrees <= OBLIQUE_DEGREES:
+        return None
+    return (f"{label}: oblique volume: its slice axis is {degrees:.1f} degrees from the "
+            f"superior-inferior direction (more than {OBLIQUE_DEGREES:g}); it was segmented in "
+            "its voxel grid, as stored (not resampled), so its slices are tilted from axial; "
+            "the mask is on the input's grid")
 
 
 def axial_order(affine, count: int, label="volume") -> list[int]:

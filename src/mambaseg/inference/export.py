@@ -234,7 +234,7 @@ def _import_onnx():
         import onnx
     except ImportError as exc:
         raise MambasegError(f"mambaseg export needs the onnx package ({exc}); install it with: "
-                            "pip install onnx") from None
+                            "pip install 'mambaseg[export]'") from None
     return onnx
 
 

@@ -153,6 +153,10 @@ class OnnxModel:
             raise MambasegError(f"{self.path}: ONNX file not found")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # idle intra-op threads sleep instead of spinning: on a 2-core machine with other work
+        # (the host's load, pre/post-processing) spinning threads take the cores the graph
+        # needs; 2-3x faster there for ulvm_unet_v6 (benchmarks/results/predict_onnx_cpu.txt)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = int(threads)
         self.providers = providers_for(device)

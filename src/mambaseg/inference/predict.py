@@ -27,25 +27,36 @@ from mambaseg.device import resolve_device
 from mambaseg.errors import DataError, MambasegError
 from mambaseg.files import prepare_dir, write_json
 from mambaseg.inference.ensemble import Ensemble
-from mambaseg.inference.loading import checkpoint_list, load_model, source_label
+from mambaseg.inference.loading import (checkpoint_list, load_model, load_shipped_model,
+                                        source_label)
 from mambaseg.inference.model_info import model_name
 from mambaseg.inference.postprocess import PostProcess, postprocess_masks, resolve_postprocess
-from mambaseg.inference.predict_inputs import (MAX_PIXELS, PredictResult, check_outdir,
-                                               check_targets, collect_inputs, image_for,
-                                               input_channels, load_image, model_channels,
-                                               result_fields,
-                                               output_paths, reason, write_outputs,
-                                               record, units)
+from mambaseg.inference.predict_inputs import (MAX_PIXELS, PredictResult, array_channels,
+                                               check_outdir, check_targets, collect_inputs,
+                                               file_channels, image_for, input_channels,
+                                               load_image, model_channels, output_paths,
+                                               reason, record, result_fields, slice_channels,
+                                               units, write_outputs)
 from mambaseg.inference.runner import image_probs, predict_probs
 from mambaseg.inference.volumes import run_predict_volumes
+from mambaseg.models import pretrained
 from mambaseg.progress import progress_bar
 
 #: a progress bar is shown for more inputs than this
 PROGRESS_MIN = 5
 
 
-# ----------------------------------------------------------------------------- images
+# ----------------------------------------------------------------------------- the model
 
+def slice_model(model, checkpoint, where, labelled, device) -> tuple[object, str]:
+    """The model for slice images and its label: the one given (``load_model``), else the
+    shipped one for their channel count (``pretrained.shipped_for``: a grayscale slice is a
+    FLAIR slice; ``labelled``: ``(label, channels)`` per image, ``slice_channels``)."""
+    if model is not None or checkpoint is not None:
+        net = load_model(model, checkpoint, device)
+        return net, source_label(model, checkpoint, net)
+    name = pretrained.shipped_for(*slice_channels(where, labelled), "slice")
+    return load_shipped_model(name, device), f"shipped:{name}"
 
 
 # ----------------------------------------------------------------------------- the command
@@ -88,7 +99,8 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
     items, warnings = collect_inputs(input)
     check_outdir(outdir, input, items)
     dev = resolve_device(device)
-    net = load_model(model, checkpoint, dev)
+    net, label = slice_model(model, checkpoint, input,
+                             ((it.path, file_channels(it.path)) for it in items), dev)
     pp, pp_source = resolve_postprocess(postprocess, net)
     load = {"channels": input_channels(net), "net": net, "rescale": rescale,
             "max_pixels": int(max_pixels), "nan_policy": nan_policy}
@@ -117,7 +129,7 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
             bar.update(1)
     bar.close()
 
-    res.summary = _summary(input, outdir, net, model, checkpoint, threshold, dev,
+    res.summary = _summary(input, outdir, net, label, checkpoint, threshold, dev,
                            res, time.perf_counter() - t0, rescale)
     res.summary.update(_pp_summary(pp, pp_source, res.written))
     res.summary.update(nan_policy=nan_policy, max_pixels=int(max_pixels))
@@ -146,11 +158,11 @@ def _pp_summary(pp: PostProcess, source: str, records: list[dict]) -> dict:
             "postprocess_removed_pixels": sum(r.get("removed_pixels", 0) for r in records)}
 
 
-def _summary(input, outdir, net, model, checkpoint, threshold, dev, res,
+def _summary(input, outdir, net, label, checkpoint, threshold, dev, res,
              seconds, rescale) -> dict:
     return {
         "input": str(input), "output": str(outdir), "model": model_name(net),
-        "checkpoint": source_label(model, checkpoint, net),
+        "checkpoint": label,
         **({"checkpoints": [str(c) for c in checkpoint_list(checkpoint)]}
            if checkpoint is not None else {}),
         **({"ensemble_members": len(net.members)} if isinstance(net, Ensemble) else {}),
@@ -164,13 +176,14 @@ def _summary(input, outdir, net, model, checkpoint, threshold, dev, res,
 
 # ----------------------------------------------------------------------------- Python API
 
-def _as_image(x, channels: int | str) -> tuple[np.ndarray, str | None]:
+def _as_array(x, label: str) -> tuple[np.ndarray, str]:
+    """A path, array or tensor as ``(decoded array, label)``; float [0, 1] scaled to 0-255."""
     if isinstance(x, (str, os.PathLike)):
-        return image_for(decode(x), x, channels)
+        return decode(x), str(x)
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.dtype.kind == "f" and arr.size and 0.0 <= arr.min() and arr.max() <= 1.0:
         arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)  # float [0, 1] as is
-    return image_for(arr, "<array>", channels)
+    return arr, label
 
 
 def segment(images_or_paths, model=None, threshold: float = 0.5, device: str = "auto",
@@ -179,11 +192,13 @@ def segment(images_or_paths, model=None, threshold: float = 0.5, device: str = "
     """Segment images: returns uint8 (H, W) masks in {0, 1}, one per input (each the input's size).
 
     ``images_or_paths``: a path, an (H, W) / (H, W, C) array (uint8, or float in [0, 1]), or a
-    list of those; a single input gives a single mask. ``model``: None (the default shipped
-    model), a model name (its shipped weights), a checkpoint directory or ensemble folder, or a
-    loaded model. ``return_probs=True`` returns float32 probabilities instead of masks;
-    ``rescale=False`` runs the model at each image's own scale (zero padding only) instead of
-    its training scale. ``postprocess`` (a PostProcess; None: none) is applied to the masks of
+    list of those; a single input gives a single mask. ``model``: None (the shipped model for
+    the inputs' channels: RGB, the default; grayscale, a FLAIR slice, the FLAIR-only one; a
+    DataError when that is not shipped or grayscale and RGB are mixed), a model name (its
+    shipped weights), a checkpoint directory or ensemble folder, or a loaded model.
+    ``return_probs=True`` returns float32 probabilities instead of masks; ``rescale=False``
+    runs the model at each image's own scale (zero padding only) instead of its training
+    scale. ``postprocess`` (a PostProcess; None: none) is applied to the masks of
     all inputs as one patient's slices, in the order given; unlike ``mambaseg predict``, which
     groups slices by patient and applies the model's recommended post-processing, ``segment``
     cannot know that its inputs are one patient, so it applies none unless asked.
@@ -195,11 +210,14 @@ def segment(images_or_paths, model=None, threshold: float = 0.5, device: str = "
     if return_probs and postprocess is not None and postprocess.active:
         raise MambasegError("post-processing applies to masks: not with return_probs=True")
     dev = resolve_device(device)
-    net = load_model(model, None, dev)
+    arrays = [_as_array(x, "<array>" if single else f"<array {i}>")
+              for i, x in enumerate(inputs)]
+    net, _ = slice_model(model, None, "segment()",
+                         ((label, array_channels(a)) for a, label in arrays), dev)
     channels = input_channels(net)
     outs = []
-    for x in inputs:
-        img, _ = _as_image(x, channels)
+    for arr, label in arrays:
+        img, _ = image_for(arr, label, channels)
         batch = torch.from_numpy(img).permute(2, 0, 1)[None]
         prob = predict_probs(net, batch, batch_size=batch_size, device=dev,
                              rescale=rescale)[0, 0].numpy()

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import warnings as _warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import tifffile
+from PIL import Image
 
 from mambaseg._version import __version__
 from mambaseg.data.channels import CHOICES, checkpoint_channels, choice_of, select_channels
@@ -48,6 +51,8 @@ _OTHER_OUTPUTS = ("_prob", "_overlay")
 NAN_HINT = "pass --nan-policy zero to replace them by 0"
 #: red tint strength of the overlay inside the mask
 OVERLAY_ALPHA = 0.35
+#: the channels a model sees of an image with so many samples per pixel (alpha dropped)
+_SEEN = {1: 1, 2: 1, 3: 3, 4: 3}
 #: suffixes of the files written per image
 SUFFIXES = {"mask": "_mask.png", "prob": "_prob.png", "overlay": "_overlay.png"}
 
@@ -220,6 +225,49 @@ def image_for(arr: np.ndarray, path, channels: int | str, nan_policy: str = "err
         return image_from_array(arr, path, 1, nan_policy=nan_policy)
     img, note = image_from_array(arr, path, 3, nan_policy=nan_policy)
     return select_channels(img, channels), note
+
+
+def array_channels(arr: np.ndarray) -> int | None:
+    """The channels a decoded image gives a model: 1 (grayscale: a FLAIR slice) or 3 (colour:
+    the LGG sequences), alpha aside; None for another shape (``image_for`` says why)."""
+    return _SEEN.get(1 if arr.ndim == 2 else arr.shape[2] if arr.ndim == 3 else 0)
+
+
+def file_channels(path: Path) -> int | None:
+    """``array_channels`` of an image file from its header alone (nothing decoded); None when
+    the header does not say."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                samples = int(tif.pages[0].samplesperpixel)
+        else:
+            with _warnings.catch_warnings():
+                _warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning
+                with Image.open(path) as im:
+                    colour = im.mode in ("P", "CMYK", "LAB") or im.mode.startswith("YCbCr")
+                    samples = 3 if colour else len(im.getbands())  # io.decode makes them RGB
+    except Exception:  # noqa: BLE001 - load_image says what is wrong with the file
+        return None
+    return _SEEN.get(samples)
+
+
+def slice_channels(where, labelled: Iterable[tuple[object, int | None]]) -> tuple[int, str]:
+    """For choosing the shipped model: the channel count of images given as ``(label, count)``
+    (``file_channels`` / ``array_channels``; unknown ones go with the others, RGB when all are)
+    and a label naming those images. DataError naming ``where`` when grayscale and RGB mix."""
+    by_count: dict[int | None, list[str]] = {}
+    for label, count in labelled:
+        by_count.setdefault(count, []).append(str(label))
+    if 1 in by_count and 3 in by_count:
+        gray, rgb = by_count[1], by_count[3]
+        raise DataError(f"{where}: mixes {len(gray)} grayscale slice(s) (FLAIR, e.g. {gray[0]}) "
+                        f"and {len(rgb)} RGB slice(s) (e.g. {rgb[0]}); with no --model or "
+                        "--checkpoint each kind needs its own shipped model: segment them in "
+                        "separate runs, or name one model for all")
+    count = 1 if 1 in by_count else 3
+    these = by_count.get(count) or [str(where)]
+    more = f" and {len(these) - 1} more slice(s) like it" if len(these) > 1 else ""
+    return count, these[0] + more
 
 
 def load_image(item: Item, channels: int | str, net, rescale: bool = True,

@@ -23,6 +23,7 @@ from mambaseg.device import resolve_device
 from mambaseg.errors import MambasegError
 from mambaseg.inference.model_info import valid_size, work_size
 from mambaseg.inference.predict_inputs import MAX_PIXELS, batch_limit
+from mambaseg.models.base import prefers_channels_last
 
 
 def to_float(images: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -71,6 +72,9 @@ def predict_probs(model, images: torch.Tensor | np.ndarray, batch_size: int = 16
     first = next(model.parameters(), None)
     if first is not None and first.device != dev:
         model.to(dev)
+    fmt = torch.channels_last if prefers_channels_last(model) else torch.contiguous_format
+    if fmt is torch.channels_last:  # the same function, faster (models.base)
+        model.to(memory_format=fmt)
     sh, sw = work_size(model, h, w, rescale)
     ph, pw = valid_size(model, sh, sw)
     if ph < sh or pw < sw:
@@ -90,6 +94,7 @@ def predict_probs(model, images: torch.Tensor | np.ndarray, batch_size: int = 16
                     xb = F.pad(xb, (0, pw - sw, 0, ph - sh))
                 if callable(check) and start == 0:
                     check(xb)
+                xb = xb.contiguous(memory_format=fmt)
                 with _autocast(dev, amp):
                     logits = model(xb)
                 if isinstance(logits, (tuple, list)):  # deep supervision: main output first

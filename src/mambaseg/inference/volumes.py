@@ -13,9 +13,9 @@ case (``case_record``: tumour volume in mL, 3-D connected components, slices wit
 """
 from __future__ import annotations
 
-import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from mambaseg._version import __version__
 from mambaseg.data import nifti as N
-from mambaseg.data.channels import LGG_CHANNELS, checkpoint_channels
+from mambaseg.data.channels import LGG_CHANNELS
 from mambaseg.device import resolve_device
 from mambaseg.errors import DataError, MambasegError
 from mambaseg.files import prepare_dir, write_json
@@ -52,27 +52,6 @@ def volume_paths(outdir: Path, name: str, probabilities: bool = False,
 
 
 # ----------------------------------------------------------------------------- models
-
-def shipped_with(names: tuple[str, ...]) -> str | None:
-    """The shipped model taking the channels ``names`` (the default one if it does, else the
-    best scored); None when none is shipped."""
-    found = []
-    for name, entry in pretrained.shipped_models().items():
-        folder = Path(entry["path"])
-        try:
-            if entry["kind"] == "ensemble":
-                members = json.loads((folder / "ensemble.json").read_text())["members"]
-                folder = folder / members[0]
-            config = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
-            continue
-        if checkpoint_channels(config, int(config.get("in_channels", 3))) == tuple(names):
-            found.append((entry["cv_dice"] or -1.0, entry["test_dice"] or -1.0, name))
-    default = pretrained.default_shipped()
-    if any(n == default for *_, n in found):
-        return default
-    return max(found)[2] if found else None
-
 
 def channel_plan(net, count: int, label, model_label: str) -> tuple[list[int], str | None]:
     """Which of a case's ``count`` channels ``net`` takes, and a note: all of them when the
@@ -118,22 +97,8 @@ class ModelPicker:
         return (net, label, *channel_plan(net, count, volume.label, label))
 
     def _shipped(self, count: int, label) -> tuple[object, str]:
-        if count == 1:
-            name = shipped_with(FLAIR_ONLY)
-            if name is None:
-                default = pretrained.default_shipped()
-                raise DataError(f"{label}: one channel (a FLAIR volume alone?), and no FLAIR-only "
-                                f"model is shipped (the default {default} takes "
-                                f"{', '.join(LGG_CHANNELS)}); give all three channels or pass "
-                                f"--checkpoint of a model trained with {TRAIN_FLAIR}")
-        elif count == 3:
-            name = pretrained.default_shipped()
-        else:
-            raise DataError(f"{label}: {count} channels (the last axis of a 4-D volume, or "
-                            f"channel files); no model takes {count}: mambaseg's models take 3 "
-                            f"({', '.join(LGG_CHANNELS)}) or FLAIR alone")
-        net = load_shipped_model(name, self.device)
-        return net, f"shipped:{name}"
+        name = pretrained.shipped_for(count, label, "volume")
+        return load_shipped_model(name, self.device), f"shipped:{name}"
 
 
 # ----------------------------------------------------------------------------- one volume
@@ -165,7 +130,8 @@ def segment_loaded(volume: N.Volume, net, keep: list[int], threshold: float = 0.
 
 def case_record(volume: N.Volume, mask: np.ndarray) -> dict:
     """The geometry and tumour measures of a mask on ``volume``'s grid: voxel size (mm),
-    orientation codes, axial axis, tumour voxels and volume (mL), 3-D connected components
+    orientation codes, axial axis and its angle to superior-inferior (``obliquity_degrees``,
+    ``nifti.obliquity``), tumour voxels and volume (mL), 3-D connected components
     (26-connectivity, as the post-processing's), slices with tumour (indices along the axial
     axis of the stored volume)."""
     nib = N.nibabel()
@@ -181,6 +147,7 @@ def case_record(volume: N.Volume, mask: np.ndarray) -> dict:
                      "slices were resized as images, not resampled")
     return {"shape": [int(s) for s in mask.shape], "voxel_size_mm": [round(s, 6) for s in sizes],
             "orientation": "".join(nib.aff2axcodes(ref.affine)), "axial_axis": axis,
+            "obliquity_degrees": round(N.obliquity(ref.affine, volume.label), 1),
             "tumour_voxels": voxels,
             "tumour_volume_ml": round(voxels * math.prod(sizes) / 1000.0, 4),
             "components": int(components),
@@ -237,7 +204,7 @@ def run_predict_volumes(input, outdir, model=None, checkpoint=None, threshold: f
     case is read and matched to a model first, so that its DataError leaves nothing behind.
     With several cases, one that cannot be segmented is skipped and reported."""
     input, outdir = Path(input), Path(outdir)
-    cases, warnings = N.find_cases(input)
+    cases, left_out = N.find_cases(input)
     check_outdir(outdir, input, [Item(f, f.name) for c in cases for f in c.files])
     dev = resolve_device(device)
     picker = ModelPicker(model, checkpoint, dev)
@@ -250,7 +217,7 @@ def run_predict_volumes(input, outdir, model=None, checkpoint=None, threshold: f
     prepare_dir(outdir)
 
     t0 = time.perf_counter()
-    res = PredictResult({}, outdir, warnings=warnings)
+    res = PredictResult({}, outdir, warnings=left_out)
     used: dict[str, dict] = {}
     bar = progress_bar(len(cases), "predict", progress and len(cases) > 1, unit="volume")
     for case in cases:
@@ -265,6 +232,8 @@ def run_predict_volumes(input, outdir, model=None, checkpoint=None, threshold: f
             bar.update(1)
             continue
         rec = _record(case, vol, net, label, keep, note, seg, outdir, targets[case.name], pp)
+        oblique = N.oblique_warning(vol.label, rec["obliquity_degrees"])
+        res.warnings += [oblique] if oblique else []
         _write(targets[case.name], vol, seg, keep, rec)
         used.setdefault(label, {"model": rec["model"], "postprocess": pp.to_dict(),
                                 "postprocess_source": pp_source})
@@ -326,7 +295,7 @@ def segment_volume(image, model=None, checkpoint=None, threshold: float = 0.5,
     nibabel image (3-D, or 4-D with the channels last), or a list of 3-D images or paths (one
     per channel). ``model`` / ``checkpoint``: as ``run_predict`` (None: the shipped model for
     the volume's channel count); ``postprocess``: ``"auto"`` (the model's recommendation),
-    None or a PostProcess.
+    None or a PostProcess. An oblique volume (``nifti.OBLIQUE_DEGREES``) gives a UserWarning.
     """
     if isinstance(image, (str, Path)):
         cases, _ = N.find_cases(image)
@@ -344,4 +313,7 @@ def segment_volume(image, model=None, checkpoint=None, threshold: float = 0.5,
     pp, _ = resolve_postprocess(postprocess, net)
     seg = segment_loaded(vol, net, keep, threshold, batch_size, dev, amp, rescale, pp)
     rec = _record(case, vol, net, label, keep, note, seg, Path("."), {}, pp)
+    oblique = N.oblique_warning(vol.label, rec["obliquity_degrees"])
+    if oblique:
+        warnings.warn(oblique, stacklevel=2)
     return N.like(vol.reference, seg["mask"], "mambaseg segment_volume: tumour mask"), rec

@@ -19,6 +19,18 @@ from mambaseg.models.registry import count_parameters
 
 #: channel order of the LGG (kaggle_3m) slices the models are trained on
 CHANNELS = ("pre-contrast", "FLAIR", "post-contrast")
+#: families that run faster in the channels_last memory format (training on CUDA: unet 2.1x,
+#: mambaseg_s 2.3x on an H100; inference on a 2-core CPU: 13-35 % less time; UltraLight slower)
+CHANNELS_LAST_FAMILIES = ("unet", "resnet", "mambaseg")
+
+
+def prefers_channels_last(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (or every member of an ensemble) belongs to
+    :data:`CHANNELS_LAST_FAMILIES`."""
+    members = getattr(model, "members", None)
+    if members is not None:
+        return len(members) > 0 and all(prefers_channels_last(m) for m in members)
+    return getattr(model, "family", None) in CHANNELS_LAST_FAMILIES
 
 
 class SegModel(nn.Module):

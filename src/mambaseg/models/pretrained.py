@@ -11,6 +11,11 @@ The default shipped model (the one ``predict``, ``segment()`` and ``demo`` use w
 named; ``default_shipped``) is the entry whose metadata says ``"default": true``; else the one
 with the highest cross-validation Dice; else the one with the highest test Dice.
 
+With no model named, ``predict``, ``segment()`` and ``segment_volume()`` run the shipped model
+that takes the input's channels (``shipped_for``): three (RGB slices, a three-channel volume)
+the default one; one (a grayscale slice, a FLAIR volume) a FLAIR-only one (its config records
+its channels as ``train --channels flair`` writes them; ``data.channels.checkpoint_channels``).
+
 This module only finds and describes them (reading their JSON); ``inference.loading.load_shipped``
 loads one.
 """
@@ -21,6 +26,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from mambaseg.data.channels import LGG_CHANNELS, checkpoint_channels
+from mambaseg.errors import DataError, MambasegError
 from mambaseg.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
 #: where shipped weights live (a module attribute so tests can point it elsewhere)
@@ -82,6 +89,7 @@ def _entry(folder: Path, config: dict, meta: dict, members: int) -> dict[str, An
         "cv_folds": cv.get("n_folds"),
         "metrics": meta.get("metrics", {}),
         "num_parameters": config.get("num_parameters"),
+        "channels": checkpoint_channels(config, int(config.get("in_channels") or 3)),
         "members": members,
         "weights_dtype": config.get("weights_dtype"),
         "preprocessing": config.get("preprocessing") or {},
@@ -120,9 +128,10 @@ def _ensemble_entry(folder: Path) -> dict[str, Any] | None:
 def shipped_models(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """Shipped weights by folder name: ``{name: {"path", "kind" ("checkpoint" or "ensemble"),
     "model_name", "test_dice", "cv_dice", "cv_patients", "cv_folds", "metrics",
-    "num_parameters" (of one member), "members" (1 for a checkpoint), "weights_dtype",
-    "preprocessing", "default", "evaluated"}}`` (empty when the package ships none). ``cv_dice``
-    is the out-of-fold per-patient Dice of a cross-validation (``metadata.metrics.cv.dice_patient``),
+    "num_parameters" (of one member), "channels" (their names; None when unknown), "members"
+    (1 for a checkpoint), "weights_dtype", "preprocessing", "default", "evaluated"}}`` (empty
+    when the package ships none). ``cv_dice`` is the out-of-fold per-patient Dice of a
+    cross-validation (``metadata.metrics.cv.dice_patient``),
     ``test_dice`` a held-out test Dice (``metadata.metrics.test.dice``); None when not recorded.
     """
     root = Path(root) if root is not None else WEIGHTS_DIR
@@ -159,6 +168,47 @@ def default_shipped(root: str | Path | None = None) -> str | None:
     if flagged:
         return top(flagged, "cv_dice") or top(flagged, "test_dice") or flagged[0]
     return top(shipped, "cv_dice") or top(shipped, "test_dice")
+
+
+def shipped_with(names, root: str | Path | None = None) -> str | None:
+    """The shipped model taking the channels ``names`` (case-insensitive): the default one if it
+    does, else the best scored (cross-validation, then test Dice); None when none does."""
+    want = [n.lower() for n in names]
+    shipped = shipped_models(root)
+    found = [(e["cv_dice"] or -1.0, e["test_dice"] or -1.0, n) for n, e in shipped.items()
+             if [c.lower() for c in e["channels"] or ()] == want]
+    default = default_shipped(root) if found else None
+    if any(n == default for *_, n in found):
+        return default
+    return max(found)[2] if found else None
+
+
+def shipped_for(channels: int, label, kind: str = "volume") -> str:
+    """The shipped model for an input of ``channels`` channels when none is named (predict on
+    slices and volumes, ``segment()``, ``segment_volume()``): 3, the one taking the LGG channels
+    (else the default: a FLAIR-only default takes their FLAIR; MambasegError when none
+    is shipped); 1 (a FLAIR ``kind``: "slice" or
+    "volume"), the FLAIR-only one. DataError naming ``label`` when none is shipped."""
+    hint = "train one with 'mambaseg train --channels flair' and pass --checkpoint"
+    if channels == 3:
+        name = shipped_with(LGG_CHANNELS) or default_shipped()
+        if name is None:
+            raise MambasegError("no pretrained weights are shipped with this installation; "
+                                "pass --checkpoint DIR (a directory written by 'mambaseg train')")
+        return name
+    three = (f"give RGB slices ({', '.join(LGG_CHANNELS)})" if kind == "slice" else
+             f"give all three channels ({', '.join(LGG_CHANNELS)}: CASE_0000..CASE_0002.nii.gz "
+             "or one 4-D volume)")
+    if channels == 1:
+        name = shipped_with(("FLAIR",))
+        if name is None:
+            raise DataError(f"{label}: one channel (a FLAIR {kind}) but no FLAIR-only model is "
+                            f"shipped (the default {default_shipped()} takes "
+                            f"{', '.join(LGG_CHANNELS)}); {hint}, or {three}")
+        return name
+    where = " (the last axis of a 4-D volume, or channel files)" if kind == "volume" else ""
+    raise DataError(f"{label}: {channels} channels{where}; no model takes {channels}: mambaseg's "
+                    f"models take 3 ({', '.join(LGG_CHANNELS)}) or FLAIR alone; {three}")
 
 
 #: the former name of ``default_shipped`` (it ranked by test Dice only)

@@ -211,6 +211,18 @@ def _name(m: CVModel) -> str:
     return f"`{m.name}`"
 
 
+def _setup(m: CVModel) -> str:
+    """The preset, plus the input channels and model options when they are not the defaults."""
+    cfg = m.fold_config
+    parts = [m.preset]
+    if cfg.get("channels") not in (None, "all"):
+        parts.append(f"{str(cfg['channels']).upper()} only")
+    kwargs = cfg.get("model_kwargs")
+    if isinstance(kwargs, dict) and kwargs:
+        parts.append(", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())))
+    return ", ".join(parts)
+
+
 def not_finished(m: CVModel) -> str:
     done = m.folds_done()
     return f"not finished (folds done: {', '.join(map(str, done)) if done else 'none'})"
@@ -233,7 +245,7 @@ def main_row(m: CVModel, definitions: list[str]) -> list[str]:
     its summary does not hold is ``n/a``."""
     if not m.finished:
         n = len(main_header(definitions))
-        return [_name(m), m.preset, MISSING, not_finished(m)] + [MISSING] * (n - 6) \
+        return [_name(m), _setup(m), MISSING, not_finished(m)] + [MISSING] * (n - 6) \
             + [fmt_int(m.epochs), _lr(m.fold_config)]
     s = m.summary
     dp, hd = m.metric("dice_patient"), m.hd95()
@@ -243,7 +255,7 @@ def main_row(m: CVModel, definitions: list[str]) -> list[str]:
         mean = _number(hd[d].get("mean")) if d in hd else None
         hd_cells.append(NOT_AVAILABLE if d not in hd else MISSING if mean is None else f"{mean:.1f}")
     return [
-        _name(m), m.preset, fmt_int(None if params is None else int(params)),
+        _name(m), _setup(m), fmt_int(None if params is None else int(params)),
         fmt_ci(dp) if _number(dp.get("mean")) is not None else MISSING,
         _dice(dp.get("median")),
         _dice(m.metric("dice_global").get("mean")),

@@ -10,11 +10,10 @@ import torch
 from mambaseg.data.dataset import load_arrays
 from mambaseg.data.splits import resolve_split
 from mambaseg.errors import DataError, MambasegError
-from mambaseg.models import create_model
+from mambaseg.models import create_model, get_entry
+from mambaseg.models.base import CHANNELS_LAST_FAMILIES
 from mambaseg.training.loop import DeviceData, resize_arrays
 
-#: models made of convolutions only: trained in channels_last memory format on CUDA
-CONV_MODELS = ("unet", "resnet18", "resnet50")
 
 
 def check_data_path(data: str | Path | None) -> Path:
@@ -62,10 +61,11 @@ def build_model(name: str, in_channels: int, kwargs: dict[str, Any]) -> torch.nn
 
 
 def use_channels_last(model_name: str, device: torch.device, setting: bool | None) -> bool:
-    """channels_last for convolutional models on CUDA unless ``setting`` says otherwise."""
+    """channels_last on CUDA for the families of ``models.base.CHANNELS_LAST_FAMILIES`` unless
+    ``setting`` says otherwise."""
     if setting is not None:
         return bool(setting)
-    return device.type == "cuda" and model_name in CONV_MODELS
+    return device.type == "cuda" and get_entry(model_name).family in CHANNELS_LAST_FAMILIES
 
 
 def build_optimizer(params, name: str, lr: float, weight_decay: float,
