@@ -12,7 +12,7 @@ from PIL import Image
 
 from mambaseg.inference import predict as P
 from mambaseg.errors import DataError, MambasegError
-from mambaseg.inference.predict_inputs import overlay_image
+from mambaseg.inference.predict_inputs import output_paths, overlay_image
 from toy_data import Bright
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lgg-sample"
@@ -48,10 +48,10 @@ def test_collect_inputs_folder_skips_masks_and_pairs_truth(tmp_path):
 
 
 def test_output_paths_keep_folders_and_drop_the_extension(tmp_path):
-    paths = P.output_paths(tmp_path, "a/b/x.y.tif", probabilities=True, overlay=True)
+    paths = output_paths(tmp_path, "a/b/x.y.tif", probabilities=True, overlay=True)
     assert {k: p.relative_to(tmp_path).as_posix() for k, p in paths.items()} == {
         "mask": "a/b/x.y_mask.png", "prob": "a/b/x.y_prob.png", "overlay": "a/b/x.y_overlay.png"}
-    assert list(P.output_paths(tmp_path, "noext")) == ["mask"]
+    assert list(output_paths(tmp_path, "noext")) == ["mask"]
 
 
 def test_overlay_tints_the_mask_and_draws_a_red_contour():

@@ -35,13 +35,12 @@ import numpy as np
 from mambaseg.data import io
 from mambaseg.data.io import image_from_array, read_image_noted
 from mambaseg.errors import DataError, MambasegError
-from mambaseg.files import prepare_dir, write_json
+from mambaseg.files import write_json
 from mambaseg.inference import model_info
 from mambaseg.inference.postprocess import PostProcess, postprocess_masks, resolve_postprocess
 from mambaseg.inference.predict_inputs import (MAX_PIXELS, Item, PredictResult, check_outdir,
-                                               check_targets, collect_inputs, result_fields,
-                                               output_paths, reason, write_outputs,
-                                               record, units)
+                                               collect_inputs, prepare_outputs, result_fields,
+                                               segment_items)
 from mambaseg.progress import progress_bar
 
 #: the ``format`` metadata value of a mambaseg export (``export.FORMAT``)
@@ -405,38 +404,15 @@ def run_predict_onnx(input: str | Path, outdir: str | Path, onnx: str | Path,
     pp, pp_source = resolve_postprocess(postprocess, model)
     load = {"model": model, "rescale": rescale, "max_pixels": int(max_pixels),
             "nan_policy": nan_policy}
-    ready = {items[0].rel: _load_image(items[0], **load)} if len(items) == 1 else {}
-    targets = {it.rel: output_paths(outdir, it.rel, probabilities, overlay) for it in items}
-    check_targets(outdir, targets, overwrite)
-    prepare_dir(outdir)
+    ready, targets = prepare_outputs(items, outdir, lambda it: _load_image(it, **load),
+                                     probabilities, overlay, overwrite)
 
     t0 = time.perf_counter()
     res = PredictResult({}, outdir, warnings=warnings)
     bar = _bar(len(items), progress and len(items) > PROGRESS_MIN)
-    for unit in units(items, max(1, int(batch_size)), by_group=pp.active):
-        loaded = []
-        for item in unit:
-            try:
-                img, note = ready.pop(item.rel) if item.rel in ready else \
-                    _load_image(item, **load)
-            except DataError as exc:
-                res.skipped.append({"input": item.rel, "reason": reason(exc, item.path)})
-                bar.update(1)
-                continue
-            loaded.append((item, img, note))
-        probs = _probs(model, [img for _, img, _ in loaded], batch_size, rescale,
-                       int(max_pixels))
-        raw = [prob > threshold for prob in probs]
-        masks = postprocess_masks(raw, [it.group for it, _, _ in loaded], pp)
-        for (item, img, note), prob, mask, before in zip(loaded, probs, masks, raw):
-            paths = targets[item.rel]
-            write_outputs(paths, img, prob, mask)
-            rec = record(item, outdir, paths, mask, note)
-            if pp.active:
-                rec["removed_pixels"] = int(before.sum()) - int(mask.sum())
-            res.written.append(rec)
-            bar.update(1)
-    bar.close()
+    segment_items(items, outdir, lambda it: _load_image(it, **load),
+                  lambda imgs: _probs(model, imgs, batch_size, rescale, int(max_pixels)),
+                  threshold, pp, batch_size, ready, targets, res, bar)
     res.summary = _summary(input, outdir, model, threshold, res, time.perf_counter() - t0,
                            rescale)
     res.summary.update({"postprocess": pp.to_dict(), "postprocess_description": pp.describe(),

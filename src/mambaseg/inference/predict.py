@@ -24,19 +24,18 @@ import torch
 from mambaseg.data.io import NAN_POLICIES, decode
 from mambaseg.data.nifti import holds_volumes
 from mambaseg.device import resolve_device
-from mambaseg.errors import DataError, MambasegError
-from mambaseg.files import prepare_dir, write_json
+from mambaseg.errors import MambasegError
+from mambaseg.files import write_json
 from mambaseg.inference.ensemble import Ensemble
 from mambaseg.inference.loading import (checkpoint_list, load_model, load_shipped_model,
                                         source_label)
 from mambaseg.inference.model_info import model_name
 from mambaseg.inference.postprocess import PostProcess, postprocess_masks, resolve_postprocess
 from mambaseg.inference.predict_inputs import (MAX_PIXELS, PredictResult, array_channels,
-                                               check_outdir, check_targets, collect_inputs,
-                                               file_channels, image_for, input_channels,
-                                               load_image, model_channels, output_paths,
-                                               reason, record, result_fields, slice_channels,
-                                               units, write_outputs)
+                                               check_outdir, collect_inputs, file_channels,
+                                               image_for, input_channels, load_image,
+                                               model_channels, prepare_outputs, result_fields,
+                                               segment_items, slice_channels)
 from mambaseg.inference.runner import image_probs, predict_probs
 from mambaseg.inference.volumes import run_predict_volumes
 from mambaseg.models import pretrained
@@ -105,29 +104,17 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
     load = {"channels": input_channels(net), "net": net, "rescale": rescale,
             "max_pixels": int(max_pixels), "nan_policy": nan_policy}
     # a single input that cannot be segmented is an error (exit 2), with nothing written
-    ready = {items[0].rel: load_image(items[0], **load)} if len(items) == 1 else {}
-    targets = {it.rel: output_paths(outdir, it.rel, probabilities, overlay) for it in items}
-    check_targets(outdir, targets, overwrite)
-    prepare_dir(outdir)
+    ready, targets = prepare_outputs(items, outdir, lambda it: load_image(it, **load),
+                                     probabilities, overlay, overwrite)
 
     t0 = time.perf_counter()
     res = PredictResult({}, outdir, warnings=warnings)
     bar = progress_bar(len(items), "predict", progress and len(items) > PROGRESS_MIN,
                        unit="image")
-    for unit in units(items, max(1, int(batch_size)), by_group=pp.active):
-        loaded = _read_unit(unit, load, ready, res, bar)
-        probs = image_probs(net, [img for _, img, _ in loaded], batch_size, dev, amp, rescale,
-                            int(max_pixels))
-        raw = [prob > threshold for prob in probs]
-        masks = postprocess_masks(raw, [it.group for it, _, _ in loaded], pp)
-        for (item, img, note), prob, mask, before in zip(loaded, probs, masks, raw):
-            write_outputs(targets[item.rel], img, prob, mask)
-            rec = record(item, outdir, targets[item.rel], mask, note)
-            if pp.active:
-                rec["removed_pixels"] = int(before.sum()) - int(mask.sum())
-            res.written.append(rec)
-            bar.update(1)
-    bar.close()
+    segment_items(items, outdir, lambda it: load_image(it, **load),
+                  lambda imgs: image_probs(net, imgs, batch_size, dev, amp, rescale,
+                                           int(max_pixels)),
+                  threshold, pp, batch_size, ready, targets, res, bar)
 
     res.summary = _summary(input, outdir, net, label, checkpoint, threshold, dev,
                            res, time.perf_counter() - t0, rescale)
@@ -135,21 +122,6 @@ def run_predict(input: str | Path, outdir: str | Path, model=None,
     res.summary.update(nan_policy=nan_policy, max_pixels=int(max_pixels))
     write_json(outdir / "summary.json", res.summary, indent=1)
     return res
-
-
-def _read_unit(unit, load: dict, ready: dict, res: PredictResult, bar) -> list[tuple]:
-    """``(item, image, note)`` for the images of ``unit`` that pass ``load_image(item,
-    **load)`` (or are in ``ready``, already loaded); the others are added to ``res.skipped``."""
-    loaded = []
-    for item in unit:
-        try:
-            img, note = ready.pop(item.rel) if item.rel in ready else load_image(item, **load)
-        except DataError as exc:
-            res.skipped.append({"input": item.rel, "reason": reason(exc, item.path)})
-            bar.update(1)
-            continue
-        loaded.append((item, img, note))
-    return loaded
 
 
 def _pp_summary(pp: PostProcess, source: str, records: list[dict]) -> dict:

@@ -36,7 +36,9 @@ from mambaseg.data.io import (IMAGE_SUFFIXES, MASK_SUFFIXES, NonFiniteError, dec
                               image_from_array, image_size, png_text, read_mask, write_png)
 from mambaseg.data.layout import scan
 from mambaseg.errors import DataError, MambasegError
+from mambaseg.files import prepare_dir
 from mambaseg.inference.model_info import forward_size
+from mambaseg.inference.postprocess import postprocess_masks
 from mambaseg.metrics import dice_from_counts
 
 #: default limit on the pixels one image may have at the model's input (after padding)
@@ -360,6 +362,48 @@ def units(items: Sequence[Item], size: int, by_group: bool):
         unit.append(item)
     if unit:
         yield unit
+
+
+def prepare_outputs(items: Sequence[Item], outdir: Path, load_one, probabilities: bool,
+                    overlay: bool, overwrite: bool) -> tuple[dict, dict]:
+    """Before anything is written: ``ready`` (a single input, loaded with ``load_one(item)``,
+    so that one that cannot be segmented is an error with nothing written) and ``targets``
+    (every output path, checked by ``check_targets``); then ``outdir`` is created."""
+    ready = {items[0].rel: load_one(items[0])} if len(items) == 1 else {}
+    targets = {it.rel: output_paths(outdir, it.rel, probabilities, overlay) for it in items}
+    check_targets(outdir, targets, overwrite)
+    prepare_dir(outdir)
+    return ready, targets
+
+
+def segment_items(items: Sequence[Item], outdir: Path, load_one, probs_of, threshold: float,
+                  pp, batch_size: int, ready: dict, targets: dict, res: "PredictResult",
+                  bar) -> None:
+    """Segment ``items`` unit by unit (``units``): ``load_one(item) -> (image, note)`` (inputs
+    failing with DataError go to ``res.skipped``), ``probs_of(images)`` the probabilities,
+    thresholded, post-processed per patient by ``pp``, written (``write_outputs``) and recorded
+    in ``res.written``; ``bar`` is advanced per image and closed."""
+    for unit in units(items, max(1, int(batch_size)), by_group=pp.active):
+        loaded = []
+        for item in unit:
+            try:
+                img, note = ready.pop(item.rel) if item.rel in ready else load_one(item)
+            except DataError as exc:
+                res.skipped.append({"input": item.rel, "reason": reason(exc, item.path)})
+                bar.update(1)
+                continue
+            loaded.append((item, img, note))
+        probs = probs_of([img for _, img, _ in loaded])
+        raw = [prob > threshold for prob in probs]
+        masks = postprocess_masks(raw, [it.group for it, _, _ in loaded], pp)
+        for (item, img, note), prob, mask, before in zip(loaded, probs, masks, raw):
+            write_outputs(targets[item.rel], img, prob, mask)
+            rec = record(item, outdir, targets[item.rel], mask, note)
+            if pp.active:
+                rec["removed_pixels"] = int(before.sum()) - int(mask.sum())
+            res.written.append(rec)
+            bar.update(1)
+    bar.close()
 
 
 # ----------------------------------------------------------------------------- records

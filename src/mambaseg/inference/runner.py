@@ -73,7 +73,8 @@ def predict_probs(model, images: torch.Tensor | np.ndarray, batch_size: int = 16
     if first is not None and first.device != dev:
         model.to(dev)
     fmt = torch.channels_last if prefers_channels_last(model) else torch.contiguous_format
-    if fmt is torch.channels_last:  # the same function, faster (models.base)
+    if fmt is torch.channels_last and any(  # converted once: the same function, faster
+            p.dim() == 4 and not p.is_contiguous(memory_format=fmt) for p in model.parameters()):
         model.to(memory_format=fmt)
     sh, sw = work_size(model, h, w, rescale)
     ph, pw = valid_size(model, sh, sw)

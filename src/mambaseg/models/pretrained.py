@@ -155,8 +155,11 @@ def default_shipped(root: str | Path | None = None) -> str | None:
     model is named): the entry whose metadata says ``"default": true`` (the one with the
     highest cross-validation Dice if several do), else the entry with the highest
     cross-validation Dice, else the one with the highest test Dice; None when none qualifies."""
-    shipped = shipped_models(root)
+    return _default_of(shipped_models(root))
 
+
+def _default_of(shipped: dict[str, dict[str, Any]]) -> str | None:
+    """``default_shipped`` of the entries ``shipped`` (``shipped_models``)."""
     def top(names, key):
         scored = [(shipped[n][key], n) for n in names if shipped[n][key] is not None]
         return max(scored)[1] if scored else None
@@ -164,7 +167,7 @@ def default_shipped(root: str | Path | None = None) -> str | None:
     flagged = [n for n, info in shipped.items() if info["default"]]
     if len(flagged) > 1:
         warnings.warn(f"several shipped models say \"default\": true ({', '.join(flagged)}); "
-                      "using the one with the highest cross-validation Dice", stacklevel=2)
+                      "using the one with the highest cross-validation Dice", stacklevel=3)
     if flagged:
         return top(flagged, "cv_dice") or top(flagged, "test_dice") or flagged[0]
     return top(shipped, "cv_dice") or top(shipped, "test_dice")
@@ -173,11 +176,15 @@ def default_shipped(root: str | Path | None = None) -> str | None:
 def shipped_with(names, root: str | Path | None = None) -> str | None:
     """The shipped model taking the channels ``names`` (case-insensitive): the default one if it
     does, else the best scored (cross-validation, then test Dice); None when none does."""
+    return _with(shipped_models(root), names)
+
+
+def _with(shipped: dict[str, dict[str, Any]], names) -> str | None:
+    """``shipped_with`` among the entries ``shipped``."""
     want = [n.lower() for n in names]
-    shipped = shipped_models(root)
     found = [(e["cv_dice"] or -1.0, e["test_dice"] or -1.0, n) for n, e in shipped.items()
              if [c.lower() for c in e["channels"] or ()] == want]
-    default = default_shipped(root) if found else None
+    default = _default_of(shipped) if found else None
     if any(n == default for *_, n in found):
         return default
     return max(found)[2] if found else None
@@ -190,8 +197,9 @@ def shipped_for(channels: int, label, kind: str = "volume") -> str:
     is shipped); 1 (a FLAIR ``kind``: "slice" or
     "volume"), the FLAIR-only one. DataError naming ``label`` when none is shipped."""
     hint = "train one with 'mambaseg train --channels flair' and pass --checkpoint"
+    shipped = shipped_models()  # read once: the choice and its messages look at the same entries
     if channels == 3:
-        name = shipped_with(LGG_CHANNELS) or default_shipped()
+        name = _with(shipped, LGG_CHANNELS) or _default_of(shipped)
         if name is None:
             raise MambasegError("no pretrained weights are shipped with this installation; "
                                 "pass --checkpoint DIR (a directory written by 'mambaseg train')")
@@ -200,10 +208,10 @@ def shipped_for(channels: int, label, kind: str = "volume") -> str:
              f"give all three channels ({', '.join(LGG_CHANNELS)}: CASE_0000..CASE_0002.nii.gz "
              "or one 4-D volume)")
     if channels == 1:
-        name = shipped_with(("FLAIR",))
+        name = _with(shipped, ("FLAIR",))
         if name is None:
             raise DataError(f"{label}: one channel (a FLAIR {kind}) but no FLAIR-only model is "
-                            f"shipped (the default {default_shipped()} takes "
+                            f"shipped (the default {_default_of(shipped)} takes "
                             f"{', '.join(LGG_CHANNELS)}); {hint}, or {three}")
         return name
     where = " (the last axis of a 4-D volume, or channel files)" if kind == "volume" else ""
