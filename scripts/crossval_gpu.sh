@@ -21,6 +21,9 @@
 #   round3   5 folds each of ulvm_unet_v6 at lr 3e-4 (three channels, and FLAIR alone), and
 #            mambaseg_s with one scan order at lr 3e-4 (two folds at a time; channels_last when
 #            MAMBASEG_CL=on, after `bench` showed it faster)
+#   round4   5 folds of mambaseg_s (one scan order) on FLAIR alone; mambaseg_s (one order) under
+#            the paper protocol (scripts/reproduce.py, results in $CV/res/paper/mambaseg_s);
+#            5 folds of ulvm_unet_v5 (two at a time)
 #
 # Runs land in $CV (default /root/cv); `wait` copies the small files (and the weights of the
 # models of at most 1 M parameters) into $OUT as tar files.
@@ -30,6 +33,10 @@ SRC=${SRC:-$PWD/src}           # the package to run; `start` runs a frozen copy 
 if [ "${1:-}" = start ]; then
   mkdir -p "$CV" && rm -rf "$CV/src" && cp -r "$SRC" "$CV/src" && cp "$0" "$CV/crossval_gpu.sh"
   [ -d "$SRC/../benchmarks" ] && rm -rf "$CV/benchmarks" && cp -r "$SRC/../benchmarks" "$CV/benchmarks"
+  [ -d "$SRC/../scripts" ] && rm -rf "$CV/scripts" && cp -r "$SRC/../scripts" "$CV/scripts"
+  # the saved split and report inputs of results/, for scripts/reproduce.py
+  [ -d "$SRC/../results/splits" ] && mkdir -p "$CV/res" && cp -r "$SRC/../results/splits" \
+    "$SRC"/../results/{data_stats.json,fig3_inputs.npz} "$CV/res/"
 fi
 export PYTHONPATH="$CV/src" PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -56,7 +63,7 @@ start)
   [ -f "$CV/split5.json" ] || $ms data split "$DATA" --split patient --folds 5 \
     -o "$CV/split5.json" > "$CV/logs/split.log" 2>&1
   nvidia-smi --query-gpu=name,memory.total --format=csv > "$CV/logs/gpu.txt"
-  case "${3:?plan: recipe1 or round2}" in
+  case "${3:?plan: recipe1, round2, round3 or round4}" in
   recipe1)
     cv unet unet
     cv ulvm_unet_v6 ulvm_unet_v6
@@ -90,6 +97,13 @@ start)
     PARALLEL=2 cv mambaseg_s_o1 mambaseg_s --model-arg directions=1 \
       --channels-last "${MAMBASEG_CL:-auto}"
     ;;
+  round4)
+    PARALLEL=5 cv mambaseg_s_o1_flair mambaseg_s --model-arg directions=1 --channels flair
+    setsid nohup python3 "$CV/scripts/reproduce.py" --data "$DATA" --only paper/mambaseg_s \
+      --runs-dir "$CV/runs" --results-dir "$CV/res" --no-report \
+      --train-args "--model-arg directions=1" > "$CV/logs/paper_mambaseg_s.log" 2>&1 < /dev/null &
+    PARALLEL=2 cv ulvm_unet_v5 ulvm_unet_v5
+    ;;
   *) echo "unknown plan $3" >&2; exit 2 ;;
   esac
   echo started; date
@@ -113,7 +127,7 @@ state)
   ;;
 wait)
   end=$((SECONDS + ${2:?seconds}))
-  while [ $SECONDS -lt $end ] && pgrep -f "mambaseg (crossval|train)" > /dev/null; do sleep 10; done
+  while [ $SECONDS -lt $end ] && pgrep -f "mambaseg (crossval|train|evaluate)|reproduce.py" > /dev/null; do sleep 10; done
   date; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
   tail -n 2 "$CV"/logs/*.log
   cd "$CV" && tar cf "$OUT/cv-results.tar" --exclude='last' --exclude='best' --exclude='src' \
