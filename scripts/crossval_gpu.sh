@@ -9,7 +9,7 @@
 #   bash scripts/crossval_gpu.sh state NAME       # pack NAME's unfinished folds (last/) into $OUT
 #                                                 #   to resume them in a later session
 #
-# Plans (every run uses --preset recommended plus the options shown):
+# Plans (every run uses --preset recommended unless it says otherwise, plus the options shown):
 #   recipe1  unet and ulvm_unet_v6, 5 folds each (30 epochs), and the recipe ablation
 #            (ulvm_unet_v6, fold 0, 15 epochs, scored on fold 0's validation patients)
 #   round2   solo training throughput (benchmarks/train_epoch.py, batch 16), then 5 folds of
@@ -24,6 +24,9 @@
 #   round4   5 folds of mambaseg_s (one scan order) on FLAIR alone; mambaseg_s (one order) under
 #            the paper protocol (scripts/reproduce.py, results in $CV/res/paper/mambaseg_s);
 #            5 folds of ulvm_unet_v5 (two at a time)
+#   round5   the paper preset under 5-fold cross-validation (issue 16: what the recipe adds):
+#            ulvm_unet_v6 (batch 2, five folds side by side) and unet (batch 64, two at a time)
+#   round6   5 folds each of umamba_bot and umamba_bot_pp, two at a time
 #
 # Runs land in $CV (default /root/cv); `wait` copies the small files (and the weights of the
 # models of at most 1 M parameters) into $OUT as tar files.
@@ -63,7 +66,7 @@ start)
   [ -f "$CV/split5.json" ] || $ms data split "$DATA" --split patient --folds 5 \
     -o "$CV/split5.json" > "$CV/logs/split.log" 2>&1
   nvidia-smi --query-gpu=name,memory.total --format=csv > "$CV/logs/gpu.txt"
-  case "${3:?plan: recipe1, round2, round3 or round4}" in
+  case "${3:?plan: recipe1 or round2 ... round6}" in
   recipe1)
     cv unet unet
     cv ulvm_unet_v6 ulvm_unet_v6
@@ -103,6 +106,14 @@ start)
       --runs-dir "$CV/runs" --results-dir "$CV/res" --no-report \
       --train-args "--model-arg directions=1" > "$CV/logs/paper_mambaseg_s.log" 2>&1 < /dev/null &
     PARALLEL=2 cv ulvm_unet_v5 ulvm_unet_v5
+    ;;
+  round5)
+    PARALLEL=5 cv ulvm_unet_v6_paper ulvm_unet_v6 --preset paper
+    PARALLEL=2 cv unet_paper unet --preset paper
+    ;;
+  round6)
+    PARALLEL=2 cv umamba_bot umamba_bot
+    PARALLEL=2 cv umamba_bot_pp umamba_bot_pp
     ;;
   *) echo "unknown plan $3" >&2; exit 2 ;;
   esac

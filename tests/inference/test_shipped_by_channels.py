@@ -156,3 +156,24 @@ def test_one_rule_for_slices_and_volumes(monkeypatch, weights):
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights["rgb_only"])
     with pytest.raises(DataError, match="x: one channel \\(a FLAIR volume\\).*all three channels"):
         pretrained.shipped_for(1, "x", "volume")
+
+
+def test_flair_input_gets_the_default_networks_flair_version(monkeypatch, tmp_path):
+    """Of several FLAIR-only models, the default's own network trained on FLAIR wins over a
+    better-scored other network (the scores are out-of-fold test scores, never a selection
+    rule); without such a twin, the best scored one is used."""
+    torch.manual_seed(0)
+    flair = {"training": {"channels": ["FLAIR"]}}
+    save_ensemble(tmp_path / "default_rgb", [create_model("unet", features=(4, 8))],
+                  metadata={"default": True, "metrics": {"cv": {"dice_patient": 0.8}}})
+    create_model("unet", in_channels=1, features=(4, 8)).save_pretrained(
+        tmp_path / "twin_flair", metadata={**flair, "metrics": {"cv": {"dice_patient": 0.5}}})
+    create_model("unet", in_channels=1, features=(4, 16)).save_pretrained(
+        tmp_path / "other_flair", metadata={**flair, "metrics": {"cv": {"dice_patient": 0.9}}})
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    shipped = pretrained.shipped_models()
+    assert shipped["twin_flair"]["model_kwargs"] == shipped["default_rgb"]["model_kwargs"]
+    assert pretrained.shipped_for(1, "x") == "twin_flair"
+    assert pretrained.shipped_with(["flair"]) == "twin_flair"
+    shutil.rmtree(tmp_path / "twin_flair")
+    assert pretrained.shipped_for(1, "x") == "other_flair"

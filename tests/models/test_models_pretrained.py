@@ -51,6 +51,13 @@ def test_the_default_shipped_ensemble_loads_and_segments(sample_root):
     assert shipped["ulvm_unet_v6_cv5"]["cv_dice"] < shipped["mambaseg_s_cv5"]["cv_dice"]
     flair = load_shipped("ulvm_unet_v6_flair_cv5")
     assert {m.in_channels for m in flair.members} == {1}
+    # the default network's FLAIR-only version serves FLAIR input
+    assert pretrained.shipped_for(1, "x") == "mambaseg_s_flair_cv5"
+    flair = load_shipped("mambaseg_s_flair_cv5")
+    assert {m.in_channels for m in flair.members} == {1} and len(flair.members) == 5
+    assert {count_parameters(m) for m in flair.members} == {837_793}
+    assert all(len(m.encoders[-1][0].mixer.orders) == 1 for m in flair.members)
+    assert shipped["mambaseg_s_flair_cv5"]["channels"] == ("FLAIR",)
     image = sample_root / "kaggle_3m" / "TCGA_HT_8106_19970727" / "TCGA_HT_8106_19970727_11.tif"
     mask = segment(str(image), model=net, device="cpu")
     assert mask.shape == (256, 256) and mask.dtype == np.uint8
@@ -184,6 +191,7 @@ def test_models_cli_table(weights_dir, capsys):
     assert lines[0].split()[:3] == ["MODEL", "FAMILY", "PARAMS"]
     row = next(line for line in lines if line.startswith("ulvm_unet* "))   # * the default
     assert "49,457" in row and "multiple of 32" in row and "shipped" in row and "0.9012" in row
+    assert row.split()[-3:] == ["RGB", "0.9012", "-"]            # CHANNELS, TEST DICE, CV DICE
     assert "* default of predict, segment() and demo: ulvm_unet, test Dice 0.9012" in out
     row = next(line for line in lines if line.startswith("resnet50 "))
     assert "42,909,633" in row and "resnet" in row
@@ -299,3 +307,22 @@ def test_segformer_without_transformers_says_how_to_install(monkeypatch):
     with pytest.raises(MambasegError, match=r"pip install 'mambaseg\[segformer\]'"):
         create_model("segformer_mit_b0")
     assert create_model("segformer").num_parameters() == 17_782_913  # the seed's: plain torch
+
+
+def test_models_cli_shows_the_shipped_channels(weights_dir, capsys):
+    create_model("ulvm_unet").save_pretrained(weights_dir / "ulvm_unet")
+    create_model("ulvm_unet", in_channels=1).save_pretrained(
+        weights_dir / "ulvm_unet_flair", metadata={"training": {"channels": ["FLAIR"]}})
+    assert _run_cli(["models"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[-6:-4] == ["WEIGHTS", "CHANNELS"]
+    assert next(ln for ln in lines if ln.startswith("ulvm_unet_flair")).split()[-3] == "FLAIR"
+    assert next(ln for ln in lines if ln.startswith("ulvm_unet ")).split()[-3] == "RGB"
+    assert next(ln for ln in lines if ln.startswith("unet ")).split()[-3] == "-"
+    assert "CHANNELS: what the shipped weights take: RGB, the LGG slices' pre-contrast, FLAIR" in out
+    assert _run_cli(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["ulvm_unet_flair"]["channels"] == ["FLAIR"]
+    assert rows["ulvm_unet"]["channels"] == ["pre-contrast", "FLAIR", "post-contrast"]
+    assert rows["unet"]["channels"] is None

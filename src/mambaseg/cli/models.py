@@ -5,6 +5,7 @@ import argparse
 import json
 
 from mambaseg.cli._common import add_command
+from mambaseg.data.channels import LGG_CHANNELS
 
 
 def register(sub) -> None:
@@ -23,6 +24,17 @@ def _params(r: dict) -> str:
         return "n/a"
     n = f"{r['num_parameters']:,}"
     return f"{r['members']} x {n}" if (r.get("members") or 1) > 1 else n
+
+
+def _channels(r: dict) -> str:
+    """The shipped weights' input channels: "FLAIR" for a FLAIR-only model, "RGB" for the LGG
+    slices' three (pre-contrast, FLAIR, post-contrast)."""
+    names = r.get("channels")
+    if not names:
+        return "-"
+    if [n.lower() for n in names] == [n.lower() for n in LGG_CHANNELS]:
+        return "RGB"
+    return "+".join(names)
 
 
 def _cv_dice(r: dict) -> str:
@@ -53,8 +65,8 @@ def _default_line(r: dict) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("MODEL", "FAMILY", "PARAMS", "INPUT H, W", "TRAINED AT", "WEIGHTS", "TEST DICE",
-              "CV DICE")
+    header = ("MODEL", "FAMILY", "PARAMS", "INPUT H, W", "TRAINED AT", "WEIGHTS", "CHANNELS",
+              "TEST DICE", "CV DICE")
     lines = []
     for r in rows:
         lines.append((
@@ -63,6 +75,7 @@ def format_table(rows: list[dict]) -> str:
             "n/a" if r["size_multiple"] is None else f"multiple of {r['size_multiple']}, >= {r['min_size']}",
             "n/a" if r["input_size"] is None else f"{r['input_size']}x{r['input_size']}",
             "shipped" if r["weights_shipped"] else "-",
+            _channels(r),
             "-" if r["test_dice"] is None else f"{r['test_dice']:.4f}",
             _cv_dice(r),
         ))
@@ -81,6 +94,10 @@ def format_table(rows: list[dict]) -> str:
                   f"{'s' if len(extra) - ensembles != 1 else ''}" if len(extra) > ensembles
                   else "")
                + " (load them with mambaseg.inference.loading.load_shipped(name)).")
+    if any(r.get("channels") for r in rows):
+        out.append("CHANNELS: what the shipped weights take: RGB, the LGG slices' "
+                   f"{', '.join(LGG_CHANNELS)}; FLAIR, a FLAIR-only model "
+                   "(predict picks it for grayscale slices and FLAIR volumes).")
     if any(r["weights_shipped"] for r in rows):
         out.append("TEST DICE: the shipped weights' recorded test Dice (for the bundled weights: "
                    "per-patient Dice on the leak-free split's test part; see results/README.md).")

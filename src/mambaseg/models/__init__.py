@@ -45,8 +45,8 @@ __all__ = [
 def describe_models() -> list[dict]:
     """One row per registered model, for ``mambaseg models``: name, family, parameter count
     (None if the model cannot be built here, with the reason in ``note``), accepted input sizes,
-    default input size, and shipped weights with their test Dice and cross-validation (OOF
-    per-patient) Dice. Shipped weights under another name than a model's (a shipped ensemble,
+    default input size, and shipped weights with their input channels, test Dice and
+    cross-validation (OOF per-patient) Dice. Shipped weights under another name than a model's (a shipped ensemble,
     e.g. ``ulvm_unet_v6_cv5``) get their own row (``kind`` ``"ensemble"``, ``members`` fold
     models of ``num_parameters`` each) after their model's row. ``default`` marks the shipped
     weights that ``predict``, ``segment()`` and ``demo`` use when no model is named."""
@@ -61,6 +61,7 @@ def describe_models() -> list[dict]:
             "cv_patients": info["cv_patients"] if info else None,
             "cv_folds": info["cv_folds"] if info else None,
             "members": info["members"] if info else None,
+            "channels": list(info["channels"]) if info and info["channels"] else None,
             "evaluated": info["evaluated"] if info else None,
             "default": info is not None and name == default,
             "weights_path": str(info["path"]) if info else None,

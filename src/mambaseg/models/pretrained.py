@@ -14,7 +14,8 @@ with the highest cross-validation Dice; else the one with the highest test Dice.
 With no model named, ``predict``, ``segment()`` and ``segment_volume()`` run the shipped model
 that takes the input's channels (``shipped_for``): three (RGB slices, a three-channel volume)
 the default one; one (a grayscale slice, a FLAIR volume) a FLAIR-only one (its config records
-its channels as ``train --channels flair`` writes them; ``data.channels.checkpoint_channels``).
+its channels as ``train --channels flair`` writes them; ``data.channels.checkpoint_channels``),
+preferably the default's own network trained on FLAIR (``shipped_with``).
 
 This module only finds and describes them (reading their JSON); ``inference.loading.load_shipped``
 loads one.
@@ -83,6 +84,7 @@ def _entry(folder: Path, config: dict, meta: dict, members: int) -> dict[str, An
         "kind": "ensemble" if members > 1 or (folder / ENSEMBLE_MANIFEST).is_file()
         else "checkpoint",
         "model_name": config["model_name"],
+        "model_kwargs": config.get("model_kwargs") or {},
         "test_dice": metric({"metadata": meta}, "dice"),
         "cv_dice": float(cv_dice) if isinstance(cv_dice, (int, float)) else None,
         "cv_patients": cv.get("n_patients"),
@@ -127,7 +129,7 @@ def _ensemble_entry(folder: Path) -> dict[str, Any] | None:
 
 def shipped_models(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """Shipped weights by folder name: ``{name: {"path", "kind" ("checkpoint" or "ensemble"),
-    "model_name", "test_dice", "cv_dice", "cv_patients", "cv_folds", "metrics",
+    "model_name", "model_kwargs", "test_dice", "cv_dice", "cv_patients", "cv_folds", "metrics",
     "num_parameters" (of one member), "channels" (their names; None when unknown), "members"
     (1 for a checkpoint), "weights_dtype", "preprocessing", "default", "evaluated"}}`` (empty
     when the package ships none). ``cv_dice`` is the out-of-fold per-patient Dice of a
@@ -175,7 +177,9 @@ def _default_of(shipped: dict[str, dict[str, Any]]) -> str | None:
 
 def shipped_with(names, root: str | Path | None = None) -> str | None:
     """The shipped model taking the channels ``names`` (case-insensitive): the default one if it
-    does, else the best scored (cross-validation, then test Dice); None when none does."""
+    does; else a version of the default's network (the same model and model options) trained on
+    those channels, such as ``mambaseg_s_flair_cv5`` beside ``mambaseg_s_cv5``; else the best
+    scored (cross-validation, then test Dice); None when none does."""
     return _with(shipped_models(root), names)
 
 
@@ -184,10 +188,19 @@ def _with(shipped: dict[str, dict[str, Any]], names) -> str | None:
     want = [n.lower() for n in names]
     found = [(e["cv_dice"] or -1.0, e["test_dice"] or -1.0, n) for n, e in shipped.items()
              if [c.lower() for c in e["channels"] or ()] == want]
-    default = _default_of(shipped) if found else None
+    if not found:
+        return None
+    default = _default_of(shipped)
     if any(n == default for *_, n in found):
         return default
-    return max(found)[2] if found else None
+    twins = [f for f in found if default is not None and _network(shipped[f[2]]) ==
+             _network(shipped[default])]
+    return max(twins or found)[2]
+
+
+def _network(entry: dict[str, Any]) -> tuple:
+    """What makes two shipped entries the same network: model name and model options."""
+    return entry["model_name"], json.dumps(entry["model_kwargs"], sort_keys=True)
 
 
 def shipped_for(channels: int, label, kind: str = "volume") -> str:
