@@ -133,3 +133,25 @@ def test_channels_last_families_run_in_channels_last_with_the_same_probabilities
     assert not prefers_channels_last(create_model("ulvm_unet_v6"))
     assert prefers_channels_last(Ensemble([net, create_model("mambaseg_t")]))
     assert not prefers_channels_last(Ensemble([net, create_model("ulvm_unet")]))
+
+
+def test_cpu_runs_at_most_cpu_batch_images_per_forward_pass():
+    """On the CPU, a batch_size of 8 reaches the model CPU_BATCH images at a time (faster per
+    slice there); every image still gets its own probabilities, in order."""
+    from mambaseg.inference.runner import CPU_BATCH
+
+    class Counting(Bright):
+        def forward(self, x):
+            self.batches = getattr(self, "batches", []) + [x.shape[0]]
+            return super().forward(x)
+
+    images = torch.cat([_image(32, 32, (i, i + 4, 2, 9)) for i in range(7)])
+    net = Counting()
+    got = predict_probs(net, images, batch_size=8, device="cpu", rescale=False)
+    assert CPU_BATCH == 2 and net.batches == [2, 2, 2, 1]
+    for i in range(7):   # image i is bright in rows i..i+3 only
+        rows = (got[i, 0, :, 2:9] > 0.5).any(dim=1).nonzero().flatten().tolist()
+        assert rows == list(range(i, i + 4))
+    net = Counting()
+    predict_probs(net, images, batch_size=1, device="cpu", rescale=False)
+    assert net.batches == [1] * 7

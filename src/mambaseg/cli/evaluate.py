@@ -40,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing summary")
     add_device(p)
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default "
-                   "16; dice_paper always pools batches of 16)")
+                   "16, at most 2 on the CPU; dice_paper always pools batches of 16)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     add_option(p, "--amp", choices=("bf16", "off"), default="off", bare="bf16",
                help="mixed precision: bf16 (faster on GPU) or off (the default)")

@@ -57,7 +57,8 @@ def register(sub) -> None:
                    help="also write <name>_overlay.png (the image with the mask in red); for a "
                         "volume, a montage of its slices with tumour, outlined")
     add_device(p)
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default "
+                   "8; PyTorch on the CPU runs at most 2 at once, faster per slice there)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-resize", dest="rescale", action="store_false",
                    help="run the model at each image's own scale (zero padding only) instead of "

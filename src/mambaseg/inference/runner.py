@@ -26,6 +26,13 @@ from mambaseg.inference.predict_inputs import MAX_PIXELS, batch_limit
 from mambaseg.models.base import prefers_channels_last
 
 
+#: images per forward pass on the CPU, whatever the batch size: larger batches overflow the
+#: caches and run slower per slice (idle 2-core CPU, 256x256: 25-35 % slower at 8 than at 2 for
+#: mambaseg_s, unet and umamba_bot; resnet18 and ulvm_unet run alike at both; ulvm_unet_v6 8 %
+#: faster at 8; benchmarks/predict.py --batches 2 8)
+CPU_BATCH = 2
+
+
 def to_float(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 (N,C,H,W) -> float32 in [0, 1]; float input is taken as already in [0, 1]."""
     x = torch.as_tensor(images)
@@ -62,7 +69,8 @@ def predict_probs(model, images: torch.Tensor | np.ndarray, batch_size: int = 16
     the module docstring), zero-padded (bottom, right) to the nearest valid size, checked with
     ``model.check_input`` when the model has one (a MambasegError names the nearest valid size),
     run under ``torch.inference_mode`` in eval mode (restored afterwards), cropped and resized
-    back to H x W. Probabilities are the sigmoid of the logits.
+    back to H x W. Probabilities are the sigmoid of the logits. ``batch_size`` images go
+    through the model at once, at most :data:`CPU_BATCH` on the CPU.
     """
     x = torch.as_tensor(images)
     if x.dim() != 4:
@@ -84,10 +92,13 @@ def predict_probs(model, images: torch.Tensor | np.ndarray, batch_size: int = 16
     was_training = model.training
     model.eval()
     check = getattr(model, "check_input", None)
+    step = max(1, int(batch_size))
+    if dev.type == "cpu":
+        step = min(step, CPU_BATCH)
     try:
         with torch.inference_mode():
-            for start in range(0, n, max(1, int(batch_size))):
-                xb = to_float(x[start:start + batch_size]).to(dev)
+            for start in range(0, n, step):
+                xb = to_float(x[start:start + step]).to(dev)
                 if (sh, sw) != (h, w):
                     xb = F.interpolate(xb, size=(sh, sw), mode="bilinear", align_corners=False,
                                        antialias=True)
