@@ -19,6 +19,11 @@ Steps (each one skipped when its output already exists, so the script can be rer
    ``results/<protocol>/<model>/`` with a ``commands.json`` of the commands that made them.
 4. ``mambaseg report results --data D`` regenerates results/README.md and the figures.
 
+``--seeds 0,1,2`` trains each (protocol, model) once per seed: seed 0 is the run above; a seed
+s > 0 adds ``--seed s`` and runs in ``RUNS/<protocol>/<model>.seed<s>``, its files going to
+``results/<protocol>/<model>/seeds/<s>/``. ``--order gap`` takes the models in order of their
+saved gap to the paper (largest first).
+
 A failed step is logged and the other runs go on; the exit status is 1 if any step failed.
 Checkpoints stay in the runs folder (default ``runs/``), never in results/.
 Only the standard library is used here; the work is done by ``python3 -m mambaseg`` subprocesses.
@@ -58,6 +63,9 @@ PROTOCOLS = ("paper", "patient")
 CHECKPOINT = {"paper": "last", "patient": "best"}
 #: models at or above this many parameters run one at a time, even with --parallel
 HEAVY_PARAMS = 5_000_000
+#: how --order sorts the (protocol, model) runs: as given, or by |ours - paper| of the saved
+#: seed-0 dice_paper, largest first (models without both numbers last, in the given order)
+ORDERS = ("given", "gap")
 #: files copied from a run into results/<protocol>/<model>/ (source folder key, name)
 RUN_FILES = ("config.json", "metrics.jsonl")
 EVAL_FILES = ("summary.json", "predictions.npz")
@@ -81,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="exactly these runs, in this order: comma-separated PROTOCOL/MODEL "
                         "(e.g. paper/ulvm_unet_v4,patient/segformer); replaces --models and "
                         "--protocols")
+    p.add_argument("--seeds", default="0", metavar="S,S",
+                   help="train each run once per seed: 0 is the main run (RUNS/P/M, results/P/M/), "
+                        "s > 0 adds --seed s (RUNS/P/M.seed<s>, results/P/M/seeds/<s>/) (default 0)")
+    p.add_argument("--order", choices=ORDERS, default="given",
+                   help="gap: the models with the largest |dice_paper - paper| of their saved seed-0 "
+                        "result first, those without one last (default: as given)")
     p.add_argument("--epochs", type=int, default=None,
                    help="override the preset's epochs (recorded in commands.json and the README)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
@@ -127,6 +141,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.gpu_list = parse_gpus(args.gpus)
     except ValueError as exc:
         p.error(f"--gpus {args.gpus!r}: {exc}")
+    try:
+        args.seed_list = parse_seeds(args.seeds)
+    except ValueError as exc:
+        p.error(f"--seeds {args.seeds!r}: {exc}")
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be at least 1")
     args.runs = Path(args.runs_dir).absolute()
@@ -150,6 +168,20 @@ def parse_gpus(spec: str) -> list[str]:
     if not all(x.isdigit() for x in ids) or len(set(ids)) != len(ids):
         raise ValueError("expected distinct device numbers, e.g. 0,1")
     return ids
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; anything but distinct non-negative integers is a ValueError."""
+    items = [x.strip() for x in spec.split(",")]
+    if not all(x.isascii() and x.isdigit() for x in items) or len(set(map(int, items))) != len(items):
+        raise ValueError("expected distinct non-negative integers, e.g. 0,1,2")
+    return [int(x) for x in items]
+
+
+def dice_mean(value) -> float | None:
+    """A summary's metric (``{"mean": x}`` or a bare number) as a float, else None."""
+    value = value.get("mean") if isinstance(value, dict) else value
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class Log:
@@ -226,7 +258,7 @@ def epochs_done(run_dir: Path) -> int:
 
 @dataclass
 class Job:
-    """One (protocol, model) run: train, evaluate, copy into results/."""
+    """One (protocol, model, seed) run: train, evaluate, copy into results/."""
 
     protocol: str
     model: str
@@ -239,10 +271,12 @@ class Job:
     procs: list[subprocess.Popen] = field(default_factory=list)
     #: the GPU (CUDA_VISIBLE_DEVICES) this job runs on, with --gpus
     gpu: str | None = None
+    #: the training seed: 0 is the main run, passed to train (``--seed``) only when > 0
+    seed: int = 0
 
     @property
     def name(self) -> str:
-        return f"{self.protocol}/{self.model}"
+        return f"{self.protocol}/{self.model}" + (f" seed {self.seed}" if self.seed else "")
 
     @property
     def heavy(self) -> bool:
@@ -283,6 +317,8 @@ class Reproduce:
         if CHECKPOINT[job.protocol] != "last":  # the paper preset's own choice is last/
             cmd += ["--eval-checkpoint", CHECKPOINT[job.protocol]]
         cmd += ["--out", str(job.run_dir), "--no-progress"]
+        if job.seed:
+            cmd += ["--seed", str(job.seed)]
         if self.args.epochs is not None:
             cmd += ["--epochs", str(self.args.epochs)]
         if (job.run_dir / "last" / "train_state.pt").is_file():
@@ -303,10 +339,34 @@ class Reproduce:
         return ((job.out_dir / "summary.json").is_file() and rec.get("status") == "done"
                 and rec.get("epochs_option") == self.args.epochs)
 
+    def job(self, protocol: str, model: str, seed: int) -> Job:
+        """Seed 0 runs in RUNS/P/M into results/P/M/; seed s in RUNS/P/M.seed<s> into
+        results/P/M/seeds/<s>/."""
+        run_dir, out_dir = self.args.runs / protocol / model, self.args.results / protocol / model
+        if seed:
+            run_dir, out_dir = run_dir.with_name(f"{model}.seed{seed}"), out_dir / "seeds" / str(seed)
+        return Job(protocol, model, run_dir, out_dir, seed=seed)
+
+    def gaps(self) -> dict[str, float]:
+        """model -> |ours - paper| of its saved seed-0 dice_paper, for the models with both."""
+        table = read_json(self.args.results / "paper_table1.json") or {}
+        out = {}
+        for row in table.get("models", []):
+            summary = read_json(self.args.results / "paper" / row["model"] / "summary.json") or {}
+            ours, published = dice_mean(summary.get("dice_paper")), dice_mean(row.get("dice"))
+            if ours is not None and published is not None:
+                out[row["model"]] = abs(ours - published)
+        return out
+
     def jobs(self) -> list[Job]:
         pairs = self.args.only_list or [(p, m) for p in self.args.protocol_list
                                          for m in self.args.model_list]
-        return [Job(p, m, self.args.runs / p / m, self.args.results / p / m) for p, m in pairs]
+        if self.args.order == "gap":
+            gaps = self.gaps()
+            pairs = sorted(pairs, key=lambda pm: (pm[1] not in gaps, -gaps.get(pm[1], 0.0)))
+            self.log("order by gap: " + ", ".join(f"{p}/{m} " + (f"{gaps[m]:.4f}" if m in gaps else "unknown")
+                                                  for p, m in pairs))
+        return [self.job(p, m, s) for p, m in pairs for s in self.args.seed_list]
 
     # -- running --------------------------------------------------------------------------
     def over_budget(self) -> bool:
@@ -407,7 +467,7 @@ class Reproduce:
         if job.train_cmd is not None:
             history.append(show(job.train_cmd))
         write_json_atomic(job.out_dir / "commands.json", {
-            "protocol": job.protocol, "model": job.model, "status": "done", "finished": now(),
+            "protocol": job.protocol, "model": job.model, "seed": job.seed, "status": "done", "finished": now(),
             "epochs_option": self.args.epochs, "checkpoint": CHECKPOINT[job.protocol],
             "train": history, "evaluate": show(job.eval_cmd),
             "train_seconds_this_invocation": round(train_s, 1), "evaluate_seconds": round(eval_s, 1),
@@ -480,6 +540,7 @@ class Reproduce:
         started = now()
         self.log(f"reproduce: models {','.join(a.model_list)}; protocols {','.join(a.protocol_list)}; "
                  f"data {a.data}; runs {a.runs}; results {a.results}"
+                 + (f"; seeds {a.seeds}" if a.seed_list != [0] else "")
                  + (f"; epochs {a.epochs}" if a.epochs else "") + (" (dry run)" if a.dry_run else ""))
         if not a.dry_run and not Path(a.data).exists():
             self.log(f"error: --data {a.data} does not exist")
@@ -497,7 +558,7 @@ class Reproduce:
                 continue
             if a.force and job.run_dir.exists() and not a.dry_run:
                 stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-                job.run_dir.rename(job.run_dir.with_name(f"{job.model}.old-{stamp}"))
+                job.run_dir.rename(job.run_dir.with_name(f"{job.run_dir.name}.old-{stamp}"))
             todo.append(job)
         if a.dry_run:
             for i, job in enumerate(todo):
@@ -531,7 +592,8 @@ class Reproduce:
             "command": "PYTHONPATH=src python3 scripts/reproduce.py " + shlex.join(argv),
             "argv": argv, "started": started, "finished": now(), "host": platform.node(),
             "summary": summary,
-            "jobs": [{"protocol": j.protocol, "model": j.model, "status": j.status, "message": j.message}
+            "jobs": [{"protocol": j.protocol, "model": j.model, "seed": j.seed, "status": j.status,
+                      "message": j.message}
                      for j in jobs],
         })
         write_json_atomic(path, doc)

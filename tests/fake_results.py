@@ -91,12 +91,15 @@ def image(r: str) -> np.ndarray:
 
 
 def write_run(root: Path, protocol: str, model: str, summary_extra: dict, predict: list[str] | None,
-              epochs: int = 3, planned: int = 3) -> None:
+              epochs: int = 3, planned: int = 3, seed: int = 0) -> None:
+    """One run folder; a seed s > 0 goes to ``<protocol>/<model>/seeds/<s>/`` as reproduce.py puts it."""
     d = root / protocol / model
+    if seed:
+        d = d / "seeds" / str(seed)
     d.mkdir(parents=True)
     params = summary_extra.get("parameters", 1000)
     (d / "config.json").write_text(json.dumps({
-        "model": model, "split": protocol, "seed": 0, "epochs": planned, "batch_size": 16,
+        "model": model, "split": protocol, "seed": seed, "epochs": planned, "batch_size": 16,
         "device": "cuda", "device_name": DEVICE, "parameters": params}))
     lines = [json.dumps({"epoch": e, "train_loss": 0.5 / e, "val_loss": 0.6 / e, "val_dice": 0.5 + 0.1 * e,
                          "lr": 1e-3, "epoch_time_s": 10.0 + e, "images_per_s": 300.0}) for e in range(1, epochs + 1)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,88 @@ def test_only_runs_exactly_the_named_runs_in_order(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--only", "paper/unet,unet"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--only: 'unet' is not PROTOCOL/MODEL" in proc.stderr
+
+
+def test_dry_run_plans_one_job_per_seed(tmp_path):
+    partial = tmp_path / "runs" / "paper" / "unet.seed2"
+    (partial / "last").mkdir(parents=True)
+    (partial / "last" / "train_state.pt").write_bytes(b"x")
+    lines = dry_run(tmp_path, "--models", "unet", "--protocols", "paper", "--seeds", "0,2", "--epochs", "5")
+    runs, res = tmp_path / "runs", tmp_path / "results"
+    common = ["--model", "unet", "--data", "/data/lgg/kaggle_3m", "--split", f"{res}/splits/paper.json",
+              "--preset", "paper"]
+    assert commands(lines, "train") == [
+        common + ["--out", f"{runs}/paper/unet", "--no-progress", "--epochs", "5"],
+        common + ["--out", f"{runs}/paper/unet.seed2", "--no-progress", "--seed", "2", "--epochs", "5", "--resume"],
+    ]
+    assert [e[1] for e in commands(lines, "evaluate")] == [f"{runs}/paper/unet/last", f"{runs}/paper/unet.seed2/last"]
+    assert any(f"predictions.npz -> {res}/paper/unet/predictions.npz" in ln for ln in lines)
+    assert any(f"{runs}/paper/unet.seed2/eval/predictions.npz -> {res}/paper/unet/seeds/2/predictions.npz" in ln
+               for ln in lines)
+    assert any("finished: 2 planned (dry run)" in ln for ln in lines)
+
+
+@pytest.mark.parametrize("seeds", ["1,x", "-1", "", "0,0", "1.5", "0,,1"])
+def test_bad_seed_list_is_refused(seeds):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--seeds", seeds],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"--seeds {seeds!r}: expected distinct non-negative integers" in proc.stderr
+
+
+def test_order_gap_takes_the_largest_gap_first(tmp_path):
+    fake_results.make_results(tmp_path / "results")  # |Δ|: unet 0.0217, umamba_bot 0.0202, ulvm_unet_v2 0.0007
+    models = ["--models", "ulvm_unet_v2,resnet18,umamba_bot,unet", "--protocols", "paper", "--seeds", "0,1"]
+
+    def planned(*extra):
+        train = commands(dry_run(tmp_path, *models, *extra), "train")
+        return [(c[c.index("--model") + 1], c[c.index("--seed") + 1] if "--seed" in c else "0") for c in train]
+
+    assert planned() == [("ulvm_unet_v2", "0"), ("ulvm_unet_v2", "1"), ("resnet18", "0"), ("resnet18", "1"),
+                         ("umamba_bot", "0"), ("umamba_bot", "1"), ("unet", "0"), ("unet", "1")]
+    assert planned("--order", "gap") == [("unet", "0"), ("unet", "1"), ("umamba_bot", "0"), ("umamba_bot", "1"),
+                                         ("ulvm_unet_v2", "0"), ("ulvm_unet_v2", "1"),
+                                         ("resnet18", "0"), ("resnet18", "1")]   # no saved result: last
+
+
+def test_seed_jobs_write_their_own_results_and_resume(tmp_path, monkeypatch, capsys):
+    mod = load_script(monkeypatch)
+    data = fake_results.make_dataset(tmp_path / "lgg")
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    base = ["--data", str(data), "--runs-dir", str(runs), "--results-dir", str(results), "--epochs", "2"]
+    results.mkdir()
+    shutil.copy(fake_results.REPO / "results" / "paper_table1.json", results)
+    assert mod.main(base + ["--models", "unet", "--protocols", "paper", "--seeds", "0,2", "--parallel", "2"]) == 0
+    files = {"config.json", "metrics.jsonl", "summary.json", "predictions.npz", "commands.json"}
+    main, seed2 = results / "paper" / "unet", results / "paper" / "unet" / "seeds" / "2"
+    assert {p.name for p in main.iterdir()} == files | {"seeds"}
+    assert {p.name for p in seed2.iterdir()} == files
+    assert [p.name for p in (main / "seeds").iterdir()] == ["2"]
+    rec = json.loads((seed2 / "commands.json").read_text())
+    assert rec["seed"] == 2 and rec["status"] == "done" and f"--out {runs}/paper/unet.seed2" in rec["train"][0]
+    assert "--seed 2" in rec["train"][0] and "--seed" not in json.loads((main / "commands.json").read_text())["train"][0]
+    assert json.loads((runs / "paper" / "unet.seed2" / "config.json").read_text())["seed"] == 2
+    assert json.loads((seed2 / "summary.json").read_text())["dice_paper"]["mean"] == pytest.approx(0.87)
+    log = json.loads((results / "reproduce.json").read_text())["invocations"][-1]
+    assert {(j["model"], j["seed"], j["status"]) for j in log["jobs"]} == {("unet", 0, "done"), ("unet", 2, "done")}
+    readme = (results / "README.md").read_text()
+    assert "1 of 13 models have results" in readme and "`seeds`" not in readme
+    spread = next(ln for ln in readme.split("## Seed spread")[1].splitlines() if ln.startswith("| `unet` |"))
+    assert spread.startswith("| `unet` | -0.0429 | 2 | 0.8600 ± 0.0141 | 0.8500–0.8700 | 0.8929 |")
+    assert spread.endswith("| real gap |")
+    capsys.readouterr()
+
+    # resumed: both seeds kept; --force redoes seed 2 only, its old run folder set aside
+    assert mod.main(base + ["--only", "paper/unet", "--seeds", "0,2", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "paper/unet: already in results/, kept" in out and "paper/unet seed 2: already in results/, kept" in out
+    assert "train --model unet" not in out
+    assert mod.main(base + ["--only", "paper/unet", "--seeds", "2", "--force", "--no-report"]) == 0
+    assert [p.name.startswith("unet.seed2.old-") for p in sorted((runs / "paper").iterdir())] == [False, False, True]
+    assert len(json.loads((seed2 / "commands.json").read_text())["train"]) == 2
+    capsys.readouterr()
+
+    # a spent time budget leaves a new seed unstarted, and says so
+    assert mod.main(base + ["--only", "paper/unet", "--seeds", "0,1", "--time-budget", "0", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "paper/unet seed 1: not started (time budget spent)" in out and not (runs / "paper" / "unet.seed1").exists()

@@ -1,5 +1,6 @@
 """Find and read the saved runs of a results folder: ``<protocol>/<model>/`` with
-config.json, metrics.jsonl, summary.json (and predictions.npz where the run kept it)."""
+config.json, metrics.jsonl, summary.json (and predictions.npz where the run kept it), and the
+same model trained with other seeds in ``<protocol>/<model>/seeds/<seed>/``."""
 from __future__ import annotations
 
 import json
@@ -20,6 +21,8 @@ EPOCH_TIME_KEYS = ("epoch_time_s", "epoch_time")
 #: hand-written ``{"<protocol>/<model>": "why its evaluation is wrong"}``: such runs are marked
 #: in the tables and left out of the figures until they are redone
 INVALID_FILE = "invalid.json"
+#: the folder of a run holding its reruns with other seeds: ``seeds/<seed>/`` (the run is seed 0)
+SEEDS_DIR = "seeds"
 
 
 def read_json(path: Path) -> Any:
@@ -95,6 +98,15 @@ class Run:
     commands: dict | None = None
     #: why this run's evaluation is known to be wrong (from invalid.json), else None
     invalid: str | None = None
+    #: the training seed: 0 for ``<protocol>/<model>/``, s for its ``seeds/<s>/``
+    seed: int = 0
+    #: the runs of ``seeds/<s>/``, by seed (empty for those runs themselves)
+    other_seeds: list["Run"] = field(default_factory=list)
+
+    @property
+    def seed_runs(self) -> list["Run"]:
+        """This run and its reruns with other seeds, by seed."""
+        return [self, *self.other_seeds]
 
     @property
     def has_predictions(self) -> bool:
@@ -217,6 +229,21 @@ def load_run(path: Path, protocol: str, model: str) -> Run | None:
     return run if found else None
 
 
+def load_seed_runs(run: Run) -> list[Run]:
+    """The runs of ``run.path/seeds/<s>/`` (s a number), by seed."""
+    seeds_dir = run.path / SEEDS_DIR
+    if not seeds_dir.is_dir():
+        return []
+    dirs = [p for p in seeds_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()]
+    out = []
+    for d in sorted(dirs, key=lambda p: int(p.name)):
+        seed_run = load_run(d, run.protocol, run.model)
+        if seed_run is not None:
+            seed_run.seed = int(d.name)
+            out.append(seed_run)
+    return out
+
+
 def load_invalid(root: Path) -> dict[str, str]:
     """``root/invalid.json``: {"<protocol>/<model>": reason}; {} when the file does not exist."""
     path = root / INVALID_FILE
@@ -233,7 +260,8 @@ def load_invalid(root: Path) -> dict[str, str]:
 
 def load_runs(results_dir: str | Path) -> dict[tuple[str, str], Run]:
     """All runs under ``results_dir/<protocol>/<model>/``, keyed by (protocol, model), each with
-    its reason from ``invalid.json`` when its evaluation is marked wrong there."""
+    its reason from ``invalid.json`` when its evaluation is marked wrong there and its reruns
+    with other seeds (``seeds/<s>/``) in ``other_seeds``."""
     root = Path(results_dir)
     if not root.is_dir():
         raise DataError(f"results folder not found: {root}")
@@ -247,5 +275,6 @@ def load_runs(results_dir: str | Path) -> dict[tuple[str, str], Run]:
             run = load_run(mdir, protocol, mdir.name)
             if run is not None:
                 run.invalid = invalid.get(f"{protocol}/{mdir.name}")
+                run.other_seeds = load_seed_runs(run)
                 runs[(protocol, mdir.name)] = run
     return runs

@@ -8,8 +8,8 @@ from mambaseg._version import __version__
 from mambaseg.report.collect import Run
 from mambaseg.report.paper import PaperTable
 from mambaseg.report.tables import (
-    HEADER, NOT_AVAILABLE, RUNS_HEADER, TOLERANCE, Row, fmt_delta, fmt_dice, markdown_table,
-    patient_slice_counts, runs_rows,
+    HEADER, NOT_AVAILABLE, ONE_SEED, REAL_GAP, RUNS_HEADER, SPREAD_HEADER, TOLERANCE, WITHIN_RANGE, Row,
+    fmt_delta, fmt_dice, markdown_table, patient_slice_counts, runs_rows, spread_rows,
 )
 
 NO_EXPLANATION = "**⚠ No explanation recorded yet.**"
@@ -44,6 +44,26 @@ def slice_dice_note(rows: list[Row]) -> str:
             "only" + (f"; `{NOT_AVAILABLE}`: the summary does not hold it." if missing else "."))
 
 
+def seed_section(rows: list[Row]) -> str:
+    """The seed spread of dice_paper: per model, whether the paper's number lies within our seeds' range."""
+    table = spread_rows(rows)
+    out = ["## Seed spread of dice_paper", ""]
+    if not table:
+        return "\n".join(out + ["No paper-protocol run saved yet."])
+    out += [
+        markdown_table(SPREAD_HEADER, table), "",
+        "- Each model's paper-protocol run of Table I is seed 0 (`paper/<model>/`); its reruns with "
+        "`mambaseg train --seed s` are in `paper/<model>/seeds/<s>/` (`scripts/reproduce.py --seeds 0,1,2`, "
+        "see `docs/reproduce.md`). **sd**: the sample standard deviation over the seeds; **range**: the "
+        "lowest and highest seed.",
+        f"- **Verdict**: `{WITHIN_RANGE}` when the paper's Dice lies within our seeds' range, `{REAL_GAP}` "
+        f"when it lies outside; `{ONE_SEED}`: one seed cannot tell.",
+        "- **Training minutes**: the epoch times of `metrics.jsonl` summed over the seeds (runs side by side "
+        "on one GPU each count their own wall time).",
+    ]
+    return "\n".join(out)
+
+
 def differences_section(rows: list[Row], notes: dict[str, str]) -> str:
     """Every row whose dice_paper differs from the paper's by more than TOLERANCE, with its notes."""
     out = [f"## Differences from the paper (|Δ dice_paper| > {TOLERANCE})", ""]
@@ -56,6 +76,10 @@ def differences_section(rows: list[Row], notes: dict[str, str]) -> str:
     for r in flagged:
         out += [f"### `{r.model}`: ours {fmt_dice(r.dice_paper)}, paper {fmt_dice(r.published_dice)}"
                 f" (Δ {fmt_delta(r.delta)})", ""]
+        spread = r.spread
+        seeds = len(spread.values)
+        out += [f"**Seed spread:** {spread.verdict}" + (f" ({seeds} seeds, range {spread.range})" if seeds >= 2 else ""),
+                ""]
         text = notes.get(r.model.lower())
         if text:
             out += [text, ""]
@@ -82,16 +106,17 @@ def commands_section(results_dir: Path, runs: dict[tuple[str, str], Run], log: d
         unfinished = [j for j in invocations[-1].get("jobs", []) if j.get("status") not in ("done", "kept")]
         if unfinished:
             out += ["", "Runs the last invocation did not finish:", ""]
-            out += [f"- {j.get('protocol')}/{j.get('model')}: {j.get('status')}"
+            out += [f"- {j.get('protocol')}/{j.get('model')}" + (f" seed {j['seed']}" if j.get("seed") else "")
+                    + f": {j.get('status')}"
                     + (f" — {j['message']}" if j.get("message") else "") for j in unfinished]
     else:
         out += ["```sh", "PYTHONPATH=src python3 scripts/reproduce.py --data /root/lgg/kaggle_3m",
                 "```", "", "(no `reproduce.json` here: the invocations were not recorded)"]
-    per_run = [(k, r) for k, r in sorted(runs.items()) if r.commands]
+    per_run = [r for _, main in sorted(runs.items()) for r in main.seed_runs if r.commands]
     if per_run:
         out += ["", "<details><summary>Commands of each run</summary>", "", "```sh"]
-        for (protocol, model), run in per_run:
-            out.append(f"# {protocol}/{model}")
+        for run in per_run:
+            out.append(f"# {run.protocol}/{run.model}" + (f" seed {run.seed}" if run.seed else ""))
             if run.commands.get("epochs_option"):
                 out.append(f"# epochs overridden: --epochs {run.commands['epochs_option']}")
             for step in ("train", "evaluate"):
@@ -138,6 +163,8 @@ def render(results_dir: Path, out_dir: Path, rows: list[Row], runs: dict[tuple[s
         "The paper's times are on 4× NVIDIA T4 (ulvm_unet_v4: 1× RTX 3060).",
         "- `not run`: no saved run; `—`: the run has no such value; `≠`: our parameter count differs "
         "from the paper's" + (INVALID_LEGEND if any_invalid else "."),
+        "",
+        seed_section(rows),
         "",
         differences_section(rows, notes),
         "",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ NOT_AVAILABLE = "n/a"
 INVALID_MARK = " ✗"
 #: a row is listed under "Differences from the paper" when |ours - paper| exceeds this
 TOLERANCE = 0.01
+#: the verdicts of the seed spread: the paper's dice_paper within [min, max] of our seeds or not
+WITHIN_RANGE, REAL_GAP, ONE_SEED = "paper within our range", "real gap", "1 seed: not known"
 
 
 def as_number(x: Any) -> float | None:
@@ -138,6 +141,11 @@ class Row:
     def differs(self) -> bool:
         return self.delta is not None and abs(self.delta) > TOLERANCE + 1e-12
 
+    @property
+    def spread(self) -> SeedSpread:
+        """dice_paper over the seeds of the paper-protocol run."""
+        return SeedSpread(self.paper_run.seed_runs if self.paper_run else [], self.published_dice)
+
     def cells(self) -> list[str]:
         """The row's cells, in the order of :data:`HEADER`."""
         pr, qr = self.paper_run, self.patient_run
@@ -168,6 +176,65 @@ class Row:
             fmt_epochs(pr, self.paper_epochs),
             ((pr.device or MISSING) if pr else NOT_RUN),
         ]
+
+
+@dataclass
+class SeedSpread:
+    """One model's paper-protocol runs, one per seed, against the paper's dice_paper."""
+
+    runs: list[Run]
+    published: float | None
+
+    @property
+    def values(self) -> list[float]:
+        """dice_paper of each seed whose summary holds it."""
+        ms = [r.metric("dice_paper") for r in self.runs]
+        return [float(m["mean"]) for m in ms if m is not None]
+
+    @property
+    def range(self) -> str:
+        """'min–max' of the seeds' dice_paper, with at least two seeds."""
+        values = self.values
+        return f"{min(values):.4f}–{max(values):.4f}" if len(values) >= 2 else MISSING
+
+    @property
+    def train_minutes(self) -> float | None:
+        """Training minutes summed over the seeds; None unless every seed records its epoch times."""
+        times = [r.train_time_s for r in self.runs]
+        return None if not times or None in times else sum(times) / 60
+
+    @property
+    def verdict(self) -> str:
+        values = self.values
+        if len(values) < 2:
+            return ONE_SEED if values else MISSING
+        if self.published is None:
+            return NOT_AVAILABLE
+        return WITHIN_RANGE if min(values) <= self.published <= max(values) else REAL_GAP
+
+    def cells(self, label: str, delta: float | None) -> list[str]:
+        """The cells of :data:`SPREAD_HEADER`."""
+        values = self.values
+        several = len(values) >= 2
+        mark = INVALID_MARK if any(r.invalid for r in self.runs) else ""
+        return [
+            label, fmt_delta(delta), str(len(values)),
+            (f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if several
+             else fmt_dice(values[0] if values else None)),
+            self.range,
+            fmt_dice(self.published), fmt_minutes(self.train_minutes),
+            ", ".join(dict.fromkeys(fmt_epochs(r) for r in self.runs)),
+            self.verdict + mark,
+        ]
+
+
+SPREAD_HEADER = ["Model", "Δ (seed 0)", "Seeds", "dice_paper mean ± sd", "Range (min–max)", "Dice (paper)",
+                 "Training minutes (all seeds)", "Epochs run/planned", "Verdict"]
+
+
+def spread_rows(rows: list[Row]) -> list[list[str]]:
+    """The seed-spread table: every model with a paper-protocol run."""
+    return [r.spread.cells(r.label, r.delta) for r in rows if r.paper_run is not None]
 
 
 HEADER = [
