@@ -24,9 +24,12 @@
 #   round4   5 folds of mambaseg_s (one scan order) on FLAIR alone; mambaseg_s (one order) under
 #            the paper protocol (scripts/reproduce.py, results in $CV/res/paper/mambaseg_s);
 #            5 folds of ulvm_unet_v5 (two at a time)
-#   round5   the paper preset under 5-fold cross-validation (issue 16: what the recipe adds):
-#            ulvm_unet_v6 (batch 2, five folds side by side) and unet (batch 64, two at a time)
-#   round6   5 folds each of umamba_bot and umamba_bot_pp, two at a time
+#   round5   5 folds of mambaseg_s with one scan order and a stride-2 stem (17 ms per slice on
+#            the 2-core CPU against 61 without; five side by side), then unet under the paper
+#            preset (batch 64, two folds at a time; issue 16: what the recipe adds)
+#   round6   ulvm_unet_v6 under the paper preset (batch 2, five folds side by side), and 5 folds
+#            of umamba_bot (two at a time)
+#   round7   5 folds of umamba_bot_pp (two at a time)
 #
 # Runs land in $CV (default /root/cv); `wait` copies the small files (and the weights of the
 # models of at most 1 M parameters) into $OUT as tar files.
@@ -66,7 +69,7 @@ start)
   [ -f "$CV/split5.json" ] || $ms data split "$DATA" --split patient --folds 5 \
     -o "$CV/split5.json" > "$CV/logs/split.log" 2>&1
   nvidia-smi --query-gpu=name,memory.total --format=csv > "$CV/logs/gpu.txt"
-  case "${3:?plan: recipe1 or round2 ... round6}" in
+  case "${3:?plan: recipe1 or round2 ... round7}" in
   recipe1)
     cv unet unet
     cv ulvm_unet_v6 ulvm_unet_v6
@@ -108,11 +111,14 @@ start)
     PARALLEL=2 cv ulvm_unet_v5 ulvm_unet_v5
     ;;
   round5)
-    PARALLEL=5 cv ulvm_unet_v6_paper ulvm_unet_v6 --preset paper
+    PARALLEL=5 cv mambaseg_s_o1_s2 mambaseg_s --model-arg directions=1 --model-arg stem_stride=2
     PARALLEL=2 cv unet_paper unet --preset paper
     ;;
   round6)
+    PARALLEL=5 cv ulvm_unet_v6_paper ulvm_unet_v6 --preset paper
     PARALLEL=2 cv umamba_bot umamba_bot
+    ;;
+  round7)
     PARALLEL=2 cv umamba_bot_pp umamba_bot_pp
     ;;
   *) echo "unknown plan $3" >&2; exit 2 ;;

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mambaseg.errors import MambasegError
 from mambaseg.models import count_parameters, create_model, from_pretrained, list_models
 from mambaseg.models.umamba import DEEP_SUPERVISION_PARAMS
 
@@ -343,3 +344,29 @@ def test_segformer_refuses_transformers_weights_with_the_new_name(tmp_path):
         from_pretrained(tmp_path / "old")
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     assert from_pretrained(tmp_path / "old").model_name == "segformer_mit_b0"
+
+
+def test_mambaseg_stem_stride_two_works_at_half_resolution():
+    """stem_stride=2: the same parameters, every level at half the resolution, and the logits
+    the bilinear x2 upsampling of the head's half-resolution output."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    one = create_model("mambaseg_t", directions=1)
+    two = create_model("mambaseg_t", directions=1, stem_stride=2)
+    assert count_parameters(two) == count_parameters(one) == OWN_PARAMS["mambaseg_t"]
+    assert (one.size_multiple, two.size_multiple) == (8, 16)
+    two.load_state_dict(one.state_dict())  # the same weights fit
+    two.eval()
+    seen = {}
+    two.head.register_forward_hook(lambda mod, inp, out: seen.update(head=out))
+    x = torch.rand(2, 3, 48, 64)
+    with torch.no_grad():
+        y = two(x)
+    assert seen["head"].shape == (2, 1, 24, 32) and y.shape == (2, 1, 48, 64)
+    torch.testing.assert_close(y, F.interpolate(seen["head"], scale_factor=2, mode="bilinear",
+                                                align_corners=False))
+    with pytest.raises(MambasegError, match="multiples of 16"):
+        two(torch.rand(1, 3, 40, 40))
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
+        create_model("mambaseg_t", stem_stride=4)

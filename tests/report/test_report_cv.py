@@ -65,11 +65,11 @@ def test_main_table_rows_hold_the_summary_numbers(cv):
     assert unet == [
         "`unet`", "recommended", "7,765,985", f"{fake_cv.mean('unet'):.4f} [0.610, 0.810]",
         "0.7321", "0.7812", "0.6543", "12.3", "12/222 slices (5.4 %)", "3-D largest component",
-        "0.7001", "123.5", "40", "0.0003"]
+        "0.7001", "123.5", "—", "40", "0.0003"]   # CPU ms/slice: no cpu_latency.json
     v2 = row(main, "ulvm_unet_v2")
     assert v2[:4] == ["`ulvm_unet_v2`", "recommended", "42,737",
                       f"{fake_cv.mean('ulvm_unet_v2'):.4f} [0.640, 0.830]"]
-    assert v2[7:] == ["9.9", "7/222 slices (3.2 %)", "none", "0.7301", "45.0", "40", "0.0003"]
+    assert v2[7:] == ["9.9", "7/222 slices (3.2 %)", "none", "0.7301", "45.0", "—", "40", "0.0003"]
     paper = row(main, "unet-paper")
     assert paper[1] == "paper" and paper[-2] == "100" and paper[8] == "40/222 slices (18.0 %)"
 
@@ -311,3 +311,28 @@ def test_make_report_adds_cv_readme_next_to_table_one(results, tmp_path):
     out = make_report(results, out=tmp_path / "elsewhere")
     assert tmp_path / "elsewhere" / "cv" / "README.md" in out.written
     assert fake_results.DEVICE in (results / "README.md").read_text()
+
+
+def test_main_table_gives_each_models_cpu_latency(cv):
+    """The main table's CPU ms/slice comes from ablation/cpu_latency.json, looked up by the
+    model and the options its folds were trained with."""
+    def cpu_cells(readme: str) -> dict[str, str]:
+        lines = [ln for ln in section(readme, "## Main table").splitlines() if ln.startswith("|")]
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        col = header.index("CPU ms/slice")
+        rows = ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:])
+        return {r[0].strip("`"): r[col] for r in rows}
+
+    readme = report(cv)
+    assert set(cpu_cells(readme).values()) == {"—"} and "CPU ms/slice: not measured" in readme
+    fold = cv / "unet" / "fold_0" / "config.json"
+    cfg = json.loads(fold.read_text())
+    fold.write_text(json.dumps({**cfg, "model_kwargs": {"features": [4, 8]}}))
+    (cv / "ablation" / "cpu_latency.json").write_text(json.dumps({
+        "unet": {"b1_ms_per_slice": 99.0, "where": "x86_64, 2 torch threads", "torch": "9.9"},
+        "unet:features=[4, 8]": {"b1_ms_per_slice": 12.4}}))
+    cells = cpu_cells(report(cv))
+    assert cells["unet"] == "12"
+    others = {json.loads((cv / k / "fold_0" / "config.json").read_text())["model"]: v
+              for k, v in cells.items() if k != "unet" and (cv / k / "fold_0").is_dir()}
+    assert others.get("unet") == "99" and others.get("ulvm_unet_v6", "—") == "—"

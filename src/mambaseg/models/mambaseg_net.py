@@ -13,7 +13,9 @@ blocks:
 
 ``mixer="conv"`` swaps every cross-scan for a ConvFFN (the same network without Mamba) and
 ``directions=1`` scans one flattened order only, as UltraLight's PVM layer: the ablations of
-``results/cv/README.md``.
+``results/cv/README.md``. ``stem_stride=2`` makes the stem a stride-2 convolution, so that every
+level works at half the resolution, and upsamples the logits x2 (bilinear) at the end, as
+SegFormer does x4: about a third of the CPU time per slice (the full-resolution level costs most).
 
 | name        | channels            | depths    | params  |
 |-------------|---------------------|-----------|---------|
@@ -43,7 +45,7 @@ class _Residual(nn.Module):
 
 
 def _conv_bn(cin: int, cout: int, kernel_size: int, stride: int = 1, act: bool = True) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=(kernel_size - 1) // 2 if stride == 1 else 0,
+    layers = [nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=(kernel_size - 1) // 2,
                         bias=False), nn.BatchNorm2d(cout)]
     return nn.Sequential(*layers, nn.GELU()) if act else nn.Sequential(*layers)
 
@@ -54,14 +56,17 @@ class MambaSegNet(SegModel):
     def __init__(self, in_channels: int = 3, num_classes: int = 1,
                  channels: Sequence[int] = (16, 32, 64, 96, 128), depths: Sequence[int] = (1, 1, 2, 2, 2),
                  mamba_levels: int = 2, directions: int = 4, mixer: str = "mamba", d_state: int = 16,
-                 scan_backend: str | None = None):
+                 stem_stride: int = 1, scan_backend: str | None = None):
         super().__init__(in_channels, num_classes)
         channels, depths = [int(c) for c in channels], [int(d) for d in depths]
         levels = len(channels)
         if levels < 2 or len(depths) != levels or not 0 <= mamba_levels <= levels:
             raise ValueError(f"MambaSegNet: need >= 2 levels, one depth per level and "
                              f"0 <= mamba_levels <= {levels}")
-        self.size_multiple = 2 ** (levels - 1)
+        if stem_stride not in (1, 2):
+            raise ValueError(f"MambaSegNet: stem_stride must be 1 or 2, not {stem_stride!r}")
+        self.stem_stride = stem_stride
+        self.size_multiple = 2 ** (levels - 1) * stem_stride
         self.min_size = self.size_multiple
 
         def blocks(width: int, depth: int, scan: bool) -> nn.Sequential:
@@ -70,7 +75,7 @@ class MambaSegNet(SegModel):
                                                   d_state=d_state) for _ in range(depth)))
             return nn.Sequential(*(_Residual(ConvFFN(width)) for _ in range(depth)))
 
-        self.stem = _conv_bn(in_channels, channels[0], 3)
+        self.stem = _conv_bn(in_channels, channels[0], 3, stride=stem_stride)
         self.downs = nn.ModuleList(_conv_bn(channels[i - 1], channels[i], 2, stride=2, act=False)
                                    for i in range(1, levels))
         self.encoders = nn.ModuleList(blocks(channels[i], depths[i], i >= levels - mamba_levels)
@@ -90,7 +95,10 @@ class MambaSegNet(SegModel):
         for i in reversed(range(len(self.fuses))):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = self.decoders[i](self.fuses[i](torch.cat((x, skips[i]), dim=1)))
-        return self.head(x)
+        x = self.head(x)
+        if self.stem_stride > 1:
+            x = F.interpolate(x, scale_factor=self.stem_stride, mode="bilinear", align_corners=False)
+        return x
 
 
 @register_model(family="mambaseg")

@@ -23,7 +23,8 @@ from mambaseg import files as atomic
 from mambaseg._version import __version__
 from mambaseg.compare import format_p, load_per_patient, paired_comparison, patient_mismatch
 from mambaseg.errors import MambasegError
-from mambaseg.report.ablation import ABLATION_DIR, ablation_section, load_ablation, load_latency
+from mambaseg.report.ablation import (ABLATION_DIR, ablation_section, latency_cell,
+                                      latency_note, load_ablation, load_latency)
 from mambaseg.report.collect import HD95_LABELS, HD95_MAX, HD95_POOLED, Run, hd95_metrics, read_json
 from mambaseg.report.tables import (
     MISSING, NOT_AVAILABLE, fmt_ci, fmt_delta, fmt_dice, fmt_int, markdown_table, text_table,
@@ -53,8 +54,8 @@ INTER_READER_DICE = 0.84
 MAIN_HEADER = [
     "Model", "Preset", "Params", "OOF per-patient Dice [95 % CI]", "Median", "Global Dice",
     "Tumour-slice Dice", "False positives on tumour-free slices",
-    "Post-processing", "Per-patient Dice without post-processing", "GPU minutes", "Epochs",
-    "Learning rate",
+    "Post-processing", "Per-patient Dice without post-processing", "GPU minutes",
+    "CPU ms/slice", "Epochs", "Learning rate",
 ]
 HD95_AT = MAIN_HEADER.index("Tumour-slice Dice") + 1
 FOLD_HEADER = ["Fold", "Test patients", "Per-patient Dice", "Global Dice", "Best epoch",
@@ -240,9 +241,10 @@ def main_header(definitions: list[str]) -> list[str]:
     return MAIN_HEADER[:HD95_AT] + hd + MAIN_HEADER[HD95_AT:]
 
 
-def main_row(m: CVModel, definitions: list[str]) -> list[str]:
+def main_row(m: CVModel, definitions: list[str], latency: dict | None = None) -> list[str]:
     """The model's cells of the main table (:func:`main_header` of ``definitions``); an HD95
-    its summary does not hold is ``n/a``."""
+    its summary does not hold is ``n/a``. ``latency``: ``ablation/cpu_latency.json``, looked
+    up by the model and its options (``model_spec``)."""
     if not m.finished:
         n = len(main_header(definitions))
         return [_name(m), _setup(m), MISSING, not_finished(m)] + [MISSING] * (n - 6) \
@@ -265,6 +267,7 @@ def main_row(m: CVModel, definitions: list[str]) -> list[str]:
         str(s.get("postprocess_describe") or MISSING),
         _dice(_dict(s.get("without_postprocess")).get("dice_patient")),
         _minutes(s.get("train_minutes")),
+        latency_cell(latency or {}, m.fold_config),
         fmt_int(m.epochs),
         _lr(m.fold_config),
     ]
@@ -461,6 +464,7 @@ def hd95_note(models: list[CVModel], definitions: list[str]) -> str:
 def render(cv_dir: Path, models: list[CVModel], ablation: list[Run] | None) -> str:
     finished = [m for m in models if m.finished]
     definitions = hd95_definitions(models)
+    latency = load_latency(cv_dir)
     parts = [
         "# Cross-validation results",
         "",
@@ -480,7 +484,8 @@ def render(cv_dir: Path, models: list[CVModel], ablation: list[Run] | None) -> s
         parts += [
             f"{len(finished)} of {len(models)} cross-validations finished.",
             "",
-            markdown_table(main_header(definitions), [main_row(m, definitions) for m in models]),
+            markdown_table(main_header(definitions),
+                           [main_row(m, definitions, latency) for m in models]),
             "",
             "- **OOF per-patient Dice**: mean over patients of each patient's Dice (all its slices "
             "pooled), with the 95 % bootstrap interval over patients; **global Dice** pools every "
@@ -494,6 +499,7 @@ def render(cv_dir: Path, models: list[CVModel], ablation: list[Run] | None) -> s
             "unbiased one.",
             "- **GPU minutes**: the sum of the folds' training wall times; the folds ran side by "
             "side, so this is not the elapsed time. **Epochs**: planned per fold.",
+            "- " + latency_note(latency),
         ]
     else:
         parts.append("No cross-validation saved yet.")
@@ -508,7 +514,7 @@ def render(cv_dir: Path, models: list[CVModel], ablation: list[Run] | None) -> s
         for m in finished:
             parts += [f"### `{m.name}`", "", post_table(m), ""]
     parts += [comparisons_section(models), "",
-              ablation_section(ablation, load_latency(cv_dir)), "", targets_section(models), ""]
+              ablation_section(ablation, latency), "", targets_section(models), ""]
     notes = cv_dir / NOTES_FILE
     if notes.is_file():
         parts += [f"## Notes (`{NOTES_FILE}`, written by hand)", "",
