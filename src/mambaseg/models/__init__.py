@@ -46,8 +46,8 @@ def describe_models() -> list[dict]:
     """One row per registered model, for ``mambaseg models``: name, family, parameter count
     (None if the model cannot be built here, with the reason in ``note``), accepted input sizes,
     default input size, and shipped weights with their input channels, test Dice and
-    cross-validation (OOF per-patient) Dice. Shipped weights under another name than a model's (a shipped ensemble,
-    e.g. ``ulvm_unet_v6_cv5``) get their own row (``kind`` ``"ensemble"``, ``members`` fold
+    cross-validation (OOF per-patient) Dice. Shipped weights under another name than a model's
+    (a shipped ensemble, e.g. ``ulvm_unet_v6_cv5``) get their own row (``kind`` ``"ensemble"``, ``members`` fold
     models of ``num_parameters`` each) after their model's row. ``default`` marks the shipped
     weights that ``predict``, ``segment()`` and ``demo`` use when no model is named."""
     shipped = shipped_models()
