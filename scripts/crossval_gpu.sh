@@ -27,9 +27,10 @@
 #   round5   5 folds of mambaseg_s with one scan order and a stride-2 stem (17 ms per slice on
 #            the 2-core CPU against 61 without; five side by side), then unet under the paper
 #            preset (batch 64, two folds at a time; issue 16: what the recipe adds)
-#   round6   ulvm_unet_v6 under the paper preset (batch 2, five folds side by side), and 5 folds
-#            of umamba_bot (two at a time)
-#   round7   5 folds of umamba_bot_pp (two at a time)
+#   round6   ulvm_unet_v6 under the paper preset (batch 2, five folds side by side; small enough
+#            for `state` to carry unfinished folds into a later session)
+#   round7   5 folds of umamba_bot (two at a time)
+#   round8   5 folds of umamba_bot_pp (two at a time)
 #
 # Runs land in $CV (default /root/cv); `wait` copies the small files (and the weights of the
 # models of at most 1 M parameters) into $OUT as tar files.
@@ -69,7 +70,7 @@ start)
   [ -f "$CV/split5.json" ] || $ms data split "$DATA" --split patient --folds 5 \
     -o "$CV/split5.json" > "$CV/logs/split.log" 2>&1
   nvidia-smi --query-gpu=name,memory.total --format=csv > "$CV/logs/gpu.txt"
-  case "${3:?plan: recipe1 or round2 ... round7}" in
+  case "${3:?plan: recipe1 or round2 ... round8}" in
   recipe1)
     cv unet unet
     cv ulvm_unet_v6 ulvm_unet_v6
@@ -116,9 +117,11 @@ start)
     ;;
   round6)
     PARALLEL=5 cv ulvm_unet_v6_paper ulvm_unet_v6 --preset paper
-    PARALLEL=2 cv umamba_bot umamba_bot
     ;;
   round7)
+    PARALLEL=2 cv umamba_bot umamba_bot
+    ;;
+  round8)
     PARALLEL=2 cv umamba_bot_pp umamba_bot_pp
     ;;
   *) echo "unknown plan $3" >&2; exit 2 ;;
