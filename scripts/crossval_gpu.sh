@@ -27,9 +27,10 @@
 #   round5   5 folds of mambaseg_s with one scan order and a stride-2 stem (17 ms per slice on
 #            the 2-core CPU against 61 without; five side by side), then unet under the paper
 #            preset (batch 64, two folds at a time; issue 16: what the recipe adds)
-#   round6   ulvm_unet_v6 under the paper preset (batch 2, five folds side by side; small enough
+#   round6   the last fold of unet under the paper preset (resumed from the four folds saved in
+#            results/cv/unet_paper), and 5 folds of umamba_bot (two at a time)
+#   round7   ulvm_unet_v6 under the paper preset (batch 2, five folds side by side; small enough
 #            for `state` to carry unfinished folds into a later session)
-#   round7   5 folds of umamba_bot (two at a time)
 #   round8   5 folds of umamba_bot_pp (two at a time)
 #
 # Runs land in $CV (default /root/cv); `wait` copies the small files (and the weights of the
@@ -116,10 +117,13 @@ start)
     PARALLEL=2 cv unet_paper unet --preset paper
     ;;
   round6)
-    PARALLEL=5 cv ulvm_unet_v6_paper ulvm_unet_v6 --preset paper
+    # folds 0-3 ran on 2026-12-06 (round5); --resume (cv) trains only fold 4
+    [ -d "$CV/unet_paper" ] || cp -r "$SRC/../results/cv/unet_paper" "$CV/unet_paper"
+    PARALLEL=1 cv unet_paper unet --preset paper
+    PARALLEL=2 cv umamba_bot umamba_bot
     ;;
   round7)
-    PARALLEL=2 cv umamba_bot umamba_bot
+    PARALLEL=5 cv ulvm_unet_v6_paper ulvm_unet_v6 --preset paper
     ;;
   round8)
     PARALLEL=2 cv umamba_bot_pp umamba_bot_pp
