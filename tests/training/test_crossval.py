@@ -3,6 +3,7 @@ files, the out-of-fold result against the folds' own summaries, resuming, bad in
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from mambaseg.data.splits import make_split
 from mambaseg import metrics as M
 from mambaseg.inference.evaluate import METRIC_KEYS
 from mambaseg.inference.predictions import load_predictions
-from mambaseg.training.crossval import CANDIDATES, score_variants
+from mambaseg.training.crossval import CANDIDATES, best_epoch_of, score_variants
 from mambaseg.inference.postprocess import PostProcess
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lgg-sample"
@@ -89,6 +90,39 @@ def test_resume_runs_only_the_folds_left(tmp_path, sample_root, capsys):
     # a resumed run keeps its settings
     assert _cv("-o", str(out), "--resume", "--lr", "0.5") == 2
     assert "keeps its settings" in capsys.readouterr().err
+
+
+def test_resume_from_folds_saved_without_their_weights(cv_dir, tmp_path, sample_root, capsys):
+    """A cross-validation continued elsewhere from its saved small files (no best/, no last/,
+    as results/cv keeps them) trains only the missing fold and keeps the others' rows."""
+    out = tmp_path / "cv"
+    out.mkdir()
+    for name in ("crossval.json", "split.json"):
+        shutil.copy(cv_dir / name, out / name)
+    for i in (0, 1):
+        (out / f"fold_{i}").mkdir()
+        for name in ("config.json", "metrics.jsonl", "summary.json", "predictions.npz"):
+            shutil.copy(cv_dir / f"fold_{i}" / name, out / f"fold_{i}" / name)
+    assert _cv("-o", str(out), "--resume", "--no-progress") == 0
+    assert "to do: 2 " in capsys.readouterr().out
+    a = json.loads((cv_dir / "summary.json").read_text())["folds"]
+    b = json.loads((out / "summary.json").read_text())["folds"]
+    for key in ("dice_patient", "best_epoch", "best_val", "epochs"):
+        assert [r[key] for r in b[:2]] == [r[key] for r in a[:2]], key
+    assert b[2]["best_epoch"] == 1
+
+
+@pytest.mark.parametrize("select, expected", [("dice_patient", 2), ("dice", 4), (None, 4)])
+def test_best_epoch_of_a_history_follows_the_runs_selection(tmp_path, select, expected):
+    history = [{"epoch": 1, "val_dice": 0.2, "val_dice_patient": 0.5},
+               {"epoch": 2, "val_dice": 0.3, "val_dice_patient": 0.7},
+               {"epoch": 3, "val_dice": 0.1, "val_dice_patient": 0.7},  # a tie: the first stays
+               {"epoch": 4, "val_dice": 0.4, "val_dice_patient": 0.6}]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({} if select is None else {"select": select}))
+    assert best_epoch_of(history, config) == expected
+    assert best_epoch_of(history, tmp_path / "missing.json") is None
+    assert best_epoch_of([], config) is None
 
 
 def test_parallel_folds_run_in_their_own_processes(cv_dir, tmp_path, sample_root, capsys):

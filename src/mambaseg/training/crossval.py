@@ -260,14 +260,29 @@ def fold_rows(out: Path, k: int) -> list[dict]:
         d = fold_dir(out, i)
         summary = json.loads((d / SUMMARY).read_text())
         history = read_metrics(d / "metrics.jsonl")
-        best = None
         try:
             meta = json.loads((d / "best" / "config.json").read_text())["metadata"]["training"]
             best = int(meta["epoch"])
         except (OSError, ValueError, KeyError, TypeError):
-            pass
+            best = best_epoch_of(history, d / "config.json")
         rows.append(fold_row(i, summary, history, best))
     return rows
+
+
+def best_epoch_of(history: list[dict], config: Path) -> int | None:
+    """The epoch ``best/`` holds, from the history alone (a fold folder saved without its
+    weights): the first epoch of the highest validation score the run selected by
+    (``select`` of its ``config.json``, as ``trainer.end_epoch`` tracks it); None when unknown."""
+    try:
+        key = "val_" + json.loads(config.read_text()).get("select", "dice")
+    except (OSError, ValueError, AttributeError):
+        return None
+    best = None
+    for r in history:
+        score = r.get(key)
+        if score is not None and (best is None or score > best[0]):
+            best = (score, int(r["epoch"]))
+    return best[1] if best else None
 
 
 # ----------------------------------------------------------------------------- out of fold
