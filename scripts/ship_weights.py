@@ -7,10 +7,17 @@
 writes the ensemble folder (``ensemble.json`` + ``fold_<i>/`` fp16 checkpoints) with
 ``mambaseg.training.ship.ship_crossval``: the K checkpoints the cross-validation evaluated, the
 post-processing it chose on its out-of-fold (OOF) predictions, and metadata holding the OOF
-scores (``metrics.cv.dice_patient``: the number ``mambaseg models`` shows and the default
-model is chosen by), the path of the summary they come from and the training settings, so that
-every shipped number traces back to a saved summary. ``--default`` marks it as the default
-model of ``predict``, ``segment()`` and ``demo``; mark one shipped folder only.
+scores (``metrics.cv.dice_patient``, CV DICE in ``mambaseg models``) and the folds' mean
+validation score (``metrics.cv.val_dice_patient``, VAL DICE: shipped models are ranked by it),
+the path of the summary they come from and the training settings, so that every shipped number
+traces back to a saved summary. ``--metrics-only`` rewrites just those scores of an ensemble
+shipped earlier, from the saved results alone (``results/cv/<name>``, no fold weights)::
+
+    python scripts/ship_weights.py results/cv/mambaseg_s_o1 --metrics-only \
+        --dest src/mambaseg/weights/mambaseg_s_cv5 --evaluated results/cv/mambaseg_s_o1/summary.json
+
+``--default`` marks it as the default model of ``predict``, ``segment()`` and ``demo``; mark
+one shipped folder only.
 
 (The single-checkpoint weights shipped before, ``src/mambaseg/weights/<model>/``, were written
 by this script's earlier version from the leak-free ``patient`` protocol's runs; see git log.)
@@ -24,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 from mambaseg.errors import MambasegError  # noqa: E402
-from mambaseg.training.ship import default_name, ship_crossval  # noqa: E402
+from mambaseg.training.ship import default_name, refresh_metrics, ship_crossval  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                     "model (predict, segment() and demo use it when no model is named)")
     ap.add_argument("--fp32", action="store_true", help="store fp32 weights (default: fp16)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --dest")
+    ap.add_argument("--metrics-only", action="store_true", help="rewrite only the scores "
+                    "recorded in the shipped ensemble --dest from CV_DIR's saved results "
+                    "(summary.json, crossval.json; no fold weights needed)")
     ap.add_argument("--evaluated", help="the summary path to record (default: CV_DIR/summary.json "
                     "relative to here), e.g. its copy under results/cv/ when CV_DIR is the GPU "
                     "machine's folder with the weights")
@@ -46,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         dest = a.dest or REPO / "src" / "mambaseg" / "weights" / default_name(a.cv_dir)
-        out = ship_crossval(a.cv_dir, dest, dtype=None if a.fp32 else torch.float16,
-                            default=a.default, overwrite=a.overwrite, evaluated=a.evaluated)
+        if a.metrics_only:
+            out = refresh_metrics(dest, a.cv_dir, evaluated=a.evaluated)
+        else:
+            out = ship_crossval(a.cv_dir, dest, dtype=None if a.fp32 else torch.float16,
+                                default=a.default, overwrite=a.overwrite,
+                                evaluated=a.evaluated)
     except MambasegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -59,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out}: {cv['n_folds']}-fold ensemble of {meta['training'].get('model')}; OOF "
           f"per-patient Dice {cv['dice_patient']:.4f} [{lo:.3f}, {hi:.3f}] over "
           f"{cv['n_patients']} patients (post-processing: {cv['postprocess']}; from "
-          f"{meta['evaluated']}){'; the default shipped model' if meta['default'] else ''}")
+          f"{meta['evaluated']}; validation {cv.get('val_dice_patient') or float('nan'):.4f})"
+          f"{'; the default shipped model' if meta['default'] else ''}")
     return 0
 
 

@@ -6,6 +6,7 @@ import builtins
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from mambaseg.inference.postprocess import PostProcess
 from mambaseg.inference.predict import segment
 from mambaseg import metrics
 from mambaseg.models import (best_shipped, count_parameters, create_model, default_shipped,
-                             list_models, pretrained, shipped_models)
+                             describe_models, list_models, pretrained, shipped_models)
 
 
 @pytest.fixture
@@ -64,6 +65,34 @@ def test_the_default_shipped_ensemble_loads_and_segments(sample_root):
     assert metrics.dice(mask, read_mask(image.with_name(image.stem + "_mask.tif"))) > 0.9
 
 
+def test_the_fast_ensemble_is_the_cross_validation_it_reports(sample_root):
+    """mambaseg_s_fast_cv5 (one scan order, stride-2 stem) holds the fold models its
+    cross-validation evaluated: its fold-0 member, stored in fp16, reproduces fold 0's saved
+    test predictions (results/cv/mambaseg_s_o1_s2, made on the GPU from the fp32 weights) of
+    the sample's three patients, all in fold 0's test part."""
+    from mambaseg.data.dataset import load_arrays
+    from mambaseg.data.layout import find_slices
+    from mambaseg.inference.predictions import load_predictions
+    from mambaseg.inference.runner import predict_probs
+
+    cv = Path(__file__).resolve().parents[2] / "results" / "cv" / "mambaseg_s_o1_s2"
+    info = shipped_models()["mambaseg_s_fast_cv5"]
+    assert not info["default"] and info["model_kwargs"] == {"directions": 1, "stem_stride": 2}
+    assert info["cv_dice"] == json.loads((cv / "summary.json").read_text())["dice_patient"]["mean"]
+    net = load_shipped("mambaseg_s_fast_cv5")
+    assert len(net.members) == 5 and {count_parameters(m) for m in net.members} == {838_081}
+    slices = find_slices(sample_root)
+    images, _ = load_arrays(slices, progress=False)
+    mine = (predict_probs(net.members[0], images, device="cpu")[:, 0] > 0.5).numpy()
+    saved = load_predictions(cv / "fold_0" / "predictions.npz")
+    row = {r: i for i, r in enumerate(saved["rel"])}
+    theirs = saved["masks"][[row[s.rel] for s in slices]].astype(bool)
+    assert theirs.sum() > 5000  # the sample has tumour to agree on
+    # fp16 storage moves a few boundary pixels (3e-6 of them); another fold's model, 2e-3
+    assert (mine != theirs).mean() < 1e-4
+    assert metrics.dice(mine, theirs) > 0.995
+
+
 def test_shipped_models_empty(weights_dir):
     assert shipped_models() == {}
     assert best_shipped() is None
@@ -97,11 +126,11 @@ def _tiny_unet(seed):
     return create_model("unet", features=(4, 8))
 
 
-def _ensemble(root, name, cv_dice, default=None, seeds=(1, 2), postprocess=None):
+def _ensemble(root, name, cv_dice, default=None, seeds=(1, 2), postprocess=None, val=None):
     from mambaseg.inference.loading import save_ensemble
 
     meta = {"metrics": {"cv": {"dice_patient": cv_dice, "n_patients": 110,
-                               "n_folds": len(seeds)}},
+                               "n_folds": len(seeds), "val_dice_patient": val}},
             "protocol": "crossval", "evaluated": f"results/cv/{name}/summary.json"}
     if default is not None:
         meta["default"] = default
@@ -150,6 +179,29 @@ def test_shipped_ensembles_and_the_default(weights_dir):
     assert default_shipped() == "ulvm_unet"
 
 
+def test_without_a_flag_the_validation_score_chooses_not_the_test_scores(weights_dir):
+    """Shipped models are ranked by their validation score (patients carved out of the
+    training folds); the out-of-fold and test Dice are test scores and decide only where no
+    validation score is recorded."""
+    _ensemble(weights_dir, "unet_cv2", 0.90, val=0.70)
+    _ensemble(weights_dir, "unet_cv3", 0.80, val=0.75, seeds=(3, 4, 5))
+    _ensemble(weights_dir, "unet_cv4", 0.95, seeds=(6, 7, 8, 9))      # no validation score
+    shipped = shipped_models()
+    assert shipped["unet_cv3"]["val_dice"] == 0.75 and shipped["unet_cv4"]["val_dice"] is None
+    assert default_shipped() == "unet_cv3"
+    assert pretrained.shipped_with(("pre-contrast", "FLAIR", "post-contrast")) == "unet_cv3"
+    rows = {r["name"]: r for r in describe_models()}
+    assert rows["unet_cv3"]["val_dice"] == 0.75
+    from mambaseg.cli.models import format_table
+    table = format_table(list(rows.values()))
+    header = table.splitlines()[0]
+    line = next(x for x in table.splitlines() if x.startswith("unet_cv3"))
+    assert "VAL DICE" in header and "0.7500" in line and "0.8000" in line
+    shutil.rmtree(weights_dir / "unet_cv2")
+    shutil.rmtree(weights_dir / "unet_cv3")
+    assert default_shipped() == "unet_cv4"                 # no validation score anywhere
+
+
 def test_a_default_single_checkpoint_and_broken_ensembles(weights_dir):
     create_model("ulvm_unet").save_pretrained(
         weights_dir / "ulvm_unet", metadata={"metrics": {"test": {"dice": 0.5}}, "default": True})
@@ -191,7 +243,7 @@ def test_models_cli_table(weights_dir, capsys):
     assert lines[0].split()[:3] == ["MODEL", "FAMILY", "PARAMS"]
     row = next(line for line in lines if line.startswith("ulvm_unet* "))   # * the default
     assert "49,457" in row and "multiple of 32" in row and "shipped" in row and "0.9012" in row
-    assert row.split()[-3:] == ["RGB", "0.9012", "-"]            # CHANNELS, TEST DICE, CV DICE
+    assert row.split()[-4:] == ["RGB", "0.9012", "-", "-"]  # CHANNELS, TEST, VAL, CV DICE
     assert "* default of predict, segment() and demo: ulvm_unet, test Dice 0.9012" in out
     row = next(line for line in lines if line.startswith("resnet50 "))
     assert "42,909,633" in row and "resnet" in row
@@ -211,26 +263,29 @@ def test_models_cli_json(weights_dir, capsys):
 def test_models_cli_lists_shipped_ensembles_and_the_default(weights_dir, capsys):
     create_model("ulvm_unet").save_pretrained(weights_dir / "ulvm_unet",
                                               metadata={"metrics": {"test": {"dice": 0.9012}}})
-    _ensemble(weights_dir, "unet_cv2", 0.8312, default=True)
+    _ensemble(weights_dir, "unet_cv2", 0.8312, default=True, val=0.8123)
     assert _run_cli(["models"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].rstrip().endswith("TEST DICE  CV DICE")
+    assert lines[0].rstrip().endswith("TEST DICE  VAL DICE  CV DICE")
     names = [line.split()[0] for line in lines[1:len(list_models()) + 2]]
     assert names.index("unet_cv2*") == names.index("unet") + 1      # after its model's row
     row = next(line for line in lines if line.startswith("unet_cv2*"))
     params = sum(p.numel() for p in _tiny_unet(0).parameters())
     assert f"2 x {params:,}" in row and "shipped" in row and "0.8312 (2-fold ensemble)" in row
+    assert row.split()[-4] == "0.8123"                                # VAL DICE
     assert row.split()[1] == "unet"                                  # the family
     row = next(line for line in lines if line.startswith("ulvm_unet "))
     assert "0.9012" in row and row.rstrip().endswith("-")
     assert f"{len(list_models())} models, 1 with shipped trained weights, 1 shipped ensemble" in out
-    assert ("* default of predict, segment() and demo: unet_cv2, OOF per-patient Dice 0.8312 "
-            "over 110 patients (2-fold cross-validation, results/cv/unet_cv2)") in out
+    assert ("* default of predict, segment() and demo: unet_cv2, validation score 0.8123, OOF "
+            "per-patient Dice 0.8312 over 110 patients (2-fold cross-validation, "
+            "results/cv/unet_cv2)") in out
     assert _run_cli(["models", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     ens = rows["unet_cv2"]
     assert ens["kind"] == "ensemble" and ens["members"] == 2 and ens["cv_dice"] == 0.8312
+    assert ens["val_dice"] == 0.8123
     assert ens["default"] is True and ens["model_name"] == "unet" and ens["family"] == "unet"
     assert ens["num_parameters"] == params and ens["cv_folds"] == 2 and ens["cv_patients"] == 110
     assert ens["weights_path"] == str(weights_dir / "unet_cv2")
@@ -316,10 +371,10 @@ def test_models_cli_shows_the_shipped_channels(weights_dir, capsys):
     assert _run_cli(["models"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split()[-6:-4] == ["WEIGHTS", "CHANNELS"]
-    assert next(ln for ln in lines if ln.startswith("ulvm_unet_flair")).split()[-3] == "FLAIR"
-    assert next(ln for ln in lines if ln.startswith("ulvm_unet ")).split()[-3] == "RGB"
-    assert next(ln for ln in lines if ln.startswith("unet ")).split()[-3] == "-"
+    assert lines[0].split()[-8:-6] == ["WEIGHTS", "CHANNELS"]
+    assert next(ln for ln in lines if ln.startswith("ulvm_unet_flair")).split()[-4] == "FLAIR"
+    assert next(ln for ln in lines if ln.startswith("ulvm_unet ")).split()[-4] == "RGB"
+    assert next(ln for ln in lines if ln.startswith("unet ")).split()[-4] == "-"
     assert "CHANNELS: what the shipped weights take: RGB, the LGG slices' pre-contrast, FLAIR" in out
     assert _run_cli(["models", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}

@@ -14,7 +14,8 @@ from mambaseg.cli import main
 from mambaseg.inference.ensemble import Ensemble, read_manifest
 from mambaseg.inference.loading import load_checkpoint
 from mambaseg.inference.runner import predict_probs
-from mambaseg.training.ship import default_name, fold_checkpoints, ship_crossval
+from mambaseg.training.ship import (default_name, fold_checkpoints, refresh_metrics,
+                                    ship_crossval)
 from mambaseg.errors import MambasegError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lgg-sample"
@@ -80,6 +81,12 @@ def test_manifest_records_the_cv_result(cv_dir, shipped):
     assert cv["dice_patient_median"] == summary["dice_patient"]["median"]
     assert cv["dice_global"] == summary["dice_global"]["mean"]
     assert cv["n_patients"] == 3 and cv["n_folds"] == 3
+    # the validation score: each fold's best validation per-patient Dice, from its history
+    best = [max(json.loads(line)["val_dice_patient"] for line in
+                (cv_dir / f"fold_{i}" / "metrics.jsonl").read_text().splitlines())
+            for i in range(3)]
+    assert cv["fold_val_dice_patient"] == best
+    assert cv["val_dice_patient"] == pytest.approx(sum(best) / 3, abs=1e-15)
     assert meta["protocol"] == "crossval" and meta["default"] is True
     assert meta["evaluated"].endswith("ulvm_unet_v2/summary.json")
     assert not Path(meta["evaluated"]).is_absolute()
@@ -163,3 +170,44 @@ def test_folds_without_a_recorded_checkpoint_use_best_else_last(cv_dir, tmp_path
     shutil.rmtree(cv / "fold_2" / "best")
     assert fold_checkpoints(cv) == [cv / "fold_0" / "best", cv / "fold_1" / "best",
                                     cv / "fold_2" / "last"]
+
+
+def test_refresh_metrics_from_the_saved_results_alone(cv_dir, shipped, tmp_path, capsys):
+    """An ensemble shipped before a score was recorded gets its scores rewritten from the saved
+    cross-validation results (no fold weights); anything but its own cross-validation is
+    refused, and nothing is written."""
+    dest = tmp_path / "ens"
+    shutil.copytree(shipped, dest)
+    manifest = json.loads((dest / "ensemble.json").read_text())
+    del manifest["metadata"]["metrics"]["cv"]["val_dice_patient"]
+    (dest / "ensemble.json").write_text(json.dumps(manifest))
+    saved = tmp_path / "saved"                          # results/cv keeps only the small files
+    shutil.copytree(cv_dir, saved, ignore=shutil.ignore_patterns("best", "last"))
+    weights = {p: p.read_bytes() for p in dest.rglob("*.safetensors")}
+    spec = importlib.util.spec_from_file_location("ship_weights",
+                                                  REPO / "scripts" / "ship_weights.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(saved), "--dest", str(dest), "--metrics-only",
+                        "--evaluated", "results/cv/x/summary.json"]) == 0
+    assert "validation" in capsys.readouterr().out
+    after = read_manifest(dest)
+    assert after["metadata"]["metrics"]["cv"] == read_manifest(shipped)["metadata"]["metrics"]["cv"]
+    assert after["metadata"]["evaluated"] == "results/cv/x/summary.json"
+    assert after["postprocess"] == manifest["postprocess"]
+    assert {p: p.read_bytes() for p in dest.rglob("*.safetensors")} == weights
+    other = tmp_path / "other"
+    shutil.copytree(saved, other)
+    summary = json.loads((other / "summary.json").read_text())
+    summary["dice_patient"]["mean"] += 0.01
+    (other / "summary.json").write_text(json.dumps(summary))
+    before = (dest / "ensemble.json").read_bytes()
+    with pytest.raises(MambasegError, match="is not the cross-validation .* OOF per-patient Dice"):
+        refresh_metrics(dest, other)
+    shutil.rmtree(dest / "fold_2")
+    manifest = json.loads(before)
+    manifest["members"] = ["fold_0", "fold_1"]
+    (dest / "ensemble.json").write_text(json.dumps(manifest))
+    with pytest.raises(MambasegError, match="2 members against 3 folds"):
+        refresh_metrics(dest, saved)
+    assert json.loads((dest / "ensemble.json").read_text()) == manifest

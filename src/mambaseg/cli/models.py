@@ -11,9 +11,9 @@ from mambaseg.data.channels import LGG_CHANNELS
 def register(sub) -> None:
     """Add `models` to the top-level subparsers."""
     p = add_command(sub, "models", "List every model: family, parameter count, accepted input "
-                    "sizes, and whether trained weights are shipped (with their test Dice and "
-                    "cross-validation Dice); shipped ensembles get their own rows and * marks "
-                    "the default model of predict, segment() and demo.",
+                    "sizes, and whether trained weights are shipped (with their test Dice, "
+                    "validation score and cross-validation Dice); shipped ensembles get their "
+                    "own rows and * marks the default model of predict, segment() and demo.",
                     "mambaseg models")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=run)
@@ -48,8 +48,10 @@ def _cv_dice(r: dict) -> str:
 
 
 def _default_line(r: dict) -> str:
-    """The footnote naming the default model and the number it was chosen by."""
+    """The footnote naming the default model and its scores."""
     line = f"* default of predict, segment() and demo: {r['name']}"
+    if r.get("val_dice") is not None:
+        line += f", validation score {r['val_dice']:.4f}"
     if r.get("cv_dice") is not None:
         n = f" over {r['cv_patients']} patients" if r.get("cv_patients") else ""
         k = r.get("cv_folds")
@@ -66,7 +68,7 @@ def _default_line(r: dict) -> str:
 
 def format_table(rows: list[dict]) -> str:
     header = ("MODEL", "FAMILY", "PARAMS", "INPUT H, W", "TRAINED AT", "WEIGHTS", "CHANNELS",
-              "TEST DICE", "CV DICE")
+              "TEST DICE", "VAL DICE", "CV DICE")
     lines = []
     for r in rows:
         lines.append((
@@ -77,6 +79,7 @@ def format_table(rows: list[dict]) -> str:
             "shipped" if r["weights_shipped"] else "-",
             _channels(r),
             "-" if r["test_dice"] is None else f"{r['test_dice']:.4f}",
+            "-" if r.get("val_dice") is None else f"{r['val_dice']:.4f}",
             _cv_dice(r),
         ))
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
@@ -101,6 +104,10 @@ def format_table(rows: list[dict]) -> str:
     if any(r["weights_shipped"] for r in rows):
         out.append("TEST DICE: the shipped weights' recorded test Dice (for the bundled weights: "
                    "per-patient Dice on the leak-free split's test part; see results/README.md).")
+    if any(r.get("val_dice") is not None for r in rows):
+        out.append("VAL DICE: per-patient Dice on the validation patients carved out of each "
+                   "fold's training patients, averaged over the folds; the default was chosen by "
+                   "it (CV and TEST DICE are test scores).")
     if any(r.get("cv_dice") is not None for r in rows):
         out.append("CV DICE: out-of-fold per-patient Dice of the cross-validation that trained "
                    "the shipped weights (each patient scored by the fold model that never saw "

@@ -45,11 +45,12 @@ __all__ = [
 def describe_models() -> list[dict]:
     """One row per registered model, for ``mambaseg models``: name, family, parameter count
     (None if the model cannot be built here, with the reason in ``note``), accepted input sizes,
-    default input size, and shipped weights with their input channels, test Dice and
-    cross-validation (OOF per-patient) Dice. Shipped weights under another name than a model's
-    (a shipped ensemble, e.g. ``ulvm_unet_v6_cv5``) get their own row (``kind`` ``"ensemble"``, ``members`` fold
-    models of ``num_parameters`` each) after their model's row. ``default`` marks the shipped
-    weights that ``predict``, ``segment()`` and ``demo`` use when no model is named."""
+    default input size, and shipped weights with their input channels, test Dice,
+    cross-validation (OOF per-patient) Dice and validation score (``val_dice``). Shipped
+    weights under another name than a model's (a shipped ensemble, e.g. ``ulvm_unet_v6_cv5``)
+    get their own row (``kind`` ``"ensemble"``, ``members`` fold models of ``num_parameters``
+    each) after their model's row. ``default`` marks the shipped weights that ``predict``,
+    ``segment()`` and ``demo`` use when no model is named."""
     shipped = shipped_models()
     default = default_shipped() if shipped else None
 
@@ -58,6 +59,7 @@ def describe_models() -> list[dict]:
             "weights_shipped": info is not None,
             "test_dice": info["test_dice"] if info else None,
             "cv_dice": info["cv_dice"] if info else None,
+            "val_dice": info["val_dice"] if info else None,
             "cv_patients": info["cv_patients"] if info else None,
             "cv_folds": info["cv_folds"] if info else None,
             "members": info["members"] if info else None,

@@ -9,7 +9,10 @@ fp16) whose config ``metadata`` holds the test metrics, conventionally
 
 The default shipped model (the one ``predict``, ``segment()`` and ``demo`` use when none is
 named; ``default_shipped``) is the entry whose metadata says ``"default": true``; else the one
-with the highest cross-validation Dice; else the one with the highest test Dice.
+with the highest validation score (``metrics.cv.val_dice_patient``: the mean over the folds of
+the validation per-patient Dice, on patients carved out of each fold's training patients); else
+the highest cross-validation Dice; else the highest test Dice. Models are chosen on validation
+data first: the cross-validation and test Dice are test scores.
 
 With no model named, ``predict``, ``segment()`` and ``segment_volume()`` run the shipped model
 that takes the input's channels (``shipped_for``): three (RGB slices, a three-channel volume)
@@ -76,6 +79,11 @@ def _read_checkpoint(folder: Path) -> dict | None:
     return config
 
 
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+
+
 def _entry(folder: Path, config: dict, meta: dict, members: int) -> dict[str, Any]:
     cv = _cv(meta)
     cv_dice = cv.get("dice_patient", cv.get("dice"))
@@ -87,6 +95,7 @@ def _entry(folder: Path, config: dict, meta: dict, members: int) -> dict[str, An
         "model_kwargs": config.get("model_kwargs") or {},
         "test_dice": metric({"metadata": meta}, "dice"),
         "cv_dice": float(cv_dice) if isinstance(cv_dice, (int, float)) else None,
+        "val_dice": _number(cv.get("val_dice_patient")),
         "cv_patients": cv.get("n_patients"),
         "cv_folds": cv.get("n_folds"),
         "metrics": meta.get("metrics", {}),
@@ -129,11 +138,12 @@ def _ensemble_entry(folder: Path) -> dict[str, Any] | None:
 
 def shipped_models(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """Shipped weights by folder name: ``{name: {"path", "kind" ("checkpoint" or "ensemble"),
-    "model_name", "model_kwargs", "test_dice", "cv_dice", "cv_patients", "cv_folds", "metrics",
-    "num_parameters" (of one member), "channels" (their names; None when unknown), "members"
-    (1 for a checkpoint), "weights_dtype", "preprocessing", "default", "evaluated"}}`` (empty
-    when the package ships none). ``cv_dice`` is the out-of-fold per-patient Dice of a
-    cross-validation (``metadata.metrics.cv.dice_patient``),
+    "model_name", "model_kwargs", "test_dice", "cv_dice", "val_dice", "cv_patients", "cv_folds",
+    "metrics", "num_parameters" (of one member), "channels" (their names; None when unknown),
+    "members" (1 for a checkpoint), "weights_dtype", "preprocessing", "default",
+    "evaluated"}}`` (empty when the package ships none). ``cv_dice`` is the out-of-fold per-patient Dice of a
+    cross-validation (``metadata.metrics.cv.dice_patient``), ``val_dice`` its folds' mean
+    validation per-patient Dice (``metadata.metrics.cv.val_dice_patient``),
     ``test_dice`` a held-out test Dice (``metadata.metrics.test.dice``); None when not recorded.
     """
     root = Path(root) if root is not None else WEIGHTS_DIR
@@ -154,9 +164,9 @@ def shipped_models(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
 
 def default_shipped(root: str | Path | None = None) -> str | None:
     """Name of the default shipped model (``predict``, ``segment()`` and ``demo`` use it when no
-    model is named): the entry whose metadata says ``"default": true`` (the one with the
-    highest cross-validation Dice if several do), else the entry with the highest
-    cross-validation Dice, else the one with the highest test Dice; None when none qualifies."""
+    model is named): the entry whose metadata says ``"default": true`` (the best scored if
+    several do), else the best scored: the highest validation score, else the highest
+    cross-validation Dice, else the highest test Dice; None when none qualifies."""
     return _default_of(shipped_models(root))
 
 
@@ -166,36 +176,40 @@ def _default_of(shipped: dict[str, dict[str, Any]]) -> str | None:
         scored = [(shipped[n][key], n) for n in names if shipped[n][key] is not None]
         return max(scored)[1] if scored else None
 
+    def best(names):
+        return top(names, "val_dice") or top(names, "cv_dice") or top(names, "test_dice")
+
     flagged = [n for n, info in shipped.items() if info["default"]]
     if len(flagged) > 1:
         warnings.warn(f"several shipped models say \"default\": true ({', '.join(flagged)}); "
-                      "using the one with the highest cross-validation Dice", stacklevel=3)
+                      "using the one with the highest validation score", stacklevel=3)
     if flagged:
-        return top(flagged, "cv_dice") or top(flagged, "test_dice") or flagged[0]
-    return top(shipped, "cv_dice") or top(shipped, "test_dice")
+        return best(flagged) or flagged[0]
+    return best(shipped)
 
 
 def shipped_with(names, root: str | Path | None = None) -> str | None:
     """The shipped model taking the channels ``names`` (case-insensitive): the default one if it
     does; else a version of the default's network (the same model and model options) trained on
     those channels, such as ``mambaseg_s_flair_cv5`` beside ``mambaseg_s_cv5``; else the best
-    scored (cross-validation, then test Dice); None when none does."""
+    scored (validation score, then cross-validation, then test Dice); None when none does."""
     return _with(shipped_models(root), names)
 
 
 def _with(shipped: dict[str, dict[str, Any]], names) -> str | None:
     """``shipped_with`` among the entries ``shipped``."""
     want = [n.lower() for n in names]
-    found = [(e["cv_dice"] or -1.0, e["test_dice"] or -1.0, n) for n, e in shipped.items()
+    found = [(e["val_dice"] is not None, e["val_dice"] or -1.0, e["cv_dice"] or -1.0,
+              e["test_dice"] or -1.0, n) for n, e in shipped.items()
              if [c.lower() for c in e["channels"] or ()] == want]
     if not found:
         return None
     default = _default_of(shipped)
     if any(n == default for *_, n in found):
         return default
-    twins = [f for f in found if default is not None and _network(shipped[f[2]]) ==
+    twins = [f for f in found if default is not None and _network(shipped[f[-1]]) ==
              _network(shipped[default])]
-    return max(twins or found)[2]
+    return max(twins or found)[-1]
 
 
 def _network(entry: dict[str, Any]) -> tuple:

@@ -10,15 +10,19 @@ its out-of-fold (OOF) predictions, and its ``metadata`` records the OOF scores::
 
     {"metrics": {"cv": {"dice_patient": 0.83, "dice_patient_ci95": [...],
                         "dice_patient_median": ..., "dice_global": ..., "n_patients": 110,
-                        "n_folds": 5, ...}},
+                        "n_folds": 5, "val_dice_patient": 0.79, ...}},
      "protocol": "crossval", "evaluated": "results/cv/ulvm_unet_v6/summary.json",
      "training": {"model": ..., "preset": ..., "epochs": ..., ...},
      "data": "LGG (Buda et al. 2019), kaggle_3m, CC BY-NC-SA 4.0", "default": true}
 
 The OOF Dice scores each patient with the one fold model that never saw it: it estimates how
 one fold model does on new patients (the ensemble of all K, which saw every patient, cannot be
-scored on this dataset without leakage). ``"default": true`` makes it the model that
-``predict``, ``segment()`` and ``demo`` use when none is named (``models.pretrained``).
+scored on this dataset without leakage). ``val_dice_patient`` averages the folds' best
+validation per-patient Dice (patients carved out of each fold's training patients): shipped
+models are ranked by it. ``refresh_metrics`` rewrites these scores from the saved results
+alone (no weights), for ensembles shipped before a score was recorded. ``"default": true``
+makes it the model that ``predict``, ``segment()`` and ``demo`` use when none is named
+(``models.pretrained``).
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ from pathlib import Path
 import torch
 
 from mambaseg.errors import MambasegError
-from mambaseg.files import atomic_dir
+from mambaseg.files import atomic_dir, write_json
+from mambaseg.inference.ensemble import MANIFEST, read_manifest
 from mambaseg.inference.loading import load_checkpoint, save_ensemble
 from mambaseg.inference.model_info import model_name
 from mambaseg.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME
@@ -146,6 +151,12 @@ def cv_metrics(summary: dict, k: int) -> dict:
            "dice_patient_without_postprocess": raw.get("dice_patient"),
            "postprocess": summary.get("postprocess_describe"),
            "fold_dice_patient": [r.get("dice_patient") for r in summary.get("folds") or []]}
+    # the validation score: each fold's best validation per-patient Dice (the patients carved
+    # out of its training patients), averaged; the shipped models are ranked by it, not by
+    # the out-of-fold test scores above
+    val = [r.get("best_val") for r in summary.get("folds") or []]
+    out["fold_val_dice_patient"] = val
+    out["val_dice_patient"] = sum(val) / len(val) if val and None not in val else None
     for key in ("dice_paper", "iou"):
         if isinstance(summary.get(key), dict):
             out[key] = summary[key].get("mean")
@@ -214,4 +225,35 @@ def ship_crossval(cv_dir: str | Path, dest: str | Path | None = None,
     with atomic_dir(dest) as tmp:         # a complete folder, or the old one untouched
         save_ensemble(tmp, members, metadata=metadata, postprocess=summary.get("postprocess"),
                       dtype=dtype)
+    return dest
+
+
+def refresh_metrics(dest: str | Path, cv_dir: str | Path, evaluated: str | None = None) -> Path:
+    """Rewrite ``metrics.cv`` (and ``evaluated``) in the manifest of the shipped ensemble
+    ``dest`` from the saved results of its cross-validation ``cv_dir`` (``summary.json`` and
+    ``crossval.json``; no fold weights needed); weights and post-processing are untouched.
+    Raises MambasegError, writing nothing, unless ``cv_dir`` is the cross-validation ``dest``
+    was shipped from: the same number of folds, model and out-of-fold per-patient Dice."""
+    dest, cv_dir = Path(dest), Path(cv_dir)
+    manifest = read_manifest(dest)
+    summary, settings = _read_cv(cv_dir)
+    k = _n_folds(summary, settings)
+    meta = manifest.get("metadata") if isinstance(manifest.get("metadata"), dict) else {}
+    old = (meta.get("metrics") or {}).get("cv") or {}
+    model = (meta.get("training") or {}).get("model")
+    new = cv_metrics(summary, k)
+    problems = []
+    if len(manifest["members"]) != k:
+        problems.append(f"{len(manifest['members'])} members against {k} folds")
+    if model and summary.get("model") and model != summary["model"]:
+        problems.append(f"model {model} against {summary['model']}")
+    if old.get("dice_patient") != new["dice_patient"]:
+        problems.append(f"OOF per-patient Dice {old.get('dice_patient')} against "
+                        f"{new['dice_patient']}")
+    if problems:
+        raise MambasegError(f"{cv_dir} is not the cross-validation {dest} was shipped from: "
+                            + "; ".join(problems))
+    meta = {**meta, "metrics": {**(meta.get("metrics") or {}), "cv": new},
+            "evaluated": evaluated or _relative(cv_dir / SUMMARY)}
+    write_json(dest / MANIFEST, {**manifest, "metadata": meta})
     return dest
