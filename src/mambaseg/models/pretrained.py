@@ -94,7 +94,7 @@ def _entry(folder: Path, config: dict, meta: dict, members: int) -> dict[str, An
         "model_name": config["model_name"],
         "model_kwargs": config.get("model_kwargs") or {},
         "test_dice": metric({"metadata": meta}, "dice"),
-        "cv_dice": float(cv_dice) if isinstance(cv_dice, (int, float)) else None,
+        "cv_dice": _number(cv_dice),
         "val_dice": _number(cv.get("val_dice_patient")),
         "cv_patients": cv.get("n_patients"),
         "cv_folds": cv.get("n_folds"),
@@ -141,9 +141,9 @@ def shipped_models(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
     "model_name", "model_kwargs", "test_dice", "cv_dice", "val_dice", "cv_patients", "cv_folds",
     "metrics", "num_parameters" (of one member), "channels" (their names; None when unknown),
     "members" (1 for a checkpoint), "weights_dtype", "preprocessing", "default",
-    "evaluated"}}`` (empty when the package ships none). ``cv_dice`` is the out-of-fold per-patient Dice of a
-    cross-validation (``metadata.metrics.cv.dice_patient``), ``val_dice`` its folds' mean
-    validation per-patient Dice (``metadata.metrics.cv.val_dice_patient``),
+    "evaluated"}}`` (empty when the package ships none). ``cv_dice`` is the out-of-fold
+    per-patient Dice of a cross-validation (``metadata.metrics.cv.dice_patient``), ``val_dice``
+    its folds' mean validation per-patient Dice (``metadata.metrics.cv.val_dice_patient``),
     ``test_dice`` a held-out test Dice (``metadata.metrics.test.dice``); None when not recorded.
     """
     root = Path(root) if root is not None else WEIGHTS_DIR
@@ -170,14 +170,22 @@ def default_shipped(root: str | Path | None = None) -> str | None:
     return _default_of(shipped_models(root))
 
 
+#: the scores shipped entries are ranked by, in order: validation first (the others are test scores)
+SCORES = ("val_dice", "cv_dice", "test_dice")
+
+
+def _rank(shipped: dict[str, dict[str, Any]], name: str) -> tuple:
+    """Sort key of a shipped entry: its scores in the order of :data:`SCORES`, a recorded score
+    above a missing one, then the name."""
+    e = shipped[name]
+    return tuple(x for k in SCORES for x in (e[k] is not None, e[k] or -1.0)) + (name,)
+
+
 def _default_of(shipped: dict[str, dict[str, Any]]) -> str | None:
     """``default_shipped`` of the entries ``shipped`` (``shipped_models``)."""
-    def top(names, key):
-        scored = [(shipped[n][key], n) for n in names if shipped[n][key] is not None]
-        return max(scored)[1] if scored else None
-
     def best(names):
-        return top(names, "val_dice") or top(names, "cv_dice") or top(names, "test_dice")
+        scored = [n for n in names if any(shipped[n][k] is not None for k in SCORES)]
+        return max(scored, key=lambda n: _rank(shipped, n)) if scored else None
 
     flagged = [n for n, info in shipped.items() if info["default"]]
     if len(flagged) > 1:
@@ -199,17 +207,15 @@ def shipped_with(names, root: str | Path | None = None) -> str | None:
 def _with(shipped: dict[str, dict[str, Any]], names) -> str | None:
     """``shipped_with`` among the entries ``shipped``."""
     want = [n.lower() for n in names]
-    found = [(e["val_dice"] is not None, e["val_dice"] or -1.0, e["cv_dice"] or -1.0,
-              e["test_dice"] or -1.0, n) for n, e in shipped.items()
-             if [c.lower() for c in e["channels"] or ()] == want]
+    found = [n for n, e in shipped.items() if [c.lower() for c in e["channels"] or ()] == want]
     if not found:
         return None
     default = _default_of(shipped)
-    if any(n == default for *_, n in found):
+    if default in found:
         return default
-    twins = [f for f in found if default is not None and _network(shipped[f[-1]]) ==
+    twins = [n for n in found if default is not None and _network(shipped[n]) ==
              _network(shipped[default])]
-    return max(twins or found)[-1]
+    return max(twins or found, key=lambda n: _rank(shipped, n))
 
 
 def _network(entry: dict[str, Any]) -> tuple:

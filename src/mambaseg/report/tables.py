@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from mambaseg.models import count_parameters, list_models
@@ -185,7 +186,7 @@ class SeedSpread:
     runs: list[Run]
     published: float | None
 
-    @property
+    @cached_property
     def values(self) -> list[float]:
         """dice_paper of each seed whose summary holds it."""
         ms = [r.metric("dice_paper") for r in self.runs]
